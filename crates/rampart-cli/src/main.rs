@@ -1,0 +1,237 @@
+//! The `rampart` command: run the gateway and operate it.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rampart::audit::{NewAuditEntry, RequestContext, Verification};
+use rampart::config::{Config, Sources, parse_duration};
+use rampart::store::NewUser;
+
+/// Rampart: a security gateway and identity service for trading platforms.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about)]
+struct Cli {
+    /// Configuration file (default: $RAMPART_CONFIG, else ./rampart.toml if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Print fresh secrets in .env form.
+    Keygen,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Validate the configuration and print every problem.
+    CheckConfig,
+    /// Manage users from the operator's console.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Verify or purge the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Create an admin account; the password is read from standard input.
+    CreateAdmin {
+        /// Username (3–20 of [A-Za-z0-9_]).
+        #[arg(long)]
+        username: String,
+        /// Email address.
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit 1 naming the first row that does not check out.
+    Verify,
+    /// Delete entries older than a duration (default: audit.retention).
+    Purge {
+        /// For example 365d.
+        #[arg(long)]
+        older_than: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    if let Command::Keygen = cli.command {
+        println!(
+            "RAMPART_TOKENS__SECRET={}",
+            rampart::secrets::generate_token_secret()
+        );
+        println!(
+            "RAMPART_ENCRYPTION__KEYS={}",
+            rampart::secrets::generate_key_entry("k1")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let config = match Sources::from_process(cli.config.as_deref()).and_then(|s| Config::load(&s)) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::CheckConfig = cli.command {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if config.server.worker_threads > 0 {
+        runtime.worker_threads(config.server.worker_threads);
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAMPART_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("RAMPART_LOG_FORMAT").is_ok_and(|format| format == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => {
+            let app = rampart::app::Application::build(config).await?;
+            tracing::info!(address = %app.local_addr()?, "rampart is listening");
+            app.run_until_stopped().await?;
+        }
+        Command::Migrate => {
+            rampart::app::open_store(config.database_url.expose()).await?;
+            println!("migrations applied");
+        }
+        Command::Users {
+            command: UsersCommand::CreateAdmin { username, email },
+        } => return create_admin(config, username, email).await,
+        Command::Audit { command } => {
+            let store = rampart::app::open_store(config.database_url.expose())
+                .await?
+                .data();
+            match command {
+                AuditCommand::Verify => match rampart::audit::verify(&*store).await? {
+                    Verification::Intact { rows } => {
+                        println!("audit trail intact: {rows} rows verified");
+                    }
+                    Verification::Broken { id, reason } => {
+                        eprintln!("audit trail broken at row {id}: {reason}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                },
+                AuditCommand::Purge { older_than } => {
+                    let age = match older_than {
+                        Some(text) => parse_duration(&text)
+                            .map_err(|message| anyhow::anyhow!("--older-than: {message}"))?,
+                        None => config.audit_retention,
+                    };
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    let cutoff = now - i64::try_from(age.as_secs()).unwrap_or(i64::MAX / 2);
+                    let removed = store.purge_audit(cutoff).await?;
+                    println!(
+                        "purged {removed} audit entries older than {}s",
+                        age.as_secs()
+                    );
+                }
+            }
+        }
+        Command::Keygen | Command::CheckConfig => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn create_admin(config: Config, username: String, email: String) -> anyhow::Result<ExitCode> {
+    let mut problems = Vec::new();
+    for problem in rampart::identity::check_username(&username) {
+        problems.push(format!("username {problem}"));
+    }
+    for problem in rampart::identity::check_email(&email) {
+        problems.push(format!("email {problem}"));
+    }
+    eprintln!("password for {username} (read from standard input):");
+    let mut password = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut password)
+        .context("reading the password")?;
+    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+    for problem in rampart::password::check_policy(&config.password, &password, &username) {
+        problems.push(format!("password {problem}"));
+    }
+    if !problems.is_empty() {
+        for problem in problems {
+            eprintln!("- {problem}");
+        }
+        return Ok(ExitCode::from(2));
+    }
+    let store = rampart::app::open_store(config.database_url.expose())
+        .await?
+        .data();
+    let hasher = rampart::password::Hasher::new(1);
+    let hash = hasher.hash(password).await?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let context = RequestContext {
+        ip: None,
+        user_agent: Some("rampart users create-admin".into()),
+        request_id: "console".into(),
+    };
+    let user = store
+        .create_user(
+            NewUser {
+                username,
+                email,
+                password_hash: hash,
+                role: "admin".into(),
+                force_admin: true,
+                created_at: now,
+            },
+            NewAuditEntry::new(
+                now,
+                "user_registration",
+                None,
+                serde_json::json!({ "via": "console" }),
+                &context,
+            ),
+        )
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    println!("created admin {} (id {})", user.username, user.id);
+    Ok(ExitCode::SUCCESS)
+}

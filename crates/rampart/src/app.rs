@@ -1,0 +1,236 @@
+//! Building and running the gateway: stores, keys and listener from a [`Config`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Config, StateStoreKind};
+use crate::metrics::Metrics;
+use crate::password::Hasher;
+use crate::security_headers::SecurityHeaders;
+use crate::state::{AppState, Shared};
+use crate::store::redis::RedisSessionStore;
+use crate::store::sql::{PostgresStore, SqliteStore};
+use crate::store::{SessionStore, Store, Stores};
+use crate::tokens::{RevocationCache, TokenService};
+
+/// What tests (and embedders) may change about how the gateway is built.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The clock for expiry and lockout windows.
+    pub clock: SharedClock,
+    /// Prefix of every Redis key this instance writes.
+    pub redis_prefix: String,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            redis_prefix: "rampart:".to_owned(),
+        }
+    }
+}
+
+/// A gateway bound to its address, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Opens the database named by `url` and applies its migrations.
+///
+/// # Errors
+/// The database cannot be opened or migrated.
+pub async fn open_store(url: &str) -> anyhow::Result<StoreHandle> {
+    if url.starts_with("sqlite:") {
+        Ok(StoreHandle::Sqlite(Arc::new(
+            SqliteStore::connect(url).await?,
+        )))
+    } else {
+        Ok(StoreHandle::Postgres(Arc::new(
+            PostgresStore::connect(url).await?,
+        )))
+    }
+}
+
+/// An opened database, whichever kind.
+#[derive(Clone)]
+pub enum StoreHandle {
+    /// SQLite.
+    Sqlite(Arc<SqliteStore>),
+    /// PostgreSQL.
+    Postgres(Arc<PostgresStore>),
+}
+
+impl StoreHandle {
+    /// The durable-records interface.
+    pub fn data(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(store) => store.clone(),
+            Self::Postgres(store) => store.clone(),
+        }
+    }
+
+    /// The database's session-state interface.
+    pub fn sessions(&self) -> Arc<dyn SessionStore> {
+        match self {
+            Self::Sqlite(store) => store.clone(),
+            Self::Postgres(store) => store.clone(),
+        }
+    }
+
+    async fn sweep(&self, now: i64) {
+        let keep = 2 * 86_400;
+        let result = match self {
+            Self::Sqlite(store) => store.sweep(now, keep).await,
+            Self::Postgres(store) => store.sweep(now, keep).await,
+        };
+        if let Err(error) = result {
+            tracing::warn!(error = %error, "sweeping expired session state failed");
+        }
+    }
+}
+
+impl Application {
+    /// Builds the gateway with the system clock.
+    ///
+    /// # Errors
+    /// Secrets, stores, keys or the listener cannot be set up.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with(config, BuildOptions::default()).await
+    }
+
+    /// Builds the gateway.
+    ///
+    /// # Errors
+    /// Secrets, stores, keys or the listener cannot be set up.
+    pub async fn build_with(mut config: Config, options: BuildOptions) -> anyhow::Result<Self> {
+        crate::secrets::fill_generated(&mut config)?;
+        let database = open_store(config.database_url.expose()).await?;
+        let sessions: Arc<dyn SessionStore> = match &config.tokens.store {
+            StateStoreKind::Database => database.sessions(),
+            StateStoreKind::Redis(url) => {
+                Arc::new(RedisSessionStore::connect(url, options.redis_prefix.clone()).await?)
+            }
+        };
+        let clock = options.clock;
+        let tokens = TokenService::new(&config.tokens, clock.clone())?;
+        let keep_revoked = tokens.access_ttl() + 2 * crate::tokens::LEEWAY_SECONDS;
+        let revocations = RevocationCache::new(keep_revoked);
+        let mut background = Vec::new();
+        // Poll at half the allowed lag so a revocation elsewhere lands within it.
+        let poll = (config.tokens.revocation_lag / 2).max(Duration::from_millis(100));
+        background.push(revocations.spawn_refresher(sessions.clone(), clock.clone(), poll));
+        {
+            let database = database.clone();
+            let clock = clock.clone();
+            background.push(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs(600));
+                loop {
+                    ticker.tick().await;
+                    database.sweep(clock.unix()).await;
+                }
+            }));
+        }
+        let concurrency = std::thread::available_parallelism().map_or(2, usize::from);
+        let security_headers = SecurityHeaders::new(
+            &config.headers.x_xss_protection,
+            config.server.behind_tls || config.server.tls.is_some(),
+        );
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|error| anyhow::anyhow!("listening on {}: {error}", config.server.listen))?;
+        let state = AppState::new(Shared {
+            stores: Stores {
+                data: database.data(),
+                sessions,
+            },
+            tokens,
+            revocations,
+            hasher: Hasher::new(concurrency),
+            metrics: Metrics::new(),
+            clock,
+            security_headers,
+            config,
+        });
+        Ok(Self {
+            listener,
+            state,
+            background,
+        })
+    }
+
+    /// The address the listener is bound to.
+    ///
+    /// # Errors
+    /// The socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state (for tests and embedders).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+    ///
+    /// # Errors
+    /// The server fails.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    ///
+    /// # Errors
+    /// The server fails.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = crate::pipeline::router(self.state.clone());
+        let result = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        for task in self.background {
+            task.abort();
+        }
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}

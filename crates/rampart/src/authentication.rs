@@ -1,0 +1,219 @@
+//! Authentication: who is asking, from a bearer token, the session cookie or an API key.
+//!
+//! [`identify`] runs before rate limiting (the limiter needs the caller's tier) and never
+//! refuses by itself: it records an [`Authentication`] in the request. Handlers and the
+//! authorization layer ask for a [`Principal`], which answers 401 (or 403 `csrf_failed`)
+//! when there is none. Cookie-authenticated unsafe requests must carry `X-CSRF-Token`.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::request::Parts;
+use http::{HeaderMap, Method, header};
+
+use crate::error::ApiError;
+use crate::metrics::ReasonLabel;
+use crate::state::AppState;
+use crate::tokens::Rejected;
+
+/// The access-token cookie.
+pub const ACCESS_COOKIE: &str = "__Host-access_token";
+/// The refresh-token cookie.
+pub const REFRESH_COOKIE: &str = "__Secure-refresh_token";
+/// The CSRF header.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// How a request proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// `Authorization: Bearer`.
+    Bearer,
+    /// The session cookie.
+    Cookie,
+    /// `X-API-Key`.
+    ApiKey,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// User id.
+    pub user_id: i64,
+    /// Username.
+    pub username: Arc<str>,
+    /// Role.
+    pub role: Arc<str>,
+    /// Rate-limit tier.
+    pub tier: Arc<str>,
+    /// The login (token family) of a token or cookie; empty for API keys.
+    pub family_id: Arc<str>,
+    /// How it authenticated.
+    pub credential: Credential,
+}
+
+/// Why credentials that were presented are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Invalid, expired or revoked.
+    InvalidToken,
+    /// Cookie session without the right CSRF token.
+    CsrfFailed,
+}
+
+/// The outcome of [`identify`], in the request's extensions.
+#[derive(Debug, Clone)]
+pub enum Authentication {
+    /// No credentials.
+    Anonymous,
+    /// Valid credentials.
+    Authenticated(Principal),
+    /// Credentials that were refused.
+    Refused(Refusal),
+}
+
+impl Authentication {
+    /// The principal, if authenticated.
+    pub fn principal(&self) -> Option<&Principal> {
+        match self {
+            Self::Authenticated(principal) => Some(principal),
+            _ => None,
+        }
+    }
+}
+
+/// The value of a cookie, if present.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// Whether a method changes state and so needs CSRF protection under cookies.
+pub fn is_unsafe(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Records who is asking; never refuses by itself.
+pub async fn identify(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let authentication = authenticate_headers(&state, request.method(), request.headers());
+    request.extensions_mut().insert(authentication);
+    next.run(request).await
+}
+
+/// Checks the credentials in `headers`.
+pub fn authenticate_headers(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Authentication {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let Some(token) = token else {
+            count_failure(state, Rejected::Malformed);
+            return Authentication::Refused(Refusal::InvalidToken);
+        };
+        return verify(state, token, Credential::Bearer);
+    }
+    if let Some(token) = cookie(headers, ACCESS_COOKIE) {
+        let authentication = verify(state, token, Credential::Cookie);
+        if let Authentication::Authenticated(principal) = &authentication
+            && is_unsafe(method)
+        {
+            let presented = headers
+                .get(CSRF_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default();
+            if !state.tokens.csrf_matches(&principal.family_id, presented) {
+                return Authentication::Refused(Refusal::CsrfFailed);
+            }
+        }
+        return authentication;
+    }
+    Authentication::Anonymous
+}
+
+fn count_failure(state: &AppState, reason: Rejected) {
+    state
+        .metrics
+        .jwt_failures
+        .get_or_create(&ReasonLabel {
+            reason: reason.label(),
+        })
+        .inc();
+}
+
+fn verify(state: &AppState, token: &str, credential: Credential) -> Authentication {
+    let claims = match state.tokens.verify(token) {
+        Ok(claims) => claims,
+        Err(reason) => {
+            count_failure(state, reason);
+            return Authentication::Refused(Refusal::InvalidToken);
+        }
+    };
+    if state.revocations.is_revoked(&claims.sid) {
+        count_failure(state, Rejected::Revoked);
+        return Authentication::Refused(Refusal::InvalidToken);
+    }
+    Authentication::Authenticated(Principal {
+        user_id: claims.user_id,
+        username: Arc::from(claims.username),
+        role: Arc::from(claims.role),
+        tier: Arc::from(claims.tier),
+        family_id: Arc::from(claims.sid),
+        credential,
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Authentication>() {
+            Some(Authentication::Authenticated(principal)) => Ok(principal.clone()),
+            Some(Authentication::Refused(Refusal::CsrfFailed)) => Err(ApiError::CsrfFailed),
+            Some(Authentication::Refused(Refusal::InvalidToken)) => Err(ApiError::invalid_token()),
+            Some(Authentication::Anonymous) | None => Err(ApiError::unauthenticated()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            "a=1; __Host-access_token=tok; __Host-access_token_x=no"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(cookie(&headers, ACCESS_COOKIE), Some("tok"));
+        assert_eq!(cookie(&headers, "b"), None);
+    }
+
+    #[test]
+    fn only_state_changing_methods_need_csrf() {
+        assert!(is_unsafe(&Method::POST));
+        assert!(is_unsafe(&Method::DELETE));
+        assert!(!is_unsafe(&Method::GET));
+        assert!(!is_unsafe(&Method::HEAD));
+    }
+}

@@ -1,0 +1,556 @@
+//! Registration, login, refresh-token rotation and logout.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::audit::{NewAuditEntry, RequestContext};
+use crate::authentication::{self, CSRF_HEADER, Principal, REFRESH_COOKIE};
+use crate::client_ip::ClientIp;
+use crate::error::ApiError;
+use crate::identity::{Problems, UserView, check_email, check_username};
+use crate::json::ApiJson;
+use crate::password::{self, Verified};
+use crate::state::AppState;
+use crate::store::{Family, LockScope, NewUser, Rotation, User};
+use crate::tokens;
+
+/// `POST /auth/register`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    /// 3–20 characters of `[A-Za-z0-9_]`.
+    pub username: String,
+    /// A valid address.
+    pub email: String,
+    /// Must meet the password policy.
+    pub password: String,
+}
+
+/// `POST /auth/login`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    /// Username (case-insensitive).
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// Also set the tokens as cookies and return a CSRF token.
+    #[serde(default)]
+    pub cookie: bool,
+    /// With `cookie`: keep the session for 30 days instead of 24 hours.
+    #[serde(default)]
+    pub remember_me: bool,
+}
+
+/// `POST /auth/refresh`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshBody {
+    /// The refresh token; may be omitted when the refresh cookie is sent.
+    pub refresh_token: Option<String>,
+}
+
+/// Tokens issued by login and refresh.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenResponse {
+    /// The JWS access token.
+    pub access_token: String,
+    /// The opaque refresh token.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds the access token lives.
+    pub expires_in: i64,
+    /// Seconds the refresh token lives.
+    pub refresh_expires_in: i64,
+    /// The user.
+    pub user: UserView,
+    /// With cookies: the value to send as `X-CSRF-Token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
+}
+
+const DAY: i64 = 86_400;
+
+/// Creates an account; the first account ever becomes `admin`.
+pub async fn register(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ApiJson(body): ApiJson<RegisterBody>,
+) -> Result<Response, ApiError> {
+    let mut problems = Problems::default();
+    problems.extend("username", check_username(&body.username));
+    problems.extend("email", check_email(&body.email));
+    problems.extend(
+        "password",
+        password::check_policy(&state.config.password, &body.password, &body.username),
+    );
+    problems.finish()?;
+    let hash = state
+        .hasher
+        .hash(body.password)
+        .await
+        .map_err(ApiError::internal)?;
+    let now = state.now();
+    let user = state
+        .stores
+        .data
+        .create_user(
+            NewUser {
+                username: body.username,
+                email: body.email,
+                password_hash: hash,
+                role: state.config.default_role.clone(),
+                force_admin: false,
+                created_at: now,
+            },
+            NewAuditEntry::new(now, "user_registration", None, json!({}), &context),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(UserView::from(&user))).into_response())
+}
+
+fn seconds(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX / 4)
+}
+
+/// Checks both lockouts; 429 `locked_out` if either holds.
+async fn check_lockouts(state: &AppState, ip: &str, account: &str) -> Result<(), ApiError> {
+    let now = state.now();
+    let sessions = &state.stores.sessions;
+    let ip_lock = sessions.lockout(LockScope::Ip, ip, now).await?;
+    let account_lock = sessions.lockout(LockScope::Account, account, now).await?;
+    match ip_lock.max(account_lock) {
+        Some(seconds) => Err(ApiError::LockedOut {
+            retry_after: std::time::Duration::from_secs(u64::try_from(seconds).unwrap_or(1)),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Counts a failed login against the IP and the account, auditing a new lockout.
+async fn record_failure(
+    state: &AppState,
+    context: &RequestContext,
+    ip: &str,
+    account: &str,
+    user: Option<&User>,
+    reason: &'static str,
+) -> Result<(), ApiError> {
+    state.metrics.failed_logins.inc();
+    let now = state.now();
+    let window = seconds(state.config.login.failure_window);
+    let sessions = &state.stores.sessions;
+    let ip_locked = sessions
+        .record_failure(
+            LockScope::Ip,
+            ip,
+            state.config.login.max_failures_per_ip,
+            window,
+            now,
+        )
+        .await?;
+    let account_locked = sessions
+        .record_failure(
+            LockScope::Account,
+            account,
+            state.config.login.max_failures_per_account,
+            window,
+            now,
+        )
+        .await?;
+    let user_id = user.map(|user| user.id);
+    let data = &state.stores.data;
+    data.append_audit(NewAuditEntry::new(
+        now,
+        "login_failed",
+        user_id,
+        json!({ "reason": reason }),
+        context,
+    ))
+    .await?;
+    for (scope, locked) in [("ip", ip_locked), ("account", account_locked)] {
+        if locked.is_some() {
+            data.append_audit(NewAuditEntry::new(
+                now,
+                "locked_out",
+                user_id,
+                json!({ "scope": scope, "seconds": window }),
+                context,
+            ))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Logs in with a username and password.
+pub async fn login(
+    State(state): State<AppState>,
+    ClientIpText(ip): ClientIpText,
+    context: RequestContext,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<Response, ApiError> {
+    let account = body.username.to_lowercase();
+    check_lockouts(&state, &ip, &account).await?;
+    if body.password.len() > 4 * state.config.password.max_length || body.username.len() > 254 {
+        // Nothing this long was ever accepted at registration; refuse without hashing it.
+        state
+            .hasher
+            .verify_dummy(String::new())
+            .await
+            .map_err(ApiError::internal)?;
+        record_failure(&state, &context, &ip, &account, None, "too_long").await?;
+        return Err(ApiError::InvalidCredentials);
+    }
+    let user = state.stores.data.user_by_username(&body.username).await?;
+    let Some(user) = user else {
+        // Spend the time a real check takes, so unknown users cannot be told apart.
+        state
+            .hasher
+            .verify_dummy(body.password)
+            .await
+            .map_err(ApiError::internal)?;
+        record_failure(&state, &context, &ip, &account, None, "unknown_user").await?;
+        return Err(ApiError::InvalidCredentials);
+    };
+    let verified = state
+        .hasher
+        .verify(body.password, user.password_hash.clone())
+        .await
+        .map_err(ApiError::internal)?;
+    if verified == Verified::No {
+        record_failure(
+            &state,
+            &context,
+            &ip,
+            &account,
+            Some(&user),
+            "wrong_password",
+        )
+        .await?;
+        return Err(ApiError::InvalidCredentials);
+    }
+    if let Verified::YesRehashed(new_hash) = &verified {
+        state
+            .stores
+            .data
+            .upgrade_password_hash(user.id, &user.password_hash, new_hash)
+            .await?;
+    }
+    if user.disabled {
+        state
+            .stores
+            .data
+            .append_audit(NewAuditEntry::new(
+                state.now(),
+                "login_failed",
+                Some(user.id),
+                json!({ "reason": "disabled" }),
+                &context,
+            ))
+            .await?;
+        return Err(ApiError::Disabled);
+    }
+    let sessions = &state.stores.sessions;
+    sessions.clear_failures(LockScope::Ip, &ip).await?;
+    sessions
+        .clear_failures(LockScope::Account, &account)
+        .await?;
+
+    let lifetime = if body.cookie {
+        if body.remember_me { 30 * DAY } else { DAY }
+    } else {
+        seconds(state.config.tokens.refresh_ttl)
+    };
+    let now = state.now();
+    let family = Family {
+        id: tokens::new_family_id(),
+        user_id: user.id,
+        created_at: now,
+        expires_at: now + lifetime,
+        revoked_at: None,
+        csrf_hash: None,
+    };
+    let refresh_token = format!("{}.{}", family.id, tokens::new_refresh_token());
+    sessions
+        .create_family(&family, &tokens::hash_refresh_token(&refresh_token))
+        .await?;
+    state
+        .stores
+        .data
+        .append_audit(NewAuditEntry::new(
+            now,
+            "login_success",
+            Some(user.id),
+            json!({ "cookie": body.cookie, "rehashed": matches!(verified, Verified::YesRehashed(_)) }),
+            &context,
+        ))
+        .await?;
+    issue(&state, &user, &family, refresh_token, lifetime, body.cookie)
+}
+
+/// Builds the token response, with cookies when asked.
+fn issue(
+    state: &AppState,
+    user: &User,
+    family: &Family,
+    refresh_token: String,
+    refresh_lifetime: i64,
+    cookie: bool,
+) -> Result<Response, ApiError> {
+    let access_token = state
+        .tokens
+        .issue(user, &family.id)
+        .map_err(ApiError::internal)?;
+    let access_ttl = state.tokens.access_ttl();
+    let mut headers = HeaderMap::new();
+    let csrf_token = if cookie {
+        headers.append(
+            header::SET_COOKIE,
+            cookie_header(
+                authentication::ACCESS_COOKIE,
+                &access_token,
+                "/",
+                access_ttl,
+            )?,
+        );
+        headers.append(
+            header::SET_COOKIE,
+            cookie_header(REFRESH_COOKIE, &refresh_token, "/auth", refresh_lifetime)?,
+        );
+        Some(state.tokens.csrf_token(&family.id))
+    } else {
+        None
+    };
+    let body = TokenResponse {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: access_ttl,
+        refresh_expires_in: refresh_lifetime,
+        user: UserView::from(user),
+        csrf_token,
+    };
+    Ok((StatusCode::OK, headers, Json(body)).into_response())
+}
+
+fn cookie_header(
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age: i64,
+) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+    ))
+    .map_err(ApiError::internal)
+}
+
+fn clearing_cookies() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, path) in [
+        (authentication::ACCESS_COOKIE, "/"),
+        (REFRESH_COOKIE, "/auth"),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&format!(
+            "{name}=; Path={path}; Max-Age=0; HttpOnly; Secure; SameSite=Strict"
+        )) {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+    headers
+}
+
+/// The client IP as text.
+#[derive(Debug, Clone)]
+pub struct ClientIpText(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIpText {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<ClientIp>().map_or_else(
+            || "unknown".to_owned(),
+            |ip| ip.0.to_string(),
+        )))
+    }
+}
+
+/// Exchanges a refresh token for new tokens; the old one stops working at once.
+pub async fn refresh(
+    State(state): State<AppState>,
+    context: RequestContext,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: RefreshBody = if body.is_empty() {
+        RefreshBody::default()
+    } else {
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        crate::json::parse(&body)?
+    };
+    let (token, from_cookie) = match body.refresh_token {
+        Some(token) => (token, false),
+        None => match authentication::cookie(&headers, REFRESH_COOKIE) {
+            Some(token) => (token.to_owned(), true),
+            None => return Err(ApiError::unauthenticated()),
+        },
+    };
+    let Some((family_id, _)) = token.split_once('.') else {
+        return Err(ApiError::invalid_token());
+    };
+    if token.len() > 256 {
+        return Err(ApiError::invalid_token());
+    }
+    if from_cookie {
+        let presented = headers
+            .get(CSRF_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if !state.tokens.csrf_matches(family_id, presented) {
+            return Err(ApiError::CsrfFailed);
+        }
+    }
+    let now = state.now();
+    let next = format!("{family_id}.{}", tokens::new_refresh_token());
+    // A family keeps the lifetime it was created with, renewed from now.
+    let existing = state.stores.sessions.family(family_id).await?;
+    let Some(existing) = existing else {
+        return Err(ApiError::invalid_token());
+    };
+    let lifetime = (existing.expires_at - existing.created_at).clamp(60, 30 * DAY);
+    let rotation = state
+        .stores
+        .sessions
+        .rotate(
+            &tokens::hash_refresh_token(&token),
+            &tokens::hash_refresh_token(&next),
+            now,
+            now + lifetime,
+        )
+        .await?;
+    match rotation {
+        Rotation::Rotated(family) if family.id == family_id => {
+            let user = state.stores.data.user_by_id(family.user_id).await?;
+            let Some(user) = user.filter(|user| !user.disabled) else {
+                state.stores.sessions.revoke_family(&family.id, now).await?;
+                state.revocations.insert([(family.id, now)]);
+                return Err(ApiError::invalid_token());
+            };
+            state
+                .stores
+                .data
+                .append_audit(NewAuditEntry::new(
+                    now,
+                    "token_refresh",
+                    Some(user.id),
+                    json!({}),
+                    &context,
+                ))
+                .await?;
+            issue(&state, &user, &family, next, lifetime, from_cookie)
+        }
+        Rotation::Reused(family) => {
+            state.revocations.insert([(family.id.clone(), now)]);
+            state
+                .stores
+                .data
+                .append_audit(NewAuditEntry::new(
+                    now,
+                    "token_reused",
+                    Some(family.user_id),
+                    json!({ "family": family.id }),
+                    &context,
+                ))
+                .await?;
+            Err(ApiError::TokenReused)
+        }
+        Rotation::Rotated(_) | Rotation::Invalid => Err(ApiError::invalid_token()),
+    }
+}
+
+/// Revokes the current login.
+pub async fn logout(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+) -> Result<Response, ApiError> {
+    let now = state.now();
+    state
+        .stores
+        .sessions
+        .revoke_family(&principal.family_id, now)
+        .await?;
+    state
+        .revocations
+        .insert([(principal.family_id.to_string(), now)]);
+    state
+        .stores
+        .data
+        .append_audit(NewAuditEntry::new(
+            now,
+            "logout",
+            Some(principal.user_id),
+            json!({ "all": false }),
+            &context,
+        ))
+        .await?;
+    Ok((StatusCode::NO_CONTENT, clearing_cookies()).into_response())
+}
+
+/// Revokes every login of the user.
+pub async fn logout_all(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+) -> Result<Response, ApiError> {
+    let now = state.now();
+    revoke_user(&state, principal.user_id, None).await?;
+    state
+        .stores
+        .data
+        .append_audit(NewAuditEntry::new(
+            now,
+            "logout",
+            Some(principal.user_id),
+            json!({ "all": true }),
+            &context,
+        ))
+        .await?;
+    Ok((StatusCode::NO_CONTENT, clearing_cookies()).into_response())
+}
+
+/// Revokes every login of a user except `keep`, here and (within the lag) everywhere.
+///
+/// # Errors
+/// The session store fails.
+pub async fn revoke_user(
+    state: &AppState,
+    user_id: i64,
+    keep: Option<&str>,
+) -> Result<(), ApiError> {
+    let now = state.now();
+    let revoked = state
+        .stores
+        .sessions
+        .revoke_user(user_id, keep, now)
+        .await?;
+    state
+        .revocations
+        .insert(revoked.into_iter().map(|id| (id, now)));
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! The caller's own account: profile, password, export and deletion; and user lookup.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::audit::{AuditRecord, NewAuditEntry, RequestContext};
+use crate::authentication::Principal;
+use crate::error::ApiError;
+use crate::identity::sessions::revoke_user;
+use crate::identity::{Admin, Problems, UserView};
+use crate::json::{ApiJson, IdPath};
+use crate::password::{self, Verified};
+use crate::state::AppState;
+use crate::store::{AuditFilter, User};
+
+/// `PUT /users/me/password`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    /// The password now.
+    pub current_password: String,
+    /// The new password; must meet the policy.
+    pub new_password: String,
+}
+
+/// `DELETE /users/me`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteBody {
+    /// The password, to confirm.
+    pub password: String,
+}
+
+/// Loads the caller; a deleted user's token is refused.
+async fn current_user(state: &AppState, principal: &Principal) -> Result<User, ApiError> {
+    state
+        .stores
+        .data
+        .user_by_id(principal.user_id)
+        .await?
+        .ok_or_else(ApiError::invalid_token)
+}
+
+/// `GET /users/me`.
+pub async fn me(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<UserView>, ApiError> {
+    let user = current_user(&state, &principal).await?;
+    Ok(Json(UserView::from(&user)))
+}
+
+/// `GET /users/{id}` (admin).
+pub async fn by_id(
+    State(state): State<AppState>,
+    _admin: Admin,
+    IdPath(id): IdPath,
+) -> Result<Json<UserView>, ApiError> {
+    let user = state
+        .stores
+        .data
+        .user_by_id(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(UserView::from(&user)))
+}
+
+/// Checks the caller's password; 400 naming `field` when wrong.
+async fn confirm_password(
+    state: &AppState,
+    user: &User,
+    password: String,
+    field: &str,
+) -> Result<(), ApiError> {
+    let verified = state
+        .hasher
+        .verify(password, user.password_hash.clone())
+        .await
+        .map_err(ApiError::internal)?;
+    if verified == Verified::No {
+        state.metrics.failed_logins.inc();
+        let mut problems = Problems::default();
+        problems.add(field, "is incorrect");
+        return problems.finish();
+    }
+    Ok(())
+}
+
+/// `PUT /users/me/password`: every other login is revoked.
+pub async fn change_password(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+    ApiJson(body): ApiJson<PasswordChange>,
+) -> Result<Response, ApiError> {
+    let user = current_user(&state, &principal).await?;
+    let mut problems = Problems::default();
+    problems.extend(
+        "new_password",
+        password::check_policy(&state.config.password, &body.new_password, &user.username),
+    );
+    if body.new_password == body.current_password {
+        problems.add("new_password", "must differ from the current password");
+    }
+    problems.finish()?;
+    confirm_password(&state, &user, body.current_password, "current_password").await?;
+    let hash = state
+        .hasher
+        .hash(body.new_password)
+        .await
+        .map_err(ApiError::internal)?;
+    state
+        .stores
+        .data
+        .change_password(
+            user.id,
+            &hash,
+            NewAuditEntry::new(
+                state.now(),
+                "password_changed",
+                Some(user.id),
+                json!({}),
+                &context,
+            ),
+        )
+        .await?;
+    let keep = (!principal.family_id.is_empty()).then_some(&*principal.family_id);
+    revoke_user(&state, user.id, keep).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /users/me/export`: everything stored about the caller.
+pub async fn export(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+) -> Result<Json<Value>, ApiError> {
+    let user = current_user(&state, &principal).await?;
+    let now = state.now();
+    let sessions: Vec<Value> = state
+        .stores
+        .sessions
+        .active_families(user.id, now)
+        .await?
+        .iter()
+        .map(|family| {
+            json!({
+                "id": family.id,
+                "created_at": crate::time_format::rfc3339(family.created_at),
+                "expires_at": crate::time_format::rfc3339(family.expires_at),
+            })
+        })
+        .collect();
+    let mut audit: Vec<AuditRecord> = Vec::new();
+    let mut before = None;
+    loop {
+        let page = state
+            .stores
+            .data
+            .list_audit(&AuditFilter {
+                user_id: Some(user.id),
+                before_id: before,
+                limit: 500,
+                ..AuditFilter::default()
+            })
+            .await?;
+        let done = page.len() < 500;
+        before = page.last().map(|record| record.id);
+        audit.extend(page);
+        if done || audit.len() >= 50_000 {
+            break;
+        }
+    }
+    state
+        .stores
+        .data
+        .append_audit(NewAuditEntry::new(
+            now,
+            "data_export",
+            Some(user.id),
+            json!({}),
+            &context,
+        ))
+        .await?;
+    let document = json!({
+        "exported_at": crate::time_format::rfc3339(now),
+        "profile": UserView::from(&user),
+        "sessions": sessions,
+        "audit": audit,
+    });
+    Ok(Json(document))
+}
+
+/// `DELETE /users/me`: the caller's data is deleted, their audit entries pseudonymised.
+pub async fn delete_me(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+    ApiJson(body): ApiJson<DeleteBody>,
+) -> Result<Response, ApiError> {
+    let user = current_user(&state, &principal).await?;
+    confirm_password(&state, &user, body.password, "password").await?;
+    revoke_user(&state, user.id, None).await?;
+    // The deletion's own entry carries no personal data: it outlives the user.
+    let anonymous = RequestContext {
+        ip: None,
+        user_agent: None,
+        request_id: context.request_id.clone(),
+    };
+    state
+        .stores
+        .data
+        .delete_user(
+            user.id,
+            NewAuditEntry::new(
+                state.now(),
+                "user_deleted",
+                Some(user.id),
+                json!({}),
+                &anonymous,
+            ),
+        )
+        .await?;
+    state.stores.sessions.delete_user_sessions(user.id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,30 @@
+//! Rampart: a security gateway and identity service for trading platforms.
+//!
+//! Every request meets the layers of [`pipeline`] in this order: rate limiting,
+//! authentication, authorization, input validation and intrusion detection, the
+//! circuit breaker of its upstream, the backend (or the built-in identity API), then
+//! security headers, audit and metrics on the way out. Durable state lives behind
+//! [`store::Store`] (SQLite or PostgreSQL); short-lived security state (refresh
+//! tokens, lockouts, nonces, rate limits) can move to Redis so that any number of
+//! stateless instances share it.
+
+pub mod app;
+pub mod audit;
+pub mod authentication;
+pub mod client_ip;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod json;
+pub mod metrics;
+pub mod operations;
+pub mod password;
+pub mod pipeline;
+pub mod request;
+pub mod secrets;
+pub mod security_headers;
+pub mod state;
+pub mod store;
+pub mod time_format;
+pub mod tokens;

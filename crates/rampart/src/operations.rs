@@ -1,0 +1,98 @@
+//! Operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json`.
+//!
+//! They are neither rate limited nor authenticated, so probes and scrapers never spend a
+//! client's budget; `/metrics` is fenced by network instead (`metrics.allowed_networks`).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+
+use crate::client_ip::ClientIp;
+use crate::error::ApiError;
+use crate::request::RouteName;
+use crate::state::AppState;
+
+/// Paths served here, which the rate limiter and authentication leave alone.
+pub const PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/.well-known/jwks.json"];
+
+/// The routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
+        .layer(axum::middleware::map_response(
+            |request_path: axum::extract::OriginalUri, mut response: Response| async move {
+                let name = PATHS
+                    .iter()
+                    .find(|path| **path == request_path.path())
+                    .copied()
+                    .unwrap_or("operations");
+                response.extensions_mut().insert(RouteName(name));
+                response
+            },
+        ))
+}
+
+/// Alive.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when every store answers.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let database = state.stores.data.ping().await.is_ok();
+    let sessions = state.stores.sessions.ping().await.is_ok();
+    let body = Json(json!({
+        "status": if database && sessions { "ready" } else { "unavailable" },
+        "checks": { "database": database, "session_store": sessions },
+    }));
+    if database && sessions {
+        body.into_response()
+    } else {
+        let mut response = ApiError::ServiceUnavailable {
+            message: "A backing store is unreachable".into(),
+            retry_after: Some(std::time::Duration::from_secs(1)),
+        }
+        .into_response();
+        *response.body_mut() = body.into_response().into_body();
+        response
+    }
+}
+
+/// Prometheus text, for `metrics.allowed_networks` only (404 for anyone else, so the
+/// endpoint does not advertise itself).
+async fn metrics(
+    State(state): State<AppState>,
+    client: Option<axum::Extension<ClientIp>>,
+) -> Response {
+    let allowed = client.is_some_and(|client| {
+        state
+            .config
+            .metrics_allowed_networks
+            .iter()
+            .any(|network| network.contains(&client.0.0))
+    });
+    if !allowed {
+        return ApiError::NotFound.into_response();
+    }
+    let mut response = (StatusCode::OK, state.metrics.render()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// The public signing keys (asymmetric algorithms only; 404 with HS256).
+async fn jwks(State(state): State<AppState>) -> Response {
+    match state.tokens.jwks() {
+        Some(keys) => Json(keys.clone()).into_response(),
+        None => ApiError::NotFound.into_response(),
+    }
+}

@@ -1,0 +1,49 @@
+//! What every handler and layer shares: configuration, stores, keys, metrics, the clock.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::password::Hasher;
+use crate::security_headers::SecurityHeaders;
+use crate::store::Stores;
+use crate::tokens::{RevocationCache, TokenService};
+
+/// Shared state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+/// The contents of [`AppState`].
+#[allow(missing_docs)]
+pub struct Shared {
+    pub config: Config,
+    pub stores: Stores,
+    pub tokens: TokenService,
+    pub revocations: Arc<RevocationCache>,
+    pub hasher: Hasher,
+    pub metrics: Metrics,
+    pub clock: SharedClock,
+    pub security_headers: SecurityHeaders,
+}
+
+impl AppState {
+    /// Wraps the shared parts.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+
+    /// The current time in unix seconds.
+    pub fn now(&self) -> i64 {
+        self.clock.unix()
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}

@@ -1,0 +1,861 @@
+//! [`Store`] and [`SessionStore`] over SQL, for SQLite and PostgreSQL.
+//!
+//! Both backends run the same statements (SQLite accepts PostgreSQL's `$N` placeholders,
+//! `RETURNING` and `ON CONFLICT`); the few differences — row locks and the lock that
+//! serialises the audit chain — are constants per backend. Each backend has its own
+//! migration folder.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use crate::audit::{self, AuditRecord, GENESIS, NewAuditEntry};
+use crate::store::{
+    AuditFilter, Family, LockScope, NewUser, Rotation, SessionStore, Store, StoreError,
+    StoreResult, User, UserPatch,
+};
+
+/// The embedded store: one SQLite file (or memory), one connection.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// The production store: a PostgreSQL connection pool.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` and applies migrations.
+    ///
+    /// # Errors
+    /// The file cannot be opened or a migration fails.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5));
+        if let Some(parent) = options.get_filename().parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)?;
+        }
+        // One connection: SQLite serialises writers anyway, and one connection makes every
+        // transaction (audit chain, first-admin claim) serial without busy retries.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` and applies migrations.
+    ///
+    /// # Errors
+    /// The server cannot be reached or a migration fails.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn classify(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::Database(ref database) if database.is_unique_violation() => {
+            StoreError::Conflict("already exists".into())
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error.into()),
+        other => StoreError::Other(other.into()),
+    }
+}
+
+type Row<T> = Result<T, sqlx::Error>;
+
+const USER_COLUMNS: &str = "id, username, email, password_hash, role, tier, disabled, created_at";
+
+fn user_from(
+    (id, username, email, password_hash, role, tier, disabled, created_at): (
+        i64,
+        String,
+        String,
+        String,
+        String,
+        String,
+        bool,
+        i64,
+    ),
+) -> User {
+    User {
+        id,
+        username,
+        email,
+        password_hash,
+        role,
+        tier,
+        disabled,
+        created_at,
+    }
+}
+
+type UserTuple = (i64, String, String, String, String, String, bool, i64);
+type FamilyTuple = (String, i64, i64, i64, Option<i64>, Option<String>);
+type AuditTuple = (
+    i64,
+    i64,
+    Option<i64>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+);
+
+fn family_from(
+    (id, user_id, created_at, expires_at, revoked_at, csrf_hash): FamilyTuple,
+) -> Family {
+    Family {
+        id,
+        user_id,
+        created_at,
+        expires_at,
+        revoked_at,
+        csrf_hash,
+    }
+}
+
+fn audit_from(row: AuditTuple) -> AuditRecord {
+    let (
+        id,
+        at,
+        user_id,
+        action,
+        details,
+        ip_address,
+        user_agent,
+        request_id,
+        pii_salt,
+        pii_digest,
+        prev_hash,
+        hash,
+    ) = row;
+    AuditRecord {
+        id,
+        at,
+        user_id,
+        action,
+        details,
+        ip_address,
+        user_agent,
+        request_id,
+        pii_salt,
+        pii_digest,
+        prev_hash,
+        hash,
+    }
+}
+
+const AUDIT_COLUMNS: &str = "id, at, user_id, action, details, ip_address, user_agent, \
+                             request_id, pii_salt, pii_digest, prev_hash, hash";
+
+/// Implements both traits for one backend. `$lock_audit` serialises audit appends (the
+/// chain needs the previous hash); `$for_update` locks selected rows where the backend can.
+macro_rules! sql_store {
+    ($store:ty, $db:ty, lock_audit = $lock_audit:expr, for_update = $for_update:expr) => {
+        impl $store {
+            async fn insert_audit(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                entry: &NewAuditEntry,
+            ) -> Row<()> {
+                if let Some(lock) = $lock_audit {
+                    sqlx::query(lock).execute(&mut **tx).await?;
+                }
+                let prev: Option<String> =
+                    sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                let prev = prev.unwrap_or_else(|| GENESIS.to_owned());
+                let sealed = audit::seal(entry, &prev);
+                sqlx::query(
+                    "INSERT INTO audit_log (at, user_id, action, details, ip_address, \
+                     user_agent, request_id, pii_salt, pii_digest, prev_hash, hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(entry.at)
+                .bind(entry.user_id)
+                .bind(entry.action)
+                .bind(&sealed.details)
+                .bind(entry.ip_address.as_deref())
+                .bind(entry.user_agent.as_deref())
+                .bind(&entry.request_id)
+                .bind(&sealed.pii_salt)
+                .bind(&sealed.pii_digest)
+                .bind(&prev)
+                .bind(&sealed.hash)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn user_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                id: i64,
+            ) -> Row<Option<User>> {
+                let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                Ok(row.map(user_from))
+            }
+
+            /// Locks the active admins and counts them.
+            async fn active_admins(tx: &mut sqlx::Transaction<'_, $db>) -> Row<Vec<i64>> {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT id FROM users WHERE role = 'admin' AND disabled = FALSE{}",
+                    $for_update
+                )))
+                .fetch_all(&mut **tx)
+                .await
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                Ok(())
+            }
+
+            async fn create_user(
+                &self,
+                user: NewUser,
+                mut audit: NewAuditEntry,
+            ) -> StoreResult<User> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let claimed = sqlx::query(
+                    "INSERT INTO bootstrap (name) VALUES ('first_admin') ON CONFLICT DO NOTHING",
+                )
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?
+                .rows_affected()
+                    == 1;
+                let role = if claimed || user.force_admin {
+                    "admin".to_owned()
+                } else {
+                    user.role.clone()
+                };
+                let inserted: Row<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO users (username, username_lower, email, email_lower, \
+                     password_hash, role, tier, disabled, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'standard', FALSE, $7, $7) \
+                     RETURNING {USER_COLUMNS}"
+                )))
+                .bind(&user.username)
+                .bind(user.username.to_lowercase())
+                .bind(&user.email)
+                .bind(user.email.to_lowercase())
+                .bind(&user.password_hash)
+                .bind(&role)
+                .bind(user.created_at)
+                .fetch_one(&mut *tx)
+                .await;
+                let created = match inserted {
+                    Ok(row) => user_from(row),
+                    Err(error) => {
+                        return Err(match classify(error) {
+                            StoreError::Conflict(_) => {
+                                StoreError::Conflict("username or email is already taken".into())
+                            }
+                            other => other,
+                        });
+                    }
+                };
+                audit.user_id = Some(created.id);
+                if let serde_json::Value::Object(details) = &mut audit.details {
+                    details.insert("role".into(), serde_json::Value::String(role));
+                }
+                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(created)
+            }
+
+            async fn user_by_id(&self, id: i64) -> StoreResult<Option<User>> {
+                let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(row.map(user_from))
+            }
+
+            async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
+                let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE username_lower = $1"
+                )))
+                .bind(username.to_lowercase())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(row.map(user_from))
+            }
+
+            async fn list_users(&self, limit: i64, offset: i64) -> StoreResult<(Vec<User>, i64)> {
+                let rows: Vec<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {USER_COLUMNS} FROM users ORDER BY id LIMIT $1 OFFSET $2"
+                )))
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+                let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                Ok((rows.into_iter().map(user_from).collect(), total))
+            }
+
+            async fn upgrade_password_hash(&self, id: i64, old: &str, new: &str) -> StoreResult<()> {
+                // Only replaces the hash that was verified, so a password change racing
+                // with a login is never undone.
+                sqlx::query(
+                    "UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3",
+                )
+                .bind(new)
+                .bind(id)
+                .bind(old)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(())
+            }
+
+            async fn change_password(
+                &self,
+                id: i64,
+                hash: &str,
+                audit: NewAuditEntry,
+            ) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let changed = sqlx::query(
+                    "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3",
+                )
+                .bind(hash)
+                .bind(audit.at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+                if changed == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(())
+            }
+
+            async fn update_user(
+                &self,
+                id: i64,
+                patch: UserPatch,
+                audit: Vec<NewAuditEntry>,
+            ) -> StoreResult<User> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let admins = Self::active_admins(&mut tx).await.map_err(classify)?;
+                let user = Self::user_in(&mut tx, id)
+                    .await
+                    .map_err(classify)?
+                    .ok_or(StoreError::NotFound)?;
+                let loses_admin = user.role == "admin"
+                    && !user.disabled
+                    && (patch.role.as_deref().is_some_and(|role| role != "admin")
+                        || patch.disabled == Some(true));
+                if loses_admin && admins.iter().filter(|admin| **admin != id).count() == 0 {
+                    return Err(StoreError::Conflict(
+                        "the last admin cannot be demoted or disabled".into(),
+                    ));
+                }
+                let now = audit.first().map_or(0, |entry| entry.at);
+                sqlx::query(
+                    "UPDATE users SET role = COALESCE($1, role), tier = COALESCE($2, tier), \
+                     disabled = COALESCE($3, disabled), updated_at = $4 WHERE id = $5",
+                )
+                .bind(patch.role.as_deref())
+                .bind(patch.tier.as_deref())
+                .bind(patch.disabled)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                for entry in &audit {
+                    Self::insert_audit(&mut tx, entry).await.map_err(classify)?;
+                }
+                let updated = Self::user_in(&mut tx, id)
+                    .await
+                    .map_err(classify)?
+                    .ok_or(StoreError::NotFound)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(updated)
+            }
+
+            async fn delete_user(&self, id: i64, audit: NewAuditEntry) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let admins = Self::active_admins(&mut tx).await.map_err(classify)?;
+                let user = Self::user_in(&mut tx, id)
+                    .await
+                    .map_err(classify)?
+                    .ok_or(StoreError::NotFound)?;
+                if user.role == "admin"
+                    && !user.disabled
+                    && admins.iter().filter(|admin| **admin != id).count() == 0
+                {
+                    return Err(StoreError::Conflict("the last admin cannot be deleted".into()));
+                }
+                for statement in crate::store::USER_OWNED_TABLES {
+                    sqlx::query(*statement)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                }
+                sqlx::query("DELETE FROM users WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                sqlx::query(
+                    "UPDATE audit_log SET ip_address = NULL, user_agent = NULL, pii_salt = NULL \
+                     WHERE user_id = $1",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(())
+            }
+
+            async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                Self::insert_audit(&mut tx, &entry).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(())
+            }
+
+            async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+                let rows: Vec<AuditTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log \
+                     WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR action = $2) \
+                     AND ($3 IS NULL OR at >= $3) AND ($4 IS NULL OR at < $4) \
+                     AND ($5 IS NULL OR id < $5) ORDER BY id DESC LIMIT $6"
+                )))
+                .bind(filter.user_id)
+                .bind(filter.action.as_deref())
+                .bind(filter.since)
+                .bind(filter.until)
+                .bind(filter.before_id)
+                .bind(filter.limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(rows.into_iter().map(audit_from).collect())
+            }
+
+            async fn audit_page(&self, after_id: i64, limit: i64) -> StoreResult<Vec<AuditRecord>> {
+                let rows: Vec<AuditTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2"
+                )))
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(rows.into_iter().map(audit_from).collect())
+            }
+
+            async fn purge_audit(&self, before: i64) -> StoreResult<u64> {
+                let result = sqlx::query("DELETE FROM audit_log WHERE at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                Ok(result.rows_affected())
+            }
+
+            async fn tamper_audit_for_test(&self, id: i64, details: &str) -> StoreResult<()> {
+                sqlx::query("UPDATE audit_log SET details = $1 WHERE id = $2")
+                    .bind(details)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl SessionStore for $store {
+            async fn create_family(&self, family: &Family, token_hash: &str) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                sqlx::query(
+                    "INSERT INTO token_families (id, user_id, created_at, expires_at, \
+                     revoked_at, csrf_hash) VALUES ($1, $2, $3, $4, NULL, $5)",
+                )
+                .bind(&family.id)
+                .bind(family.user_id)
+                .bind(family.created_at)
+                .bind(family.expires_at)
+                .bind(family.csrf_hash.as_deref())
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (token_hash, family_id, expires_at, used_at) \
+                     VALUES ($1, $2, $3, NULL)",
+                )
+                .bind(token_hash)
+                .bind(&family.id)
+                .bind(family.expires_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(())
+            }
+
+            async fn rotate(
+                &self,
+                token_hash: &str,
+                next_hash: &str,
+                now: i64,
+                expires_at: i64,
+            ) -> StoreResult<Rotation> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                // The conditional update is the atomic step: of many concurrent
+                // presentations of one token, exactly one sees `used_at IS NULL`.
+                let claimed: Option<String> = sqlx::query_scalar(
+                    "UPDATE refresh_tokens SET used_at = $1 \
+                     WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 \
+                     RETURNING family_id",
+                )
+                .bind(now)
+                .bind(token_hash)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let family_of = |id: String| {
+                    sqlx::query_as::<_, FamilyTuple>(
+                        "SELECT id, user_id, created_at, expires_at, revoked_at, csrf_hash \
+                         FROM token_families WHERE id = $1",
+                    )
+                    .bind(id)
+                };
+                if let Some(family_id) = claimed {
+                    let Some(family) = family_of(family_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(classify)?
+                        .map(family_from)
+                    else {
+                        return Ok(Rotation::Invalid);
+                    };
+                    if family.revoked_at.is_some() || family.expires_at <= now {
+                        tx.commit().await.map_err(classify)?;
+                        return Ok(Rotation::Invalid);
+                    }
+                    sqlx::query(
+                        "INSERT INTO refresh_tokens (token_hash, family_id, expires_at, used_at) \
+                         VALUES ($1, $2, $3, NULL)",
+                    )
+                    .bind(next_hash)
+                    .bind(&family.id)
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    sqlx::query("UPDATE token_families SET expires_at = $1 WHERE id = $2")
+                        .bind(expires_at)
+                        .bind(&family.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                    tx.commit().await.map_err(classify)?;
+                    return Ok(Rotation::Rotated(Family {
+                        expires_at,
+                        ..family
+                    }));
+                }
+                let used: Option<(String, Option<i64>)> = sqlx::query_as(
+                    "SELECT family_id, used_at FROM refresh_tokens WHERE token_hash = $1",
+                )
+                .bind(token_hash)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let Some((family_id, Some(_))) = used else {
+                    return Ok(Rotation::Invalid);
+                };
+                sqlx::query(
+                    "UPDATE token_families SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(&family_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let family = family_of(family_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify)?
+                    .map(family_from);
+                tx.commit().await.map_err(classify)?;
+                Ok(family.map_or(Rotation::Invalid, Rotation::Reused))
+            }
+
+            async fn family(&self, id: &str) -> StoreResult<Option<Family>> {
+                let row: Option<FamilyTuple> = sqlx::query_as(
+                    "SELECT id, user_id, created_at, expires_at, revoked_at, csrf_hash \
+                     FROM token_families WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(row.map(family_from))
+            }
+
+            async fn active_families(&self, user_id: i64, now: i64) -> StoreResult<Vec<Family>> {
+                let rows: Vec<FamilyTuple> = sqlx::query_as(
+                    "SELECT id, user_id, created_at, expires_at, revoked_at, csrf_hash \
+                     FROM token_families WHERE user_id = $1 AND revoked_at IS NULL \
+                     AND expires_at > $2 ORDER BY created_at",
+                )
+                .bind(user_id)
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(rows.into_iter().map(family_from).collect())
+            }
+
+            async fn revoke_family(&self, id: &str, now: i64) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE token_families SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(())
+            }
+
+            async fn revoke_user(
+                &self,
+                user_id: i64,
+                keep: Option<&str>,
+                now: i64,
+            ) -> StoreResult<Vec<String>> {
+                let revoked: Vec<String> = sqlx::query_scalar(
+                    "UPDATE token_families SET revoked_at = $1 \
+                     WHERE user_id = $2 AND revoked_at IS NULL AND ($3 IS NULL OR id <> $3) \
+                     RETURNING id",
+                )
+                .bind(now)
+                .bind(user_id)
+                .bind(keep)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(revoked)
+            }
+
+            async fn revoked_since(&self, since: i64) -> StoreResult<Vec<(String, i64)>> {
+                sqlx::query_as(
+                    "SELECT id, revoked_at FROM token_families WHERE revoked_at >= $1",
+                )
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)
+            }
+
+            async fn delete_user_sessions(&self, user_id: i64) -> StoreResult<()> {
+                // Revoked first so that other instances' caches learn of it, then deleted
+                // by the expiry sweep; the tokens themselves go now.
+                sqlx::query(
+                    "DELETE FROM refresh_tokens WHERE family_id IN \
+                     (SELECT id FROM token_families WHERE user_id = $1)",
+                )
+                .bind(user_id)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(())
+            }
+
+            async fn record_failure(
+                &self,
+                scope: LockScope,
+                key: &str,
+                max_failures: u32,
+                window: i64,
+                now: i64,
+            ) -> StoreResult<Option<i64>> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let failures: i64 = sqlx::query_scalar(
+                    "INSERT INTO login_failures (scope, key, failures, window_start, locked_until) \
+                     VALUES ($1, $2, 1, $3, NULL) \
+                     ON CONFLICT (scope, key) DO UPDATE SET \
+                       failures = CASE WHEN login_failures.window_start <= $3 - $4 \
+                                       THEN 1 ELSE login_failures.failures + 1 END, \
+                       window_start = CASE WHEN login_failures.window_start <= $3 - $4 \
+                                           THEN $3 ELSE login_failures.window_start END \
+                     RETURNING failures",
+                )
+                .bind(scope.as_str())
+                .bind(key)
+                .bind(now)
+                .bind(window)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let locked = if failures >= i64::from(max_failures) {
+                    sqlx::query(
+                        "UPDATE login_failures SET locked_until = $1 WHERE scope = $2 AND key = $3",
+                    )
+                    .bind(now + window)
+                    .bind(scope.as_str())
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    Some(window)
+                } else {
+                    None
+                };
+                tx.commit().await.map_err(classify)?;
+                Ok(locked)
+            }
+
+            async fn lockout(&self, scope: LockScope, key: &str, now: i64) -> StoreResult<Option<i64>> {
+                let until: Option<Option<i64>> = sqlx::query_scalar(
+                    "SELECT locked_until FROM login_failures WHERE scope = $1 AND key = $2",
+                )
+                .bind(scope.as_str())
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(until.flatten().filter(|until| *until > now).map(|until| until - now))
+            }
+
+            async fn clear_failures(&self, scope: LockScope, key: &str) -> StoreResult<()> {
+                sqlx::query("DELETE FROM login_failures WHERE scope = $1 AND key = $2")
+                    .bind(scope.as_str())
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                Ok(())
+            }
+
+            async fn claim_nonce(&self, nonce: &str, now: i64, ttl: i64) -> StoreResult<bool> {
+                let claimed = sqlx::query(
+                    "INSERT INTO nonces (nonce, expires_at) VALUES ($1, $2) \
+                     ON CONFLICT (nonce) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE nonces.expires_at <= $3",
+                )
+                .bind(nonce)
+                .bind(now + ttl)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+                Ok(claimed == 1)
+            }
+
+            async fn ping(&self) -> StoreResult<()> {
+                Store::ping(self).await
+            }
+        }
+
+        impl $store {
+            /// Deletes expired refresh tokens, families, nonces and stale lockout rows.
+            ///
+            /// # Errors
+            /// The database fails.
+            pub async fn sweep(&self, now: i64, keep_revoked_for: i64) -> StoreResult<()> {
+                for (statement, cutoff) in [
+                    ("DELETE FROM refresh_tokens WHERE expires_at < $1", now),
+                    (
+                        "DELETE FROM token_families WHERE expires_at < $1 \
+                         OR revoked_at < $1",
+                        now - keep_revoked_for,
+                    ),
+                    ("DELETE FROM nonces WHERE expires_at < $1", now),
+                    (
+                        "DELETE FROM login_failures WHERE \
+                         (locked_until IS NULL OR locked_until < $1) AND window_start < $1 - 86400",
+                        now,
+                    ),
+                ] {
+                    sqlx::query(statement)
+                        .bind(cutoff)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(classify)?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    lock_audit = None::<&str>,
+    for_update = ""
+);
+sql_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    lock_audit = Some("SELECT pg_advisory_xact_lock(7260001)"),
+    for_update = " FOR UPDATE"
+);

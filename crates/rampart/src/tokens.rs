@@ -1,0 +1,480 @@
+//! Access tokens (JWS), refresh tokens, CSRF tokens and the revocation cache.
+//!
+//! Access tokens are signed with the one configured algorithm; verification accepts only
+//! that algorithm, issuer and audience, checks `exp`/`nbf` against [`Clock`] with 30 s of
+//! leeway, and never fetches keys named in a token (`jku`, `x5u`, `jwk` are ignored).
+//! Refresh tokens are 256 random bits, stored only as SHA-256. Each access token carries
+//! its login's family id (`sid`); revoked families are held in a [`RevocationCache`] that
+//! every instance refreshes from the session store within `tokens.revocation_lag`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{KeyInit, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::clock::SharedClock;
+use crate::config::{TokenAlgorithm, TokensConfig};
+use crate::store::{SessionStore, User};
+
+/// Leeway for `exp` and `nbf`.
+pub const LEEWAY_SECONDS: i64 = 30;
+
+/// Longest token text looked at; anything longer is refused unread.
+const MAX_TOKEN_LENGTH: usize = 8 * 1024;
+
+/// The claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// User id as a string.
+    pub sub: String,
+    /// User id.
+    pub user_id: i64,
+    /// Username.
+    pub username: String,
+    /// Role.
+    pub role: String,
+    /// Rate-limit tier.
+    pub tier: String,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Not before (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Expires (unix seconds).
+    pub exp: i64,
+    /// Token id.
+    pub jti: String,
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// The login (token family) this token belongs to.
+    pub sid: String,
+}
+
+/// Why a token was refused; the label of `rampart_jwt_validation_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid token: {}", self.label())]
+pub enum Rejected {
+    /// Not a well-formed JWS, or too long.
+    Malformed,
+    /// Signed with another algorithm than the configured one (incl. `none`).
+    WrongAlgorithm,
+    /// The signature does not verify.
+    BadSignature,
+    /// Past `exp`.
+    Expired,
+    /// Before `nbf`.
+    NotYetValid,
+    /// Wrong `iss`.
+    WrongIssuer,
+    /// Wrong `aud`.
+    WrongAudience,
+    /// A claim is missing or of the wrong type.
+    InvalidClaims,
+    /// Its login was revoked.
+    Revoked,
+}
+
+impl Rejected {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::WrongAlgorithm => "wrong_algorithm",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::InvalidClaims => "invalid_claims",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// Issues and verifies access tokens.
+pub struct TokenService {
+    algorithm: Algorithm,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    jwks: Option<serde_json::Value>,
+    csrf_key: Vec<u8>,
+    issuer: String,
+    audience: String,
+    access_ttl: i64,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenService")
+            .field("algorithm", &self.algorithm)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Installs the RustCrypto backend of `jsonwebtoken`; idempotent.
+fn install_crypto() {
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+}
+
+impl TokenService {
+    /// Builds the keys from configuration.
+    ///
+    /// # Errors
+    /// The secret is missing or the key file cannot be read or parsed.
+    pub fn new(config: &TokensConfig, clock: SharedClock) -> anyhow::Result<Self> {
+        install_crypto();
+        let (algorithm, encoding, decoding, csrf_key) = match config.algorithm {
+            TokenAlgorithm::Hs256 => {
+                let secret = config
+                    .secret
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("tokens.secret is required for HS256"))?;
+                let secret = secret.expose().as_bytes();
+                (
+                    Algorithm::HS256,
+                    EncodingKey::from_secret(secret),
+                    DecodingKey::from_secret(secret),
+                    derive_key(secret, b"rampart csrf"),
+                )
+            }
+            TokenAlgorithm::EdDsa | TokenAlgorithm::Rs256 => {
+                let path = config
+                    .private_key_file
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("tokens.private_key_file is required"))?;
+                let pem = std::fs::read(path).map_err(|error| {
+                    anyhow::anyhow!("tokens.private_key_file {}: {error}", path.display())
+                })?;
+                let (algorithm, encoding) = if config.algorithm == TokenAlgorithm::EdDsa {
+                    (Algorithm::EdDSA, EncodingKey::from_ed_pem(&pem))
+                } else {
+                    (Algorithm::RS256, EncodingKey::from_rsa_pem(&pem))
+                };
+                let encoding = encoding
+                    .map_err(|error| anyhow::anyhow!("tokens.private_key_file: {error}"))?;
+                let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, algorithm)
+                    .map_err(|error| anyhow::anyhow!("tokens.private_key_file: {error}"))?;
+                let decoding = DecodingKey::from_jwk(&jwk)
+                    .map_err(|error| anyhow::anyhow!("tokens.private_key_file: {error}"))?;
+                (
+                    algorithm,
+                    encoding,
+                    decoding,
+                    derive_key(&pem, b"rampart csrf"),
+                )
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        // Expiry and not-before are checked against the injected clock below.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[&config.audience]);
+        let jwks = if algorithm == Algorithm::HS256 {
+            None
+        } else {
+            let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, algorithm)?;
+            jwk.common.key_id = Some(key_id(&serde_json::to_vec(&jwk.algorithm)?));
+            Some(serde_json::json!({ "keys": [jwk] }))
+        };
+        Ok(Self {
+            algorithm,
+            encoding,
+            decoding,
+            validation,
+            jwks,
+            csrf_key,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            access_ttl: i64::try_from(config.access_ttl.as_secs()).unwrap_or(3600),
+            clock,
+        })
+    }
+
+    /// Access-token lifetime in seconds.
+    pub fn access_ttl(&self) -> i64 {
+        self.access_ttl
+    }
+
+    /// The public keys, for `/.well-known/jwks.json` (asymmetric algorithms only).
+    pub fn jwks(&self) -> Option<&serde_json::Value> {
+        self.jwks.as_ref()
+    }
+
+    /// Signs an access token for `user` in login `family_id`.
+    ///
+    /// # Errors
+    /// Signing failed.
+    pub fn issue(&self, user: &User, family_id: &str) -> anyhow::Result<String> {
+        let now = self.clock.unix();
+        let claims = Claims {
+            sub: user.id.to_string(),
+            user_id: user.id,
+            username: user.username.clone(),
+            role: user.role.clone(),
+            tier: user.tier.clone(),
+            iat: now,
+            nbf: Some(now),
+            exp: now + self.access_ttl,
+            jti: ulid::Ulid::new().to_string(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sid: family_id.to_owned(),
+        };
+        let mut header = Header::new(self.algorithm);
+        header.typ = Some("JWT".into());
+        if let Some(jwks) = &self.jwks {
+            header.kid = jwks["keys"][0]["kid"].as_str().map(str::to_owned);
+        }
+        Ok(jsonwebtoken::encode(&header, &claims, &self.encoding)?)
+    }
+
+    /// Verifies signature, algorithm, issuer, audience, expiry and not-before.
+    ///
+    /// # Errors
+    /// Why the token is refused.
+    pub fn verify(&self, token: &str) -> Result<Claims, Rejected> {
+        if token.len() > MAX_TOKEN_LENGTH || token.bytes().filter(|b| *b == b'.').count() != 2 {
+            return Err(Rejected::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejected::Malformed)?;
+        if header.alg != self.algorithm {
+            return Err(Rejected::WrongAlgorithm);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|error| match error.kind() {
+                ErrorKind::InvalidSignature => Rejected::BadSignature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    Rejected::WrongAlgorithm
+                }
+                ErrorKind::InvalidIssuer => Rejected::WrongIssuer,
+                ErrorKind::InvalidAudience => Rejected::WrongAudience,
+                ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => Rejected::InvalidClaims,
+                ErrorKind::ExpiredSignature => Rejected::Expired,
+                ErrorKind::ImmatureSignature => Rejected::NotYetValid,
+                _ => Rejected::Malformed,
+            })?;
+        let claims = data.claims;
+        let now = self.clock.unix();
+        if claims.exp + LEEWAY_SECONDS < now {
+            return Err(Rejected::Expired);
+        }
+        if claims.nbf.unwrap_or(claims.iat) > now + LEEWAY_SECONDS {
+            return Err(Rejected::NotYetValid);
+        }
+        if claims.sub != claims.user_id.to_string() || claims.sid.is_empty() {
+            return Err(Rejected::InvalidClaims);
+        }
+        Ok(claims)
+    }
+
+    /// The CSRF token of a login: an HMAC of its family id, so it needs no storage.
+    pub fn csrf_token(&self, family_id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(derive_key(&self.csrf_key, family_id.as_bytes()))
+    }
+
+    /// Whether `presented` is the CSRF token of `family_id`, compared in constant time.
+    pub fn csrf_matches(&self, family_id: &str, presented: &str) -> bool {
+        let expected = self.csrf_token(family_id);
+        expected.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+fn derive_key(key: &[u8], label: &[u8]) -> Vec<u8> {
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(label);
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn key_id(material: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(&Sha256::digest(material)[..12])
+}
+
+/// A fresh refresh token: 256 random bits, URL-safe base64.
+pub fn new_refresh_token() -> String {
+    URL_SAFE_NO_PAD.encode(crate::secrets::random_bytes::<32>())
+}
+
+/// A fresh family id.
+pub fn new_family_id() -> String {
+    URL_SAFE_NO_PAD.encode(crate::secrets::random_bytes::<18>())
+}
+
+/// How refresh tokens are stored: SHA-256, hex.
+pub fn hash_refresh_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Revoked login families, shared by every request of this instance.
+#[derive(Debug)]
+pub struct RevocationCache {
+    revoked: RwLock<HashMap<Box<str>, i64>>,
+    keep_for: i64,
+}
+
+impl RevocationCache {
+    /// An empty cache remembering revocations for `keep_for` seconds (longer than any
+    /// access token lives).
+    pub fn new(keep_for: i64) -> Arc<Self> {
+        Arc::new(Self {
+            revoked: RwLock::new(HashMap::new()),
+            keep_for,
+        })
+    }
+
+    /// Whether a family is known to be revoked.
+    pub fn is_revoked(&self, family_id: &str) -> bool {
+        self.revoked
+            .read()
+            .map(|revoked| revoked.contains_key(family_id))
+            .unwrap_or(true)
+    }
+
+    /// Records revocations (learned locally or from the store).
+    pub fn insert(&self, entries: impl IntoIterator<Item = (String, i64)>) {
+        if let Ok(mut revoked) = self.revoked.write() {
+            for (id, at) in entries {
+                revoked.insert(id.into_boxed_str(), at);
+            }
+        }
+    }
+
+    /// Forgets revocations older than the longest access-token lifetime.
+    pub fn prune(&self, now: i64) {
+        if let Ok(mut revoked) = self.revoked.write() {
+            let keep_for = self.keep_for;
+            revoked.retain(|_, at| *at + keep_for >= now);
+        }
+    }
+
+    /// Polls the store for revocations every `interval` until the cache is dropped.
+    pub fn spawn_refresher(
+        self: &Arc<Self>,
+        sessions: Arc<dyn SessionStore>,
+        clock: SharedClock,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // Overlap the windows so a revocation committed during a poll is not missed.
+            let mut since = clock.unix() - weak.upgrade().map_or(0, |cache| cache.keep_for);
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(cache) = weak.upgrade() else { return };
+                let now = clock.unix();
+                match sessions.revoked_since(since).await {
+                    Ok(entries) => {
+                        cache.insert(entries);
+                        cache.prune(now);
+                        since = now - 2;
+                    }
+                    Err(error) => tracing::warn!(error = %error, "revocation poll failed"),
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::secrets::Secret;
+
+    fn config() -> TokensConfig {
+        TokensConfig {
+            algorithm: TokenAlgorithm::Hs256,
+            secret: Some(Secret::new("0123456789abcdef0123456789abcdef")),
+            private_key_file: None,
+            issuer: "rampart".into(),
+            audience: "rampart".into(),
+            access_ttl: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(86_400),
+            store: crate::config::StateStoreKind::Database,
+            revocation_lag: Duration::from_secs(5),
+        }
+    }
+
+    fn user() -> User {
+        User {
+            id: 7,
+            username: "alice_1".into(),
+            email: "a@example.com".into(),
+            password_hash: String::new(),
+            role: "trader".into(),
+            tier: "standard".into(),
+            disabled: false,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_token_verifies_until_it_expires() {
+        let clock = ManualClock::new();
+        let service = TokenService::new(&config(), clock.clone()).unwrap();
+        let token = service.issue(&user(), "fam").unwrap();
+        let claims = service.verify(&token).unwrap();
+        assert_eq!(claims.user_id, 7);
+        assert_eq!(claims.sub, "7");
+        assert_eq!(claims.exp - claims.iat, 3600);
+        clock.advance(Duration::from_secs(3600 + 29));
+        assert!(service.verify(&token).is_ok(), "within leeway");
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(service.verify(&token), Err(Rejected::Expired));
+    }
+
+    #[test]
+    fn a_token_from_another_secret_is_refused() {
+        let clock = ManualClock::new();
+        let service = TokenService::new(&config(), clock.clone()).unwrap();
+        let mut other = config();
+        other.secret = Some(Secret::new("another-secret-another-secret-xx"));
+        let other = TokenService::new(&other, clock).unwrap();
+        let token = other.issue(&user(), "fam").unwrap();
+        assert_eq!(service.verify(&token), Err(Rejected::BadSignature));
+    }
+
+    #[test]
+    fn csrf_tokens_belong_to_their_login() {
+        let service = TokenService::new(&config(), ManualClock::new()).unwrap();
+        let token = service.csrf_token("fam-a");
+        assert!(service.csrf_matches("fam-a", &token));
+        assert!(!service.csrf_matches("fam-b", &token));
+        assert!(!service.csrf_matches("fam-a", ""));
+    }
+
+    #[test]
+    fn refresh_tokens_carry_256_bits_and_are_stored_hashed() {
+        let token = new_refresh_token();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&token).unwrap().len(), 32);
+        assert_ne!(new_refresh_token(), token);
+        assert_eq!(hash_refresh_token(&token).len(), 64);
+        assert!(!hash_refresh_token(&token).contains(&token));
+    }
+
+    #[test]
+    fn the_revocation_cache_forgets_only_old_entries() {
+        let cache = RevocationCache::new(100);
+        cache.insert([("old".to_owned(), 0), ("new".to_owned(), 150)]);
+        cache.prune(200);
+        assert!(!cache.is_revoked("old"));
+        assert!(cache.is_revoked("new"));
+    }
+}
