@@ -136,14 +136,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             app.run_until_stopped().await?;
         }
         Command::Migrate => {
-            rampart::app::open_store(config.database_url.expose()).await?;
+            rampart::app::open_store(config.database_url.expose(), 4).await?;
             println!("migrations applied");
         }
         Command::Users {
             command: UsersCommand::CreateAdmin { username, email },
         } => return create_admin(config, username, email).await,
         Command::Audit { command } => {
-            let store = rampart::app::open_store(config.database_url.expose())
+            let store = rampart::app::open_store(config.database_url.expose(), 4)
                 .await?
                 .data();
             match command {
@@ -201,7 +201,7 @@ async fn create_admin(config: Config, username: String, email: String) -> anyhow
         }
         return Ok(ExitCode::from(2));
     }
-    let store = rampart::app::open_store(config.database_url.expose())
+    let store = rampart::app::open_store(config.database_url.expose(), 4)
         .await?
         .data();
     let hasher = rampart::password::Hasher::new(1);

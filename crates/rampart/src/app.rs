@@ -25,6 +25,8 @@ pub struct BuildOptions {
     pub clock: SharedClock,
     /// Prefix of every Redis key this instance writes.
     pub redis_prefix: String,
+    /// Largest PostgreSQL connection pool.
+    pub max_db_connections: u32,
 }
 
 impl Default for BuildOptions {
@@ -32,6 +34,7 @@ impl Default for BuildOptions {
         Self {
             clock: Arc::new(SystemClock),
             redis_prefix: "rampart:".to_owned(),
+            max_db_connections: 16,
         }
     }
 }
@@ -47,14 +50,14 @@ pub struct Application {
 ///
 /// # Errors
 /// The database cannot be opened or migrated.
-pub async fn open_store(url: &str) -> anyhow::Result<StoreHandle> {
+pub async fn open_store(url: &str, max_connections: u32) -> anyhow::Result<StoreHandle> {
     if url.starts_with("sqlite:") {
         Ok(StoreHandle::Sqlite(Arc::new(
             SqliteStore::connect(url).await?,
         )))
     } else {
         Ok(StoreHandle::Postgres(Arc::new(
-            PostgresStore::connect(url).await?,
+            PostgresStore::connect(url, max_connections).await?,
         )))
     }
 }
@@ -112,7 +115,7 @@ impl Application {
     /// Secrets, stores, keys or the listener cannot be set up.
     pub async fn build_with(mut config: Config, options: BuildOptions) -> anyhow::Result<Self> {
         crate::secrets::fill_generated(&mut config)?;
-        let database = open_store(config.database_url.expose()).await?;
+        let database = open_store(config.database_url.expose(), options.max_db_connections).await?;
         let sessions: Arc<dyn SessionStore> = match &config.tokens.store {
             StateStoreKind::Database => database.sessions(),
             StateStoreKind::Redis(url) => {

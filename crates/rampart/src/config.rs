@@ -1442,6 +1442,12 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_configuration_is_valid() {
+        let text = include_str!("../../../config/rampart.example.toml");
+        load(text, &[]).expect("config/rampart.example.toml loads");
+    }
+
+    #[test]
     fn a_wildcard_cors_origin_is_refused() {
         assert!(load("[cors]\nallowed_origins = [\"*\"]\n", &[]).is_err());
     }

@@ -256,8 +256,7 @@ impl KeyRing {
             .find(|key| key.id == id)
             .ok_or(DecryptError::UnknownKey)?;
         let (nonce, sealed) = blob.split_at(NONCE_LEN);
-        let nonce =
-            Nonce::<Aes256Gcm>::try_from(nonce).map_err(|_| DecryptError::Malformed)?;
+        let nonce = Nonce::<Aes256Gcm>::try_from(nonce).map_err(|_| DecryptError::Malformed)?;
         key.cipher
             .decrypt(&nonce, Payload { msg: sealed, aad })
             .map(Zeroizing::new)
@@ -319,7 +318,8 @@ pub fn decrypt_fernet(
     fernet_key_b64: &str,
     token: &str,
 ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
-    let fernet = fernet::Fernet::new(fernet_key_b64.trim()).ok_or(DecryptError::InvalidFernetKey)?;
+    let fernet =
+        fernet::Fernet::new(fernet_key_b64.trim()).ok_or(DecryptError::InvalidFernetKey)?;
     fernet
         .decrypt(token.trim())
         .map(Zeroizing::new)
@@ -372,7 +372,10 @@ mod tests {
             ring.decrypt(&stored, b"accounts:43:api_key"),
             Err(DecryptError::Authentication)
         );
-        assert_eq!(ring.decrypt(&stored, b""), Err(DecryptError::Authentication));
+        assert_eq!(
+            ring.decrypt(&stored, b""),
+            Err(DecryptError::Authentication)
+        );
     }
 
     #[test]
@@ -436,12 +439,18 @@ mod tests {
 
         let rotated = new_ring.rotate(&old_value, b"row").unwrap().unwrap();
         assert!(new_ring.is_current(&rotated));
-        assert_eq!(new_ring.decrypt(&rotated, b"row").unwrap().as_slice(), b"secret");
+        assert_eq!(
+            new_ring.decrypt(&rotated, b"row").unwrap().as_slice(),
+            b"secret"
+        );
         assert_eq!(new_ring.rotate(&rotated, b"row"), Ok(None));
 
         // Once the old key is dropped, rotated values still open.
         let final_ring = ring(&[entry("k2", 2)]);
-        assert_eq!(final_ring.decrypt(&rotated, b"row").unwrap().as_slice(), b"secret");
+        assert_eq!(
+            final_ring.decrypt(&rotated, b"row").unwrap().as_slice(),
+            b"secret"
+        );
     }
 
     #[test]
@@ -458,12 +467,18 @@ mod tests {
     #[test]
     fn malformed_stored_values_are_refused_as_malformed() {
         let ring = ring(&[entry("k1", 1)]);
-        let short = format!("v1:k1:{}", URL_SAFE_NO_PAD.encode([0u8; NONCE_LEN + TAG_LEN - 1]));
+        let short = format!(
+            "v1:k1:{}",
+            URL_SAFE_NO_PAD.encode([0u8; NONCE_LEN + TAG_LEN - 1])
+        );
         let cases = [
             ("", "empty"),
             ("v1", "version only"),
             ("v1:k1", "no payload"),
-            ("v2:k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "unknown version"),
+            (
+                "v2:k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                "unknown version",
+            ),
             ("v1:k 1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "bad id"),
             ("v1:k1:not*base64", "bad base64"),
             ("v1:k1:AAAA+AAA", "standard instead of url-safe base64"),
@@ -603,8 +618,10 @@ mod tests {
     fn decrypt_errors_do_not_echo_the_stored_value() {
         let ring = ring(&[entry("k1", 1)]);
         for error in [
-            ring.decrypt("v1:k1:c2VjcmV0LXRva2VuLXZhbHVlLWhlcmU", b"aad").unwrap_err(),
-            ring.decrypt("v1:zz:c2VjcmV0LXRva2VuLXZhbHVlLWhlcmU", b"aad").unwrap_err(),
+            ring.decrypt("v1:k1:c2VjcmV0LXRva2VuLXZhbHVlLWhlcmU", b"aad")
+                .unwrap_err(),
+            ring.decrypt("v1:zz:c2VjcmV0LXRva2VuLXZhbHVlLWhlcmU", b"aad")
+                .unwrap_err(),
             ring.decrypt("garbage-secret-looking", b"aad").unwrap_err(),
         ] {
             let shown = format!("{error} {error:?}");

@@ -62,10 +62,9 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let mut response = REQUEST_ID
         .scope(Arc::clone(&id), async move {
             let response = next.run(request).await;
-            if response.status().is_client_error() || response.status().is_server_error() {
-                if response.extensions().get::<OwnBody>().is_none() {
-                    return rewrite(response);
-                }
+            let failed = response.status().is_client_error() || response.status().is_server_error();
+            if failed && response.extensions().get::<OwnBody>().is_none() {
+                return rewrite(response);
             }
             response
         })
@@ -125,12 +124,16 @@ fn rewrite(response: Response) -> Response {
         },
         _ => ApiError::internal(anyhow::anyhow!("unhandled {status} from the framework")),
     };
-    let allow = response.headers().get(header::ALLOW).cloned();
-    let route = response.extensions().get::<RouteName>().copied();
+    let (parts, _) = response.into_parts();
+    let route = parts.extensions.get::<RouteName>().copied();
     let mut rewritten = error.into_response();
     *rewritten.status_mut() = status;
-    if let Some(allow) = allow {
-        rewritten.headers_mut().insert(header::ALLOW, allow);
+    // Keep what the layers below added (security headers, `Allow`, …); only the body
+    // and its description change.
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
     }
     if let Some(route) = route {
         rewritten.extensions_mut().insert(route);

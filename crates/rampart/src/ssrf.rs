@@ -434,7 +434,10 @@ impl SafeConnector {
         uri: Uri,
     ) -> Result<TokioIo<TcpStream>, ConnectError> {
         policy.check_scheme(uri.scheme_str().unwrap_or_default())?;
-        let host = uri.host().filter(|host| !host.is_empty()).ok_or(SsrfError::MissingHost)?;
+        let host = uri
+            .host()
+            .filter(|host| !host.is_empty())
+            .ok_or(SsrfError::MissingHost)?;
         let bare = host
             .strip_prefix('[')
             .and_then(|rest| rest.strip_suffix(']'))
@@ -571,11 +574,7 @@ impl SafeClient {
         &self,
         request: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, Bytes), OutboundError> {
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(client_error)?;
+        let response = self.client.request(request).await.map_err(client_error)?;
         let status = response.status();
         if status.is_redirection() {
             return Err(OutboundError::Redirected { status });
@@ -704,7 +703,10 @@ mod tests {
             ("4000::1", "outside 2000::/3"),
         ];
         for (text, description) in cases {
-            assert!(!is_public(ip(text)), "{text} ({description}) must not be public");
+            assert!(
+                !is_public(ip(text)),
+                "{text} ({description}) must not be public"
+            );
             assert_eq!(
                 strict().check_ip(ip(text)),
                 Err(SsrfError::ForbiddenAddress { address: ip(text) }),
@@ -722,7 +724,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(policy.check_ip(ip("10.1.2.3")), Ok(()));
-        assert_eq!(policy.check_ip(ip("::ffff:10.1.2.3")), Ok(()), "mapped form");
+        assert_eq!(
+            policy.check_ip(ip("::ffff:10.1.2.3")),
+            Ok(()),
+            "mapped form"
+        );
         assert_eq!(policy.check_ip(ip("fd00:ec2::254")), Ok(()));
         assert!(policy.check_ip(ip("10.2.0.1")).is_err());
         assert!(policy.check_ip(ip("127.0.0.1")).is_err());
@@ -772,21 +778,49 @@ mod tests {
         };
         let https_only = SsrfError::SchemeNotAllowed { allowed: "https" };
         let cases: Vec<(&str, SsrfError, &str)> = vec![
-            ("http://example.com/", https_only.clone(), "http without allow_http"),
+            (
+                "http://example.com/",
+                https_only.clone(),
+                "http without allow_http",
+            ),
             ("ftp://example.com/", https_only.clone(), "ftp"),
             ("file:///etc/passwd", https_only.clone(), "file"),
             ("gopher://example.com/", https_only.clone(), "gopher"),
             ("javascript:alert(1)", https_only.clone(), "javascript"),
-            ("https://user@example.com/", SsrfError::Credentials, "user name"),
-            ("https://user:pw@example.com/", SsrfError::Credentials, "user and password"),
-            ("https://:pw@example.com/", SsrfError::Credentials, "password only"),
+            (
+                "https://user@example.com/",
+                SsrfError::Credentials,
+                "user name",
+            ),
+            (
+                "https://user:pw@example.com/",
+                SsrfError::Credentials,
+                "user and password",
+            ),
+            (
+                "https://:pw@example.com/",
+                SsrfError::Credentials,
+                "password only",
+            ),
             ("https://example.com/#frag", SsrfError::Fragment, "fragment"),
-            ("https://example.com/#", SsrfError::Fragment, "empty fragment"),
+            (
+                "https://example.com/#",
+                SsrfError::Fragment,
+                "empty fragment",
+            ),
             ("not a url", SsrfError::InvalidUrl, "not a URL"),
             ("https://", SsrfError::InvalidUrl, "no host"),
             ("example.com", SsrfError::InvalidUrl, "no scheme"),
-            (" https://example.com/", SsrfError::InvalidUrl, "leading space"),
-            ("https://exa\tmple.com/", SsrfError::InvalidUrl, "tab inside"),
+            (
+                " https://example.com/",
+                SsrfError::InvalidUrl,
+                "leading space",
+            ),
+            (
+                "https://exa\tmple.com/",
+                SsrfError::InvalidUrl,
+                "tab inside",
+            ),
             ("https://example.com/\n", SsrfError::InvalidUrl, "newline"),
             ("https://1.2.3.4.5/", SsrfError::InvalidUrl, "bad IPv4"),
             (long.as_str(), SsrfError::TooLong, "too long"),
@@ -797,7 +831,11 @@ mod tests {
             ("https://0x7f.0.0.1/", loopback.clone(), "hex first octet"),
             ("https://0177.0.0.1/", loopback.clone(), "octal IPv4"),
             ("https://0177.1/", loopback.clone(), "short octal IPv4"),
-            ("https://%31%32%37.0.0.1/", loopback.clone(), "percent-encoded IPv4"),
+            (
+                "https://%31%32%37.0.0.1/",
+                loopback.clone(),
+                "percent-encoded IPv4",
+            ),
             ("https://127.0.0.1.:443/", loopback.clone(), "trailing dot"),
             (
                 "https://169.254.169.254/latest/meta-data/",
@@ -841,7 +879,11 @@ mod tests {
             ),
         ];
         for (raw, expected, description) in cases {
-            assert_eq!(policy.check_url(raw), Err(expected), "{description}: {raw:?}");
+            assert_eq!(
+                policy.check_url(raw),
+                Err(expected),
+                "{description}: {raw:?}"
+            );
         }
     }
 
@@ -898,8 +940,7 @@ mod tests {
 
     #[test]
     fn allowed_networks_open_literal_private_hosts() {
-        let policy =
-            OutboundPolicy::new(true, &[], &["127.0.0.0/8".parse().unwrap()]).unwrap();
+        let policy = OutboundPolicy::new(true, &[], &["127.0.0.0/8".parse().unwrap()]).unwrap();
         assert!(policy.check_url("http://127.0.0.1:5000/").is_ok());
         assert!(policy.check_url("http://127.1:5000/").is_ok());
         assert!(policy.check_url("http://10.0.0.1/").is_err());
@@ -907,8 +948,8 @@ mod tests {
 
     #[test]
     fn invalid_host_globs_are_refused_with_their_position() {
-        let error = OutboundPolicy::new(false, &["ok.example.com".into(), "[".into()], &[])
-            .unwrap_err();
+        let error =
+            OutboundPolicy::new(false, &["ok.example.com".into(), "[".into()], &[]).unwrap_err();
         assert!(error.contains("allowed_hosts[1]"), "{error}");
         let error = OutboundPolicy::new(false, &["  ".into()], &[]).unwrap_err();
         assert!(error.contains("allowed_hosts[0] is empty"), "{error}");
@@ -982,7 +1023,10 @@ mod tests {
         ] {
             let url = Url::parse(raw).unwrap();
             let result = client.post_json(&url, &serde_json::json!({})).await;
-            assert!(matches!(result, Err(OutboundError::Refused(_))), "{raw}: {result:?}");
+            assert!(
+                matches!(result, Err(OutboundError::Refused(_))),
+                "{raw}: {result:?}"
+            );
         }
     }
 }

@@ -204,7 +204,6 @@ pub async fn delete_me(
 ) -> Result<Response, ApiError> {
     let user = current_user(&state, &principal).await?;
     confirm_password(&state, &user, body.password, "password").await?;
-    revoke_user(&state, user.id, None).await?;
     // The deletion's own entry carries no personal data: it outlives the user.
     let anonymous = RequestContext {
         ip: None,
@@ -225,6 +224,9 @@ pub async fn delete_me(
             ),
         )
         .await?;
+    // Revoked after the deletion succeeded (the last admin is refused above), and kept
+    // revoked so that every instance's cache learns of it.
+    revoke_user(&state, user.id, None).await?;
     state.stores.sessions.delete_user_sessions(user.id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -63,10 +63,10 @@ impl PostgresStore {
     ///
     /// # Errors
     /// The server cannot be reached or a migration fails.
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         let options = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;

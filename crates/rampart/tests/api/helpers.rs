@@ -1,0 +1,355 @@
+//! Starting a gateway per test, against a fresh database, and talking to it over HTTP.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rampart::app::{Application, BuildOptions};
+use rampart::clock::ManualClock;
+use rampart::config::{Config, Sources};
+use rampart::state::AppState;
+use serde_json::{Value, json};
+
+/// Where a test's gateway keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A fresh SQLite file.
+    Sqlite,
+    /// A fresh schema in the machine's PostgreSQL.
+    Postgres,
+    /// SQLite for records, the machine's Redis for session state.
+    Redis,
+}
+
+pub const STRONG_PASSWORD: &str = "Tr4ding!Desk#42";
+
+fn postgres_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Whether a backend that cannot be reached should be skipped (loudly) instead of failing.
+fn skip_unreachable(what: &str, error: &dyn std::fmt::Display) -> bool {
+    let variable = format!("RAMPART_TEST_SKIP_{}", what.to_uppercase());
+    if std::env::var(&variable).is_ok() && std::env::var("CI").is_err() {
+        eprintln!(
+            "\n!!! SKIPPED: {what} is unreachable ({error}); {variable} is set, so this test \
+             did NOT run against {what} !!!\n"
+        );
+        return true;
+    }
+    panic!(
+        "{what} is needed by this test but unreachable: {error}. Start it (see README, \
+         'Tests'), or set {variable}=1 outside CI to skip these tests loudly."
+    );
+}
+
+/// A fresh PostgreSQL schema; its URL selects it through `search_path`.
+async fn postgres_schema() -> Option<String> {
+    use sqlx::Connection;
+    let base = postgres_url();
+    let mut connection = match sqlx::PgConnection::connect(&base).await {
+        Ok(connection) => connection,
+        Err(error) => {
+            skip_unreachable("postgres", &error);
+            return None;
+        }
+    };
+    let schema = format!("rt_{}", ulid::Ulid::new().to_string().to_lowercase());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut connection)
+        .await
+        .expect("create schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Some(format!(
+        "{base}{separator}options=-c%20search_path%3D{schema}"
+    ))
+}
+
+async fn redis_reachable() -> bool {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    match client.get_multiplexed_async_connection().await {
+        Ok(_) => true,
+        Err(error) => !skip_unreachable("redis", &error),
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub state: AppState,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub redis_prefix: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Configuration text plus environment overrides, as a test writes them.
+#[derive(Debug, Default, Clone)]
+pub struct Setup {
+    pub toml: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Setup {
+    pub fn toml(text: &str) -> Self {
+        Self {
+            toml: text.to_owned(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// Starts a gateway on the backend; `None` when the backend is skipped (loudly).
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, Setup::default()).await
+}
+
+pub async fn spawn_app_with(backend: Backend, setup: Setup) -> Option<TestApp> {
+    let data_dir = std::env::temp_dir().join(format!("rampart-test-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&data_dir).expect("temp dir");
+    let database_url = match backend {
+        Backend::Sqlite | Backend::Redis => {
+            format!("sqlite://{}", data_dir.join("rampart.db").display())
+        }
+        Backend::Postgres => postgres_schema().await?,
+    };
+    let redis_prefix = format!("rt:{}:", ulid::Ulid::new());
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("RAMPART_SERVER__LISTEN".into(), "127.0.0.1:0".into()),
+        ("RAMPART_DATABASE__URL".into(), database_url.clone()),
+    ]);
+    if backend == Backend::Redis {
+        if !redis_reachable().await {
+            return None;
+        }
+        env.insert("RAMPART_TOKENS__STORE".into(), redis_url());
+    }
+    env.extend(setup.env);
+    let config = Config::load(&Sources {
+        file: Some(setup.toml),
+        env,
+        data_dir: Some(data_dir.clone()),
+    })
+    .expect("test configuration is valid");
+    Some(
+        start(
+            config,
+            data_dir,
+            database_url,
+            redis_prefix,
+            ManualClock::new(),
+        )
+        .await,
+    )
+}
+
+/// Starts a gateway from a ready configuration.
+pub async fn start(
+    config: Config,
+    data_dir: PathBuf,
+    database_url: String,
+    redis_prefix: String,
+    clock: Arc<ManualClock>,
+) -> TestApp {
+    let app = Application::build_with(
+        config,
+        BuildOptions {
+            clock: clock.clone(),
+            redis_prefix: redis_prefix.clone(),
+            max_db_connections: 4,
+        },
+    )
+    .await
+    .expect("gateway starts");
+    let address = format!("http://{}", app.local_addr().expect("bound"));
+    let state = app.state();
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
+        clock,
+        state,
+        data_dir,
+        database_url,
+        redis_prefix,
+        shutdown: Some(shutdown),
+    }
+}
+
+pub struct Session {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub user_id: i64,
+    pub body: Value,
+}
+
+impl TestApp {
+    /// Begins a graceful shutdown.
+    pub fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_with(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn register(&self, username: &str) -> Value {
+        let response = self
+            .post(
+                "/auth/register",
+                &json!({
+                    "username": username,
+                    "email": format!("{username}@example.com"),
+                    "password": STRONG_PASSWORD,
+                }),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "registering {username}");
+        response.json().await.expect("json")
+    }
+
+    pub async fn login(&self, username: &str) -> Session {
+        self.login_with(username, STRONG_PASSWORD).await
+    }
+
+    pub async fn login_with(&self, username: &str, password: &str) -> Session {
+        let response = self
+            .post(
+                "/auth/login",
+                &json!({ "username": username, "password": password }),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "logging in {username}");
+        let body: Value = response.json().await.expect("json");
+        Session {
+            access_token: body["access_token"].as_str().expect("token").to_owned(),
+            refresh_token: body["refresh_token"].as_str().expect("token").to_owned(),
+            user_id: body["user"]["id"].as_i64().expect("id"),
+            body,
+        }
+    }
+
+    /// Registers and logs in; the first user of an app is its admin.
+    pub async fn user(&self, username: &str) -> Session {
+        self.register(username).await;
+        self.login(username).await
+    }
+}
+
+/// Asserts the SPEC §1 error body and returns it.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status for {code}");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "error bodies are JSON, got {content_type}"
+    );
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .expect("every response carries X-Request-Id")
+        .to_owned();
+    let body: Value = response.json().await.expect("json error body");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(body["message"].is_string(), "{body}");
+    assert_eq!(body["request_id"], request_id.as_str(), "{body}");
+    body
+}
+
+/// Generates one test per backend for each named `async fn(Backend)`.
+#[macro_export]
+macro_rules! on_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::helpers::Backend::Sqlite).await }
+            )*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::helpers::Backend::Postgres).await }
+            )*
+        }
+    };
+}
+
+/// Like `on_databases!`, plus a run with session state in Redis.
+#[macro_export]
+macro_rules! on_session_stores {
+    ($($name:ident),* $(,)?) => {
+        $crate::on_databases!($($name),*);
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::helpers::Backend::Redis).await }
+            )*
+        }
+    };
+}

@@ -1,0 +1,12 @@
+//! Black-box tests: each starts a gateway on port 0 against a fresh database and talks
+//! real HTTP to it. Every test runs on SQLite and on PostgreSQL; those about session
+//! state run a third time with that state in Redis.
+
+mod admin;
+mod audit;
+mod helpers;
+mod hostile;
+mod http;
+mod login;
+mod registration;
+mod tokens;
