@@ -18,6 +18,7 @@ pub mod error;
 pub mod identity;
 pub mod json;
 pub mod metrics;
+pub mod openapi;
 pub mod operations;
 pub mod password;
 pub mod pipeline;

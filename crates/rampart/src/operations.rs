@@ -17,7 +17,13 @@ use crate::request::RouteName;
 use crate::state::AppState;
 
 /// Paths served here, which the rate limiter and authentication leave alone.
-pub const PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/.well-known/jwks.json"];
+pub const PATHS: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/.well-known/jwks.json",
+    "/openapi.json",
+];
 
 /// The routes.
 pub fn routes() -> Router<AppState> {
@@ -26,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/openapi.json", get(crate::openapi::document))
         .layer(axum::middleware::map_response(
             |request_path: axum::extract::OriginalUri, mut response: Response| async move {
                 let name = PATHS

@@ -37,6 +37,10 @@ pub struct UserList {
 }
 
 /// `GET /admin/users`.
+#[utoipa::path(get, path = "/admin/users", tag = "admin", security(("bearer" = [])),
+    params(("limit" = Option<i64>, Query, description = "1–200, default 50"), ("offset" = Option<i64>, Query)),
+    responses((status = 200, body = UserList), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
 pub async fn list_users(
     State(state): State<AppState>,
     _admin: Admin,
@@ -73,6 +77,12 @@ pub struct PatchUser {
 
 /// Changes a user's role, tier or disabled flag; role and disabled changes revoke the
 /// user's logins.
+#[utoipa::path(patch, path = "/admin/users/{id}", tag = "admin", security(("bearer" = [])), request_body = PatchUser,
+    params(("id" = i64, Path, description = "User id")),
+    responses((status = 200, body = UserView), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody),
+              (status = 409, description = "The last admin cannot be demoted or disabled", body = crate::error::ErrorBody)))]
 pub async fn patch_user(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -163,6 +173,11 @@ pub struct UnlockBody {
 }
 
 /// Lifts the account's lockout (and an IP's, if given).
+#[utoipa::path(post, path = "/admin/users/{id}/unlock", tag = "admin", security(("bearer" = [])), request_body(content = UnlockBody, description = "Optional"),
+    params(("id" = i64, Path, description = "User id")),
+    responses((status = 204, description = "Lockouts lifted"), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)))]
 pub async fn unlock(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -257,6 +272,12 @@ fn time_filter(problems: &mut Problems, field: &str, value: Option<&str>) -> Opt
 }
 
 /// `GET /admin/audit`.
+#[utoipa::path(get, path = "/admin/audit", tag = "admin", security(("bearer" = [])),
+    params(("user_id" = Option<i64>, Query), ("action" = Option<String>, Query),
+           ("since" = Option<String>, Query, description = "RFC 3339"), ("until" = Option<String>, Query, description = "RFC 3339"),
+           ("limit" = Option<i64>, Query, description = "1–500, default 100"), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = AuditPage), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
 pub async fn audit(
     State(state): State<AppState>,
     _admin: Admin,
@@ -343,6 +364,11 @@ fn csv_line(record: &AuditRecord) -> String {
 }
 
 /// `GET /admin/audit/export`: the trail in id order, streamed page by page.
+#[utoipa::path(get, path = "/admin/audit/export", tag = "admin", security(("bearer" = [])),
+    params(("format" = Option<String>, Query, description = "jsonl (default) or csv"),
+           ("since" = Option<String>, Query), ("until" = Option<String>, Query)),
+    responses((status = 200, description = "Streamed JSON lines or CSV"), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
 pub async fn export_audit(
     State(state): State<AppState>,
     Admin(admin): Admin,

@@ -77,6 +77,12 @@ pub struct TokenResponse {
 const DAY: i64 = 86_400;
 
 /// Creates an account; the first account ever becomes `admin`.
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterBody,
+    responses((status = 201, description = "Created; the first user ever is admin", body = UserView),
+              (status = 400, description = "Invalid fields, every broken rule listed", body = crate::error::ErrorBody),
+              (status = 409, description = "Username or email taken", body = crate::error::ErrorBody),
+              (status = 413, body = crate::error::ErrorBody), (status = 415, body = crate::error::ErrorBody),
+              (status = 429, description = "Rate limited", body = crate::error::ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     context: RequestContext,
@@ -189,6 +195,12 @@ async fn record_failure(
 }
 
 /// Logs in with a username and password.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginBody,
+    responses((status = 200, description = "Tokens (and cookies with `cookie: true`)", body = TokenResponse),
+              (status = 400, body = crate::error::ErrorBody),
+              (status = 401, description = "invalid_credentials", body = crate::error::ErrorBody),
+              (status = 403, description = "disabled (only after a correct password)", body = crate::error::ErrorBody),
+              (status = 429, description = "locked_out or rate_limited, with Retry-After", body = crate::error::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     ClientIpText(ip): ClientIpText,
@@ -385,6 +397,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIpText {
 }
 
 /// Exchanges a refresh token for new tokens; the old one stops working at once.
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshBody,
+    responses((status = 200, description = "New access and refresh tokens; the old refresh token is spent", body = TokenResponse),
+              (status = 401, description = "unauthorized, or token_reused (the login is revoked)", body = crate::error::ErrorBody),
+              (status = 403, description = "csrf_failed (cookie refresh without X-CSRF-Token)", body = crate::error::ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,
     context: RequestContext,
@@ -484,6 +500,9 @@ pub async fn refresh(
 }
 
 /// Revokes the current login.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "The current login is revoked"),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, description = "csrf_failed", body = crate::error::ErrorBody)))]
 pub async fn logout(
     State(state): State<AppState>,
     principal: Principal,
@@ -513,6 +532,9 @@ pub async fn logout(
 }
 
 /// Revokes every login of the user.
+#[utoipa::path(post, path = "/auth/logout-all", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "Every login of the user is revoked"),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
 pub async fn logout_all(
     State(state): State<AppState>,
     principal: Principal,

@@ -46,6 +46,8 @@ async fn current_user(state: &AppState, principal: &Principal) -> Result<User, A
 }
 
 /// `GET /users/me`.
+#[utoipa::path(get, path = "/users/me", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn me(
     State(state): State<AppState>,
     principal: Principal,
@@ -55,6 +57,11 @@ pub async fn me(
 }
 
 /// `GET /users/{id}` (admin).
+#[utoipa::path(get, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "User id")),
+    responses((status = 200, body = UserView), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)))]
 pub async fn by_id(
     State(state): State<AppState>,
     _admin: Admin,
@@ -91,6 +98,10 @@ async fn confirm_password(
 }
 
 /// `PUT /users/me/password`: every other login is revoked.
+#[utoipa::path(put, path = "/users/me/password", tag = "users", security(("bearer" = [])), request_body = PasswordChange,
+    responses((status = 204, description = "Changed; every other login is revoked"),
+              (status = 400, description = "Wrong current password or a weak new one", body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
 pub async fn change_password(
     State(state): State<AppState>,
     principal: Principal,
@@ -134,6 +145,9 @@ pub async fn change_password(
 }
 
 /// `GET /users/me/export`: everything stored about the caller.
+#[utoipa::path(get, path = "/users/me/export", tag = "users", security(("bearer" = [])),
+    responses((status = 200, description = "Everything stored about the user (GDPR portability)"),
+              (status = 401, body = crate::error::ErrorBody)))]
 pub async fn export(
     State(state): State<AppState>,
     principal: Principal,
@@ -196,6 +210,11 @@ pub async fn export(
 }
 
 /// `DELETE /users/me`: the caller's data is deleted, their audit entries pseudonymised.
+#[utoipa::path(delete, path = "/users/me", tag = "users", security(("bearer" = [])), request_body = DeleteBody,
+    responses((status = 204, description = "Deleted; audit entries pseudonymised"),
+              (status = 400, description = "Wrong password", body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+              (status = 409, description = "The last admin cannot delete itself", body = crate::error::ErrorBody)))]
 pub async fn delete_me(
     State(state): State<AppState>,
     principal: Principal,
