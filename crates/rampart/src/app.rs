@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::audit::throttle::AuditThrottle;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, StateStoreKind};
+use crate::config::{Config, OnStoreError, StateStoreKind};
 use crate::metrics::Metrics;
 use crate::password::Hasher;
+use crate::proxy::Proxy;
+use crate::rate_limit::{Policies, RateLimiter, Tiers};
+use crate::routes::RouteTable;
 use crate::security_headers::SecurityHeaders;
 use crate::state::{AppState, Shared};
 use crate::store::redis::RedisSessionStore;
@@ -27,6 +31,8 @@ pub struct BuildOptions {
     pub redis_prefix: String,
     /// Largest PostgreSQL connection pool.
     pub max_db_connections: u32,
+    /// Time for the in-memory rate limiter; `None` for the real monotonic clock.
+    pub rate_limit_time: Option<crate::rate_limit::ManualTime>,
 }
 
 impl Default for BuildOptions {
@@ -35,6 +41,7 @@ impl Default for BuildOptions {
             clock: Arc::new(SystemClock),
             redis_prefix: "rampart:".to_owned(),
             max_db_connections: 16,
+            rate_limit_time: None,
         }
     }
 }
@@ -141,6 +148,32 @@ impl Application {
                 }
             }));
         }
+        let mut policies = Policies::new();
+        let tiers =
+            Tiers::register(&mut policies, &config.rate_limits).map_err(anyhow::Error::msg)?;
+        let routes = RouteTable::new(
+            &config.routes,
+            &config.upstreams,
+            config.server.max_body,
+            &mut policies,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let limiter = match (&config.rate_limits.redis_url, options.rate_limit_time) {
+            (None, None) => RateLimiter::memory(policies),
+            (None, Some(time)) => RateLimiter::memory_with_time(policies, time),
+            (Some(url), _) => {
+                let on_store_error = match config.rate_limits.on_store_error {
+                    OnStoreError::Local => crate::rate_limit::OnStoreError::Local,
+                    OnStoreError::Deny => crate::rate_limit::OnStoreError::Deny,
+                };
+                RateLimiter::redis(url, options.redis_prefix.clone(), on_store_error, policies)
+                    .await?
+            }
+        };
+        let limiter = Arc::new(limiter);
+        background.push(limiter.spawn_idle_eviction(Duration::from_secs(30)));
+        let tls = config.server.behind_tls || config.server.tls.is_some();
+        let proxy = Proxy::new(&routes, tls);
         let concurrency = std::thread::available_parallelism().map_or(2, usize::from);
         let security_headers = SecurityHeaders::new(
             &config.headers.x_xss_protection,
@@ -160,6 +193,11 @@ impl Application {
             metrics: Metrics::new(),
             clock,
             security_headers,
+            routes,
+            limiter,
+            tiers,
+            proxy,
+            audit_throttle: AuditThrottle::new(60),
             config,
         });
         Ok(Self {

@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 
 use crate::store::{Store, StoreResult};
 
+pub mod throttle;
+
 /// The text that replaces secrets in `details`.
 pub const REDACTED: &str = "***REDACTED***";
 
@@ -71,6 +73,38 @@ pub struct RequestContext {
     pub user_agent: Option<String>,
     /// `X-Request-Id`.
     pub request_id: String,
+}
+
+impl RequestContext {
+    /// The context of a request that went through the outermost layer.
+    pub fn of<B>(request: &http::Request<B>) -> Self {
+        Self {
+            ip: request
+                .extensions()
+                .get::<crate::client_ip::ClientIp>()
+                .map(|ip| ip.0.to_string()),
+            user_agent: request
+                .headers()
+                .get(http::header::USER_AGENT)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
+            request_id: request
+                .extensions()
+                .get::<crate::request::RequestId>()
+                .map_or_else(|| "-".to_owned(), |id| id.0.to_string()),
+        }
+    }
+}
+
+/// Writes `entry` without making the request wait for it; a failure is logged. For events
+/// that record a refusal rather than a change (there is no transaction to join).
+pub fn record_in_background(store: std::sync::Arc<dyn Store>, entry: NewAuditEntry) {
+    tokio::spawn(async move {
+        let action = entry.action;
+        if let Err(error) = store.append_audit(entry).await {
+            tracing::warn!(%error, action, "could not write an audit entry");
+        }
+    });
 }
 
 /// A stored audit row.

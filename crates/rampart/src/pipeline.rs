@@ -10,7 +10,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{authentication, identity, operations, request, security_headers};
+use crate::{
+    authentication, authorization, identity, operations, proxy, rate_limit, request, routes,
+    security_headers, validation,
+};
 
 /// The whole gateway as one router.
 pub fn router(state: AppState) -> Router {
@@ -27,9 +30,21 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), security_headers::apply))
         .option_layer(cors(&state))
         // Who is asking (never refuses by itself): the rate limiter needs the tier, and
-        // handlers refuse 401/403 from what it recorded.
+        // authorization and handlers refuse 401/403 from what it recorded.
         .layer(from_fn_with_state(state.clone(), authentication::identify))
-        .layer(DefaultBodyLimit::max(state.config.server.max_body));
+        // Which `[[routes]]` entry applies (its limit, roles, body size, upstream);
+        // ambiguous paths are refused here, before any route-based decision.
+        .layer(from_fn_with_state(state.clone(), routes::resolve))
+        // 1. Rate limiting: the caller's tier, then the route's own limit (429).
+        .layer(from_fn_with_state(state.clone(), rate_limit::enforce))
+        // 2–3. Authentication is required and the role or permission checked (401/403).
+        .layer(from_fn_with_state(state.clone(), authorization::authorize))
+        // 4. Body size and intrusion detection (413/400).
+        .layer(from_fn_with_state(state.clone(), validation::validate))
+        .layer(DefaultBodyLimit::max(state.config.server.max_body))
+        // 5–6. Proxied routes go to their upstream through its circuit breaker (503/502/504);
+        // the rest are served by Rampart's own handlers below.
+        .layer(from_fn_with_state(state.clone(), proxy::dispatch));
 
     Router::new().fallback_service(served).layer(layers)
 }

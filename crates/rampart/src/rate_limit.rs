@@ -19,6 +19,9 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+mod layer;
+pub use layer::{TIER_NAMES, Tiers, enforce};
+
 // ---------------------------------------------------------------------------------------------
 // Quota
 // ---------------------------------------------------------------------------------------------
@@ -795,6 +798,8 @@ impl RedisStore {
 pub struct RateLimiter {
     registry: u32,
     names: Box<[(String, Quota)]>,
+    /// The policy names as `'static` metric labels; policies are registered once at start-up.
+    labels: Box<[&'static str]>,
     /// The store in memory mode; the fallback under [`OnStoreError::Local`] in Redis mode.
     memory: MemoryStore,
     redis: Option<RedisStore>,
@@ -815,6 +820,11 @@ impl RateLimiter {
     fn memory_with_time_source(policies: Policies, time: TimeSource) -> Self {
         Self {
             registry: policies.registry,
+            labels: policies
+                .entries
+                .iter()
+                .map(|(name, _)| &*Box::leak(name.clone().into_boxed_str()))
+                .collect(),
             memory: MemoryStore::new(&policies.entries, time),
             names: policies.entries.into_boxed_slice(),
             redis: None,
@@ -912,6 +922,14 @@ impl RateLimiter {
     /// The name of `policy`, if it belongs to this limiter.
     pub fn policy_name(&self, policy: PolicyId) -> Option<&str> {
         self.entry(policy).map(|(name, _)| name.as_str())
+    }
+
+    /// The name of `policy` as a metric label, if it belongs to this limiter.
+    pub fn policy_label(&self, policy: PolicyId) -> Option<&'static str> {
+        if policy.registry != self.registry {
+            return None;
+        }
+        self.labels.get(policy.index as usize).copied()
     }
 
     /// The quota of `policy`, if it belongs to this limiter.

@@ -12,6 +12,8 @@ use std::time::Duration;
 use http::Method;
 
 use crate::config::{RawRateLimit, RawRoute, RawUpstream, parse_duration, parse_size};
+use crate::rate_limit::Quota;
+use crate::request::RouteName;
 
 /// Who may use a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,13 +37,26 @@ pub struct RouteLimit {
     pub burst: Option<u32>,
 }
 
+/// One segment of a route's path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// Must equal the path's segment.
+    Literal(String),
+    /// `{name}`: any one non-empty segment.
+    Param,
+}
+
 /// One configured route.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// The path as configured: the metric label and policy name.
+    /// The path as configured: the metric label.
     pub name: &'static str,
+    /// The rate-limit policy name of the route's own limit (no braces or quotes, so it fits
+    /// a header string and a Redis hash tag): `route:<METHODS> <path>`.
+    pub policy_name: String,
     /// The path without `/*`.
     pub base: String,
+    segments: Vec<Segment>,
     /// Whether everything below `base` matches.
     pub prefix: bool,
     /// Allowed methods; empty = all.
@@ -52,6 +67,8 @@ pub struct Route {
     pub access: Access,
     /// Its own limit, on top of the caller's tier.
     pub rate_limit: Option<RouteLimit>,
+    /// The limiter's policy for `rate_limit`.
+    pub limit_policy: Option<crate::rate_limit::PolicyId>,
     /// API-key requests must be signed.
     pub signed: bool,
     /// Largest body accepted.
@@ -59,15 +76,31 @@ pub struct Route {
 }
 
 impl Route {
+    fn params(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|segment| **segment == Segment::Param)
+            .count()
+    }
+
     fn matches_path(&self, path: &str) -> bool {
-        if self.prefix {
-            path == self.base
-                || path
-                    .strip_prefix(self.base.as_str())
-                    .is_some_and(|rest| rest.starts_with('/') || self.base.ends_with('/'))
-        } else {
-            path == self.base
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        if self.segments.is_empty() {
+            // `/*` matches everything; `/` only itself.
+            return self.prefix || rest.is_empty();
         }
+        let mut parts = rest.split('/');
+        for segment in &self.segments {
+            match (segment, parts.next()) {
+                (Segment::Literal(literal), Some(part)) if part == literal => {}
+                (Segment::Param, Some(part)) if !part.is_empty() => {}
+                _ => return false,
+            }
+        }
+        // An exact route ends here; a prefix route takes anything below.
+        self.prefix || parts.next().is_none()
     }
 
     /// Whether the method is allowed here.
@@ -85,15 +118,23 @@ pub struct Upstream {
     pub url: http::Uri,
     /// Time allowed for the response head.
     pub timeout: Duration,
+    /// Circuit-breaker settings.
+    pub circuit_breaker: crate::circuit_breaker::Settings,
 }
 
 /// What a request matched.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Matched<'a> {
     /// A route whose path and method match.
-    Route(&'a Route),
+    Route(&'a Arc<Route>),
     /// Routes match the path, but none allows the method.
-    WrongMethod,
+    WrongMethod {
+        /// The methods they allow.
+        allowed: Vec<Method>,
+        /// Whether any of them goes to an upstream (else Rampart serves the path itself,
+        /// and may serve other methods there outside the table).
+        proxied: bool,
+    },
     /// No route.
     None,
 }
@@ -101,7 +142,7 @@ pub enum Matched<'a> {
 /// Every route, ready for lookup.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    routes: Vec<Route>,
+    routes: Vec<Arc<Route>>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
 }
@@ -111,8 +152,33 @@ fn leak(text: &str) -> &'static str {
     Box::leak(text.to_owned().into_boxed_str())
 }
 
+fn policy_name(methods: &[Method], path: &str) -> String {
+    let methods = if methods.is_empty() {
+        "*".to_owned()
+    } else {
+        methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let path: String = path
+        .chars()
+        .filter_map(|c| match c {
+            '{' => Some(':'),
+            '}' => None,
+            c if c.is_ascii_graphic() && c != '"' && c != '\\' => Some(c),
+            _ => Some('_'),
+        })
+        .collect();
+    let mut name = format!("route:{methods} {path}");
+    name.truncate(100);
+    name
+}
+
 impl RouteTable {
-    /// Builds the table from validated configuration.
+    /// Builds the table from validated configuration, registering each route's own limit
+    /// in `policies`.
     ///
     /// # Errors
     /// A value that configuration validation should already have refused.
@@ -120,9 +186,19 @@ impl RouteTable {
         routes: &[RawRoute],
         upstreams: &BTreeMap<String, RawUpstream>,
         default_max_body: usize,
+        policies: &mut crate::rate_limit::Policies,
     ) -> Result<Self, String> {
         let mut table = Self::default();
         for (name, upstream) in upstreams {
+            let circuit_breaker = match &upstream.circuit_breaker {
+                Some(raw) => crate::circuit_breaker::Settings {
+                    failures: raw.failures,
+                    window: parse_duration(&raw.window)?,
+                    open_for: parse_duration(&raw.open_for)?,
+                    half_open_requests: raw.half_open_requests,
+                },
+                None => crate::circuit_breaker::Settings::default(),
+            };
             table.upstreams.insert(
                 name.clone(),
                 Arc::new(Upstream {
@@ -132,14 +208,28 @@ impl RouteTable {
                         .parse()
                         .map_err(|_| format!("upstreams.{name}.url"))?,
                     timeout: parse_duration(&upstream.timeout)?,
+                    circuit_breaker,
                 }),
             );
         }
+        let mut policy_names = std::collections::HashSet::new();
         for raw in routes {
             let (base, prefix) = match raw.path.strip_suffix("/*") {
                 Some(base) => (if base.is_empty() { "/" } else { base }.to_owned(), true),
                 None => (raw.path.clone(), false),
             };
+            let segments = base
+                .trim_start_matches('/')
+                .split('/')
+                .filter(|part| !part.is_empty())
+                .map(|part| {
+                    if part.starts_with('{') && part.ends_with('}') {
+                        Segment::Param
+                    } else {
+                        Segment::Literal(part.to_owned())
+                    }
+                })
+                .collect();
             let access = if !raw.auth {
                 Access::Public
             } else if let Some(roles) = &raw.roles {
@@ -158,9 +248,33 @@ impl RouteTable {
                         .map_err(|_| format!("{}: method {method}", raw.path))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            table.routes.push(Route {
+            let mut policy = policy_name(&methods, &raw.path);
+            let mut suffix = 2;
+            while !policy_names.insert(policy.clone()) {
+                policy = format!("{} #{suffix}", policy_name(&methods, &raw.path));
+                suffix += 1;
+            }
+            let limit_policy = match &raw.rate_limit {
+                None => None,
+                Some(limit) => {
+                    let quota = match limit {
+                        RawRateLimit::Plain(rate) => Quota::parse(rate),
+                        RawRateLimit::WithBurst { rate, burst } => Quota::with_burst(rate, *burst),
+                    }
+                    .map_err(|error| format!("{}.rate_limit: {error}", raw.path))?;
+                    Some(
+                        policies
+                            .add(&policy, quota)
+                            .map_err(|error| error.to_string())?,
+                    )
+                }
+            };
+            table.routes.push(Arc::new(Route {
+                limit_policy,
                 name: leak(&raw.path),
+                policy_name: policy,
                 base,
+                segments,
                 prefix,
                 methods,
                 upstream: raw.upstream.as_deref().map(Arc::from),
@@ -180,37 +294,108 @@ impl RouteTable {
                     Some(size) => parse_size(size)?,
                     None => default_max_body,
                 },
-            });
+            }));
         }
-        // Most specific first: exact before prefix, longer before shorter.
-        table
-            .routes
-            .sort_by_key(|route| (route.prefix, std::cmp::Reverse(route.base.len())));
+        // Most specific first: exact before prefix, fewer parameters before more, longer
+        // before shorter.
+        table.routes.sort_by_key(|route| {
+            (
+                route.prefix,
+                route.params(),
+                std::cmp::Reverse(route.segments.len()),
+                std::cmp::Reverse(route.base.len()),
+            )
+        });
         Ok(table)
     }
 
     /// Every route.
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 
     /// The most specific route for a request.
     pub fn lookup(&self, method: &Method, path: &str) -> Matched<'_> {
+        let mut allowed: Vec<Method> = Vec::new();
         let mut path_matched = false;
+        let mut proxied = false;
         for route in &self.routes {
             if route.matches_path(path) {
                 if route.allows(method) {
                     return Matched::Route(route);
                 }
                 path_matched = true;
+                proxied |= route.upstream.is_some();
+                allowed.extend(route.methods.iter().cloned());
             }
         }
         if path_matched {
-            Matched::WrongMethod
+            Matched::WrongMethod { allowed, proxied }
         } else {
             Matched::None
         }
     }
+}
+
+/// Whether a path could mean something else to a backend than to the route table: dot
+/// segments, encoded slashes or dots, backslashes, empty segments or control characters.
+/// Such paths are refused (400) rather than normalised, so that no spelling of a path can
+/// reach a route the table would not have chosen for it.
+pub fn is_ambiguous(path: &str) -> bool {
+    if !path.starts_with('/') || path.contains("//") || path.contains('\\') {
+        return true;
+    }
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return true;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%2e")
+        || lower.contains("%00")
+    {
+        return true;
+    }
+    path.split('/')
+        .any(|segment| segment == "." || segment == "..")
+}
+
+/// The route a request matched, in its extensions (absent when none did).
+#[derive(Debug, Clone)]
+pub struct MatchedRoute(pub Arc<Route>);
+
+/// Finds the request's route and records it for the layers below; refuses ambiguous paths
+/// (400) and methods a matched path does not allow (405 with `Allow`).
+pub async fn resolve(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = request.uri().path();
+    if is_ambiguous(path) {
+        return crate::error::ApiError::invalid("The request path is not in canonical form")
+            .into_response();
+    }
+    let route = match state.routes.lookup(request.method(), path) {
+        Matched::Route(route) => Arc::clone(route),
+        Matched::WrongMethod { allowed, proxied } if proxied => {
+            let mut response = crate::error::ApiError::MethodNotAllowed.into_response();
+            let allow: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+            if let Ok(value) = http::HeaderValue::from_str(&allow.join(", ")) {
+                response.headers_mut().insert(http::header::ALLOW, value);
+            }
+            return response;
+        }
+        Matched::WrongMethod { .. } | Matched::None => return next.run(request).await,
+    };
+    let name = route.name;
+    request.extensions_mut().insert(MatchedRoute(route));
+    let mut response = next.run(request).await;
+    if response.extensions().get::<RouteName>().is_none() {
+        response.extensions_mut().insert(RouteName(name));
+    }
+    response
 }
 
 #[cfg(test)]
@@ -247,9 +432,13 @@ mod tests {
                 route("/orders", &["POST"], Some("orders")),
                 route("/orders/special", &["GET"], Some("orders")),
                 route("/users/me", &["GET"], None),
+                route("/users/{id}", &["GET"], None),
+                route("/accounts/{id}/refresh", &["POST"], None),
+                route("/accounts/{id}", &[], None),
             ],
             &upstreams,
             1024,
+            &mut crate::rate_limit::Policies::new(),
         )
         .unwrap()
     }
@@ -259,7 +448,7 @@ mod tests {
         let table = table();
         let name = |method: Method, path: &str| match table.lookup(&method, path) {
             Matched::Route(route) => route.name,
-            Matched::WrongMethod => "405",
+            Matched::WrongMethod { .. } => "405",
             Matched::None => "none",
         };
         assert_eq!(name(Method::POST, "/orders"), "/orders");
@@ -270,5 +459,56 @@ mod tests {
         assert_eq!(name(Method::GET, "/ordersx"), "none");
         assert_eq!(name(Method::GET, "/users/me"), "/users/me");
         assert_eq!(name(Method::GET, "/users/me/x"), "none");
+        assert_eq!(name(Method::GET, "/users/17"), "/users/{id}");
+        assert_eq!(name(Method::GET, "/users/"), "none");
+        assert_eq!(
+            name(Method::POST, "/accounts/3/refresh"),
+            "/accounts/{id}/refresh"
+        );
+        assert_eq!(name(Method::DELETE, "/accounts/3"), "/accounts/{id}");
+        assert_eq!(name(Method::GET, "/accounts/3/other"), "none");
+    }
+
+    #[test]
+    fn route_policy_names_fit_headers_and_redis_tags() {
+        let table = table();
+        for route in table.routes() {
+            assert!(
+                !route.policy_name.contains(['{', '}', '"', '\\']),
+                "{}",
+                route.policy_name
+            );
+        }
+        let refresh = table
+            .routes()
+            .iter()
+            .find(|route| route.name == "/accounts/{id}/refresh")
+            .unwrap();
+        assert_eq!(refresh.policy_name, "route:POST /accounts/:id/refresh");
+    }
+
+    #[test]
+    fn paths_that_a_backend_could_read_otherwise_are_ambiguous() {
+        for bad in [
+            "/orders/../admin/users",
+            "/orders/./x",
+            "/orders//x",
+            "/orders/%2e%2e/admin",
+            "/orders%2Fadmin",
+            "/orders\\admin",
+            "/orders/%00",
+            "orders",
+        ] {
+            assert!(is_ambiguous(bad), "{bad}");
+        }
+        for good in [
+            "/",
+            "/orders",
+            "/orders/17",
+            "/orders/a.b",
+            "/users/me/api-keys",
+        ] {
+            assert!(!is_ambiguous(good), "{good}");
+        }
     }
 }

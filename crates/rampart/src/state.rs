@@ -3,10 +3,14 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::audit::throttle::AuditThrottle;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::password::Hasher;
+use crate::proxy::Proxy;
+use crate::rate_limit::{RateLimiter, Tiers};
+use crate::routes::RouteTable;
 use crate::security_headers::SecurityHeaders;
 use crate::store::Stores;
 use crate::tokens::{RevocationCache, TokenService};
@@ -26,6 +30,11 @@ pub struct Shared {
     pub metrics: Metrics,
     pub clock: SharedClock,
     pub security_headers: SecurityHeaders,
+    pub routes: RouteTable,
+    pub limiter: Arc<RateLimiter>,
+    pub tiers: Tiers,
+    pub proxy: Proxy,
+    pub audit_throttle: AuditThrottle,
 }
 
 impl AppState {

@@ -82,6 +82,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
+    /// The in-memory rate limiter's clock, which moves only when a test moves it.
+    pub limiter_time: rampart::rate_limit::ManualTime,
     pub state: AppState,
     pub data_dir: PathBuf,
     pub database_url: String,
@@ -136,6 +138,10 @@ pub async fn spawn_app_with(backend: Backend, setup: Setup) -> Option<TestApp> {
     let mut env: HashMap<String, String> = HashMap::from([
         ("RAMPART_SERVER__LISTEN".into(), "127.0.0.1:0".into()),
         ("RAMPART_DATABASE__URL".into(), database_url.clone()),
+        // Tests send many requests from one address; those about limits set their own.
+        ("RAMPART_RATE_LIMITS__ANONYMOUS".into(), "100000/min".into()),
+        ("RAMPART_RATE_LIMITS__STANDARD".into(), "100000/min".into()),
+        ("RAMPART_RATE_LIMITS__PREMIUM".into(), "100000/min".into()),
     ]);
     if backend == Backend::Redis {
         if !redis_reachable().await {
@@ -170,12 +176,14 @@ pub async fn start(
     redis_prefix: String,
     clock: Arc<ManualClock>,
 ) -> TestApp {
+    let limiter_time = rampart::rate_limit::ManualTime::new();
     let app = Application::build_with(
         config,
         BuildOptions {
             clock: clock.clone(),
             redis_prefix: redis_prefix.clone(),
             max_db_connections: 4,
+            rate_limit_time: Some(limiter_time.clone()),
         },
     )
     .await
@@ -193,6 +201,7 @@ pub async fn start(
             .build()
             .expect("client"),
         clock,
+        limiter_time,
         state,
         data_dir,
         database_url,

@@ -1,0 +1,414 @@
+//! The reverse proxy: forwards a request whose route names an upstream, through that
+//! upstream's circuit breaker (SPEC §3).
+//!
+//! Bodies stream both ways over a pooled keep-alive client. Hop-by-hop headers (RFC 9110
+//! §7.6.1, and any the `Connection` header names) are dropped in both directions; the
+//! client's credentials (`Authorization`, `Cookie`, `X-API-Key`, `X-CSRF-Token`) and any
+//! `X-Rampart-*` header never reach the backend, which instead gets the caller's identity as
+//! `X-Rampart-User-Id`, `-Username` and `-Role`, the request id, and `Forwarded` /
+//! `X-Forwarded-For` built from the trusted client IP. An open circuit answers 503 at once;
+//! a connect failure 502 `bad_gateway`; no response head within the upstream's `timeout`
+//! 504 `gateway_timeout`. The backend's own answers, errors included, pass unchanged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::audit::{NewAuditEntry, RequestContext, record_in_background};
+use crate::authentication::Authentication;
+use crate::circuit_breaker::{CircuitBreaker, Transition};
+use crate::client_ip::ClientIp;
+use crate::error::{ApiError, OwnBody};
+use crate::metrics::UpstreamLabel;
+use crate::request::RequestId;
+use crate::routes::{MatchedRoute, RouteTable, Upstream};
+use crate::state::AppState;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// obsolete `Proxy-Connection` that some clients still send.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// The client's credentials, which stop at the gateway.
+const CREDENTIALS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-csrf-token"),
+];
+
+const USER_ID: HeaderName = HeaderName::from_static("x-rampart-user-id");
+const USERNAME: HeaderName = HeaderName::from_static("x-rampart-username");
+const ROLE: HeaderName = HeaderName::from_static("x-rampart-role");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// The pooled client and each upstream's circuit breaker.
+#[derive(Debug)]
+pub struct Proxy {
+    client: HttpClient,
+    breakers: HashMap<&'static str, Arc<CircuitBreaker>>,
+    /// Whether the gateway is reached over TLS (for `Forwarded: proto=`).
+    tls: bool,
+}
+
+impl Proxy {
+    /// A client for every upstream of `routes`, with a closed breaker each.
+    pub fn new(routes: &RouteTable, tls: bool) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .expect("ring's default provider supports rustls' default protocol versions")
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let breakers = routes
+            .upstreams
+            .values()
+            .map(|upstream| {
+                (
+                    upstream.name,
+                    Arc::new(CircuitBreaker::new(upstream.circuit_breaker)),
+                )
+            })
+            .collect();
+        Self {
+            client,
+            breakers,
+            tls,
+        }
+    }
+
+    /// The breaker of an upstream.
+    pub fn breaker(&self, upstream: &str) -> Option<&Arc<CircuitBreaker>> {
+        self.breakers.get(upstream)
+    }
+}
+
+/// Forwards requests whose route names an upstream; passes the others on to Rampart's own
+/// handlers.
+pub async fn dispatch(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let upstream = request
+        .extensions()
+        .get::<MatchedRoute>()
+        .and_then(|route| route.0.upstream.as_deref())
+        .and_then(|name| state.routes.upstreams.get(name))
+        .cloned();
+    match upstream {
+        Some(upstream) => forward(&state, &upstream, request).await,
+        None => next.run(request).await,
+    }
+}
+
+/// How an exchange with an upstream ended, for the breaker.
+enum Outcome {
+    Answered(Response),
+    /// The client's body broke the route's size limit while streaming: not the backend's fault.
+    TooLarge,
+    Unreachable,
+    TimedOut,
+}
+
+async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Response {
+    let Some(breaker) = state.proxy.breaker(upstream.name) else {
+        return ApiError::internal(anyhow::anyhow!("no breaker for {}", upstream.name))
+            .into_response();
+    };
+    let permit = match breaker.acquire() {
+        Ok(permit) => permit,
+        Err(open) => {
+            return ApiError::ServiceUnavailable {
+                message: "The upstream service is unavailable".into(),
+                retry_after: Some(Duration::from_secs(open.retry_after_seconds())),
+            }
+            .into_response();
+        }
+    };
+    // What an audit entry of a state change needs, kept without allocating.
+    let client = request.extensions().get::<ClientIp>().map(|ip| ip.0);
+    let request_id = request.extensions().get::<RequestId>().cloned();
+    let context = move || RequestContext {
+        ip: client.map(|ip| ip.to_string()),
+        user_agent: None,
+        request_id: request_id
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |id| id.0.to_string()),
+    };
+    if let Some(transition) = permit.transition() {
+        note_transition(state, upstream, transition, &context());
+    }
+    let outgoing = match outgoing_request(state, upstream, request) {
+        Ok(outgoing) => outgoing,
+        Err(error) => {
+            drop(permit);
+            return error.into_response();
+        }
+    };
+
+    let started = tokio::time::Instant::now();
+    let outcome =
+        match tokio::time::timeout(upstream.timeout, state.proxy.client.request(outgoing)).await {
+            Err(_) => Outcome::TimedOut,
+            Ok(Err(error)) if is_body_too_large(&error) => Outcome::TooLarge,
+            Ok(Err(error)) => {
+                tracing::warn!(upstream = upstream.name, error = %error, "upstream request failed");
+                Outcome::Unreachable
+            }
+            Ok(Ok(response)) => Outcome::Answered(incoming_response(response)),
+        };
+    state
+        .metrics
+        .upstream_duration
+        .get_or_create(&UpstreamLabel {
+            upstream: upstream.name,
+        })
+        .observe(started.elapsed().as_secs_f64());
+
+    let (transition, response) = match outcome {
+        Outcome::Answered(response) if response.status().is_server_error() => {
+            (permit.failed(), response)
+        }
+        Outcome::Answered(response) => (permit.succeeded(), response),
+        Outcome::TooLarge => {
+            drop(permit);
+            (None, ApiError::PayloadTooLarge.into_response())
+        }
+        Outcome::Unreachable => (permit.failed(), ApiError::BadGateway.into_response()),
+        Outcome::TimedOut => (permit.failed(), ApiError::GatewayTimeout.into_response()),
+    };
+    if let Some(transition) = transition {
+        note_transition(state, upstream, transition, &context());
+    }
+    response
+}
+
+fn is_body_too_large(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// Keeps the gauge, the opens counter and the audit trail in step with the breaker.
+fn note_transition(
+    state: &AppState,
+    upstream: &Upstream,
+    transition: Transition,
+    context: &RequestContext,
+) {
+    let label = UpstreamLabel {
+        upstream: upstream.name,
+    };
+    state
+        .metrics
+        .breaker_state
+        .get_or_create(&label)
+        .set(transition.state().gauge_value());
+    tracing::info!(
+        upstream = upstream.name,
+        state = transition.state().as_str(),
+        "circuit breaker"
+    );
+    if transition == Transition::Opened {
+        state.metrics.breaker_opens.get_or_create(&label).inc();
+        let entry = NewAuditEntry::new(
+            state.now(),
+            "circuit_opened",
+            None,
+            serde_json::json!({ "upstream": upstream.name }),
+            context,
+        );
+        record_in_background(state.stores.data.clone(), entry);
+    }
+}
+
+/// The upstream's URI for a request: the upstream's scheme and authority, its base path,
+/// then the request's path and query as received.
+fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Result<Uri, ApiError> {
+    let base = upstream.url.path().trim_end_matches('/');
+    let path_and_query = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let mut parts = upstream.url.clone().into_parts();
+    parts.path_and_query = Some(
+        format!("{base}{path_and_query}")
+            .parse()
+            .map_err(|_| ApiError::invalid("The request path is not valid"))?,
+    );
+    Uri::from_parts(parts).map_err(|_| ApiError::invalid("The request path is not valid"))
+}
+
+/// Names listed in a `Connection` header, which are hop-by-hop too.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in connection_listed(headers) {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // `Upgrade` is hop-by-hop as well; WebSocket upgrades are not proxied.
+    headers.remove(header::UPGRADE);
+}
+
+fn outgoing_request(
+    state: &AppState,
+    upstream: &Upstream,
+    request: Request,
+) -> Result<Request, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    parts.uri = upstream_uri(upstream, &parts.uri)?;
+    parts.version = http::Version::HTTP_11;
+    let headers = &mut parts.headers;
+    let original_host = headers.remove(header::HOST);
+    strip_hop_by_hop(headers);
+    for name in &CREDENTIALS {
+        headers.remove(name);
+    }
+    let rampart_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-rampart-"))
+        .cloned()
+        .collect();
+    for name in rampart_headers {
+        headers.remove(name);
+    }
+    if let Some(Authentication::Authenticated(principal)) = parts.extensions.get::<Authentication>()
+    {
+        headers.insert(USER_ID, HeaderValue::from(principal.user_id));
+        // Usernames are [A-Za-z0-9_] and roles [a-z0-9_]: always valid header values.
+        if let Ok(value) = HeaderValue::from_str(&principal.username) {
+            headers.insert(USERNAME, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&principal.role) {
+            headers.insert(ROLE, value);
+        }
+    }
+    if let Some(id) = parts.extensions.get::<RequestId>()
+        && let Ok(value) = HeaderValue::from_str(&id.0)
+    {
+        headers.insert(X_REQUEST_ID, value);
+    }
+    let proto = if state.proxy.tls { "https" } else { "http" };
+    if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>() {
+        // Built from the trusted client IP alone: whatever chain the client sent is dropped,
+        // so a backend can never be told a client-chosen address.
+        if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        let node = match ip {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        };
+        let mut forwarded = format!("for={node};proto={proto}");
+        if let Some(host) = original_host.as_ref().and_then(|host| host.to_str().ok())
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            forwarded.push_str(&format!(";host=\"{host}\""));
+        }
+        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+            headers.insert(header::FORWARDED, value);
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(host) = original_host {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+fn incoming_response(response: http::Response<hyper::body::Incoming>) -> Response {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // No backend banner either: SPEC §6 wants no `Server` version on any response.
+    parts.headers.remove(header::SERVER);
+    let mut response = Response::from_parts(parts, Body::new(body));
+    // The backend's own error bodies pass unchanged.
+    response.extensions_mut().insert(OwnBody);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Upstream {
+        Upstream {
+            name: "orders",
+            url: url.parse().unwrap(),
+            timeout: Duration::from_secs(1),
+            circuit_breaker: crate::circuit_breaker::Settings::default(),
+        }
+    }
+
+    #[test]
+    fn the_upstream_uri_keeps_the_path_and_query_under_the_base_path() {
+        let uri: Uri = "/orders/7?side=buy".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&upstream("http://127.0.0.1:9000"), &uri).unwrap(),
+            "http://127.0.0.1:9000/orders/7?side=buy"
+        );
+        assert_eq!(
+            upstream_uri(&upstream("http://127.0.0.1:9000/api/"), &uri).unwrap(),
+            "http://127.0.0.1:9000/api/orders/7?side=buy"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
+        headers.insert("x-private", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        headers.insert(header::UPGRADE, "websocket".parse().unwrap());
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key(header::CONTENT_TYPE));
+    }
+}
