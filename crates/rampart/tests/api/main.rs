@@ -4,6 +4,8 @@
 
 mod admin;
 mod audit;
+mod backend;
+mod gateway;
 mod helpers;
 mod hostile;
 mod http;
