@@ -15,6 +15,13 @@ use crate::store::{Store, StoreResult};
 
 pub mod throttle;
 
+fn serialize_json_text<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => value.serialize(serializer),
+        Err(_) => serializer.serialize_str(text),
+    }
+}
+
 /// The text that replaces secrets in `details`.
 pub const REDACTED: &str = "***REDACTED***";
 
@@ -120,7 +127,9 @@ pub struct AuditRecord {
     pub user_id: Option<i64>,
     /// What happened.
     pub action: String,
-    /// JSON text.
+    /// JSON text as stored (it is hashed as written); served as the JSON object it holds.
+    #[serde(serialize_with = "serialize_json_text")]
+    #[schema(value_type = Object)]
     pub details: String,
     /// Client IP (absent once pseudonymised).
     pub ip_address: Option<String>,

@@ -201,7 +201,7 @@ async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Res
         Outcome::Answered(response) => (permit.succeeded(), response),
         Outcome::TooLarge => {
             drop(permit);
-            (None, ApiError::PayloadTooLarge.into_response())
+            (None, crate::validation::too_large())
         }
         Outcome::Unreachable => (permit.failed(), ApiError::BadGateway.into_response()),
         Outcome::TimedOut => (permit.failed(), ApiError::GatewayTimeout.into_response()),

@@ -51,7 +51,7 @@ pub async fn validate(State(state): State<AppState>, request: Request, next: Nex
     }
     let limit = body_limit(&state, &request);
     if declared_length(request.headers()).is_some_and(|length| length > limit as u64) {
-        return ApiError::PayloadTooLarge.into_response();
+        return too_large();
     }
     let mode = state.config.intrusion;
     if mode == IntrusionMode::Off {
@@ -68,7 +68,7 @@ pub async fn validate(State(state): State<AppState>, request: Request, next: Nex
         // Scanning needs the body whole; it is bounded by the route's limit.
         let bytes = match axum::body::to_bytes(body, limit).await {
             Ok(bytes) => bytes,
-            Err(_) => return ApiError::PayloadTooLarge.into_response(),
+            Err(_) => return too_large(),
         };
         if found.is_none() {
             found = intrusion::scan_bytes(&bytes);
@@ -85,6 +85,16 @@ pub async fn validate(State(state): State<AppState>, request: Request, next: Nex
         }
     }
     next.run(request).await
+}
+
+/// 413, closing the connection: the rest of the body is never read, so the connection
+/// cannot carry another request, and the client must not try.
+pub(crate) fn too_large() -> Response {
+    let mut response = ApiError::PayloadTooLarge.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    response
 }
 
 fn report(state: &AppState, request: &Request, pattern: Pattern, mode: IntrusionMode) {

@@ -28,7 +28,7 @@ fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-fn redis_url() -> String {
+pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
@@ -70,7 +70,7 @@ async fn postgres_schema() -> Option<String> {
     ))
 }
 
-async fn redis_reachable() -> bool {
+pub async fn redis_reachable() -> bool {
     let client = redis::Client::open(redis_url()).expect("redis url");
     match client.get_multiplexed_async_connection().await {
         Ok(_) => true,
@@ -104,13 +104,15 @@ impl Drop for TestApp {
 pub struct Setup {
     pub toml: String,
     pub env: Vec<(String, String)>,
+    /// Shared by instances that must see each other's Redis state; else one per app.
+    pub redis_prefix: Option<String>,
 }
 
 impl Setup {
     pub fn toml(text: &str) -> Self {
         Self {
             toml: text.to_owned(),
-            env: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -134,7 +136,10 @@ pub async fn spawn_app_with(backend: Backend, setup: Setup) -> Option<TestApp> {
         }
         Backend::Postgres => postgres_schema().await?,
     };
-    let redis_prefix = format!("rt:{}:", ulid::Ulid::new());
+    let redis_prefix = setup
+        .redis_prefix
+        .clone()
+        .unwrap_or_else(|| format!("rt:{}:", ulid::Ulid::new()));
     let mut env: HashMap<String, String> = HashMap::from([
         ("RAMPART_SERVER__LISTEN".into(), "127.0.0.1:0".into()),
         ("RAMPART_DATABASE__URL".into(), database_url.clone()),

@@ -10,5 +10,6 @@ mod helpers;
 mod hostile;
 mod http;
 mod login;
+mod rate_limits;
 mod registration;
 mod tokens;
