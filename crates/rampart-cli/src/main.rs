@@ -25,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve,
+    /// Run the gateway on the example configuration with a sample trading backend and a
+    /// sample broker, for a first look at every layer.
+    Demo,
     /// Print fresh secrets in .env form.
     Keygen,
     /// Apply database migrations and exit.
@@ -82,7 +85,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let config = match Sources::from_process(cli.config.as_deref()).and_then(|s| Config::load(&s)) {
+    let sources = if let Command::Demo = cli.command {
+        Ok(demo_sources())
+    } else {
+        Sources::from_process(cli.config.as_deref())
+    };
+    let config = match sources.and_then(|s| Config::load(&s)) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
@@ -135,6 +143,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             tracing::info!(address = %app.local_addr()?, "rampart is listening");
             app.run_until_stopped().await?;
         }
+        Command::Demo => return demo(config).await,
         Command::Migrate => {
             rampart::app::open_store(config.database_url.expose(), 4).await?;
             println!("migrations applied");
@@ -174,6 +183,51 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Keygen | Command::CheckConfig => {}
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The example configuration with the demo's overrides; the process environment still wins.
+fn demo_sources() -> Sources {
+    let mut env: std::collections::HashMap<String, String> = rampart::demo::DEMO_OVERRIDES
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    env.extend(std::env::vars());
+    Sources {
+        file: Some(rampart::demo::EXAMPLE_CONFIG.to_owned()),
+        env,
+        data_dir: None,
+    }
+}
+
+async fn demo(config: Config) -> anyhow::Result<ExitCode> {
+    let backend = config
+        .upstreams
+        .get("orders")
+        .and_then(|upstream| upstream.url.parse::<http::Uri>().ok())
+        .and_then(|uri| {
+            uri.authority()
+                .map(|authority| authority.as_str().to_owned())
+        })
+        .and_then(|authority| authority.parse::<std::net::SocketAddr>().ok())
+        .context("the example configuration names no loopback address for upstream `orders`")?;
+    let backend = rampart::demo::spawn(backend, rampart::demo::trading_backend())
+        .await
+        .with_context(|| format!("starting the sample trading backend on {backend}"))?;
+    let broker: std::net::SocketAddr = rampart::demo::SAMPLE_BROKER.parse()?;
+    let broker = rampart::demo::spawn(broker, rampart::demo::sample_broker())
+        .await
+        .with_context(|| format!("starting the sample broker on {broker}"))?;
+    let app = rampart::app::Application::build(config).await?;
+    let address = app.local_addr()?;
+    println!(
+        "Rampart demo\n  \
+         gateway                 http://{address}\n  \
+         sample trading backend  http://{backend}  (orders, positions: a sample, not an exchange)\n  \
+         sample broker           http://{broker}/api/v1/funds  (a sample, not a broker)\n\
+         Register the first user (it becomes admin), log in, and follow the tour in README.md."
+    );
+    app.run_until_stopped().await?;
     Ok(ExitCode::SUCCESS)
 }
 

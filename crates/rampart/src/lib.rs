@@ -16,6 +16,7 @@ pub mod circuit_breaker;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod identity;
 pub mod intrusion;

@@ -540,7 +540,48 @@ async fn metrics_label_requests_by_route_pattern_never_by_raw_path(backend: Back
     assert!(!metrics.contains("/no/such/thing"));
 }
 
+async fn the_demo_places_an_order_through_every_layer(backend: Backend) {
+    let sample = rampart::demo::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        rampart::demo::trading_backend(),
+    )
+    .await
+    .unwrap();
+    let address = format!("http://{sample}");
+    let setup = Setup::toml(rampart::demo::EXAMPLE_CONFIG)
+        .env("RAMPART_UPSTREAMS__ORDERS__URL", &address)
+        .env("RAMPART_UPSTREAMS__POSITIONS__URL", &address);
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    let admin = app.user("alice_1").await;
+    let order = json!({ "symbol": "INFY", "side": "BUY", "quantity": 10, "price": 1500.5 });
+    let placed = app
+        .send_with(Method::POST, "/orders", &admin.access_token, Some(order))
+        .await;
+    assert_eq!(placed.status(), 201);
+    let placed: Value = placed.json().await.unwrap();
+    assert_eq!(placed["placed_by"], "alice_1");
+    assert_eq!(placed["user_id"], admin.user_id);
+    let bad = json!({ "symbol": "INFY", "side": "HOLD", "quantity": 0 });
+    let refused = app
+        .send_with(Method::POST, "/orders", &admin.access_token, Some(bad))
+        .await;
+    assert_eq!(refused.status(), 400, "the sample backend validates orders");
+    let positions: Value = app
+        .get_with("/positions", &admin.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        positions["items"],
+        json!([{ "symbol": "INFY", "quantity": 10 }])
+    );
+}
+
 crate::on_databases!(
+    the_demo_places_an_order_through_every_layer,
     the_shipped_route_matrix_holds_for_every_role,
     the_backend_gets_the_callers_identity_and_never_its_credentials,
     the_backends_own_answers_pass_unchanged,
