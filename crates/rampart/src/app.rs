@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::brokers::Brokers;
+use crate::circuit_breaker;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, StateStoreKind};
+use crate::keyring::KeyRing;
 use crate::metrics::Metrics;
 use crate::password::Hasher;
 use crate::security_headers::SecurityHeaders;
+use crate::ssrf::OutboundPolicy;
 use crate::state::{AppState, Shared};
 use crate::store::redis::RedisSessionStore;
 use crate::store::sql::{PostgresStore, SqliteStore};
@@ -27,6 +31,8 @@ pub struct BuildOptions {
     pub redis_prefix: String,
     /// Largest PostgreSQL connection pool.
     pub max_db_connections: u32,
+    /// How long a call to a broker host may take in all.
+    pub broker_timeout: Duration,
 }
 
 impl Default for BuildOptions {
@@ -35,6 +41,7 @@ impl Default for BuildOptions {
             clock: Arc::new(SystemClock),
             redis_prefix: "rampart:".to_owned(),
             max_db_connections: 16,
+            broker_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -146,6 +153,7 @@ impl Application {
             &config.headers.x_xss_protection,
             config.server.behind_tls || config.server.tls.is_some(),
         );
+        let (keyring, brokers) = build_secrets_and_brokers(&config, options.broker_timeout)?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|error| anyhow::anyhow!("listening on {}: {error}", config.server.listen))?;
@@ -160,6 +168,8 @@ impl Application {
             metrics: Metrics::new(),
             clock,
             security_headers,
+            keyring,
+            brokers,
             config,
         });
         Ok(Self {
@@ -211,6 +221,35 @@ impl Application {
         tracing::info!("stopped");
         result
     }
+}
+
+/// The key ring of `encryption.keys`.
+///
+/// # Errors
+/// A key entry is malformed (the message names its position, never the key).
+pub fn keyring(config: &Config) -> anyhow::Result<KeyRing> {
+    let entries: Vec<&str> = config
+        .encryption_keys
+        .iter()
+        .map(|key| key.expose())
+        .collect();
+    KeyRing::parse(&entries).map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+fn build_secrets_and_brokers(
+    config: &Config,
+    broker_timeout: Duration,
+) -> anyhow::Result<(KeyRing, Brokers)> {
+    let policy = OutboundPolicy::new(
+        config.accounts.allow_http,
+        &config.accounts.allowed_hosts,
+        &config.accounts.allowed_networks,
+    )
+    .map_err(|message| anyhow::anyhow!("{message}"))?;
+    Ok((
+        keyring(config)?,
+        Brokers::new(policy, broker_timeout, circuit_breaker::Settings::default()),
+    ))
 }
 
 /// Completes on SIGINT or SIGTERM.

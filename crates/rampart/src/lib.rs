@@ -11,6 +11,7 @@
 pub mod app;
 pub mod audit;
 pub mod authentication;
+pub mod brokers;
 pub mod circuit_breaker;
 pub mod client_ip;
 pub mod clock;
@@ -28,6 +29,7 @@ pub mod pipeline;
 pub mod rate_limit;
 pub mod request;
 pub mod routes;
+pub mod sealing;
 pub mod secrets;
 pub mod security_headers;
 pub mod ssrf;

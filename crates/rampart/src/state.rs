@@ -3,8 +3,10 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::brokers::Brokers;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::keyring::KeyRing;
 use crate::metrics::Metrics;
 use crate::password::Hasher;
 use crate::security_headers::SecurityHeaders;
@@ -26,6 +28,10 @@ pub struct Shared {
     pub metrics: Metrics,
     pub clock: SharedClock,
     pub security_headers: SecurityHeaders,
+    /// Seals and opens stored secrets (`encryption.keys`).
+    pub keyring: KeyRing,
+    /// Calls to users' broker hosts, with a circuit breaker per host.
+    pub brokers: Brokers,
 }
 
 impl AppState {

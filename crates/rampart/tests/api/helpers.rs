@@ -176,6 +176,7 @@ pub async fn start(
             clock: clock.clone(),
             redis_prefix: redis_prefix.clone(),
             max_db_connections: 4,
+            ..BuildOptions::default()
         },
     )
     .await
