@@ -44,6 +44,18 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Manage the encryption keys of stored secrets.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Re-encrypt every stored secret with the first key of encryption.keys; exit 1 if
+    /// any value does not decrypt (it is left as it is). Safe to interrupt and re-run.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +193,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => return rotate_keys(config).await,
         Command::Keygen | Command::CheckConfig => {}
     }
     Ok(ExitCode::SUCCESS)
@@ -229,6 +244,42 @@ async fn demo(config: Config) -> anyhow::Result<ExitCode> {
     );
     app.run_until_stopped().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate_keys(mut config: Config) -> anyhow::Result<ExitCode> {
+    // The embedded defaults keep their keys in data/secrets.toml, as `serve` does.
+    rampart::secrets::fill_generated(&mut config)?;
+    let ring = rampart::app::keyring(&config)?;
+    let store = rampart::app::open_store(config.database_url.expose(), 4)
+        .await?
+        .data();
+    let context = RequestContext {
+        ip: None,
+        user_agent: Some("rampart keys rotate".into()),
+        request_id: "console".into(),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let report = rampart::sealing::rotate_all(&*store, &ring, now, &context).await?;
+    println!(
+        "sealed with key {}: {} re-encrypted, {} already current, {} changed meanwhile, {} failed",
+        ring.primary_id(),
+        report.rotated,
+        report.current,
+        report.raced,
+        report.failed.len()
+    );
+    if report.failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for failed in &report.failed {
+        eprintln!(
+            "- {} row {}: {} (left as it is)",
+            failed.kind.as_str(),
+            failed.id,
+            failed.error
+        );
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 async fn create_admin(config: Config, username: String, email: String) -> anyhow::Result<ExitCode> {

@@ -8,14 +8,18 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::audit::throttle::AuditThrottle;
+use crate::brokers::Brokers;
+use crate::circuit_breaker;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, OnStoreError, StateStoreKind};
+use crate::keyring::KeyRing;
 use crate::metrics::Metrics;
 use crate::password::Hasher;
 use crate::proxy::Proxy;
 use crate::rate_limit::{Policies, RateLimiter, Tiers};
 use crate::routes::RouteTable;
 use crate::security_headers::SecurityHeaders;
+use crate::ssrf::OutboundPolicy;
 use crate::state::{AppState, Shared};
 use crate::store::redis::RedisSessionStore;
 use crate::store::sql::{PostgresStore, SqliteStore};
@@ -33,6 +37,8 @@ pub struct BuildOptions {
     pub max_db_connections: u32,
     /// Time for the in-memory rate limiter; `None` for the real monotonic clock.
     pub rate_limit_time: Option<crate::rate_limit::ManualTime>,
+    /// How long a call to a broker host may take in all.
+    pub broker_timeout: Duration,
 }
 
 impl Default for BuildOptions {
@@ -42,6 +48,7 @@ impl Default for BuildOptions {
             redis_prefix: "rampart:".to_owned(),
             max_db_connections: 16,
             rate_limit_time: None,
+            broker_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -179,6 +186,7 @@ impl Application {
             &config.headers.x_xss_protection,
             config.server.behind_tls || config.server.tls.is_some(),
         );
+        let (keyring, brokers) = build_secrets_and_brokers(&config, options.broker_timeout)?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|error| anyhow::anyhow!("listening on {}: {error}", config.server.listen))?;
@@ -198,6 +206,8 @@ impl Application {
             tiers,
             proxy,
             audit_throttle: AuditThrottle::new(60),
+            keyring,
+            brokers,
             config,
         });
         Ok(Self {
@@ -249,6 +259,35 @@ impl Application {
         tracing::info!("stopped");
         result
     }
+}
+
+/// The key ring of `encryption.keys`.
+///
+/// # Errors
+/// A key entry is malformed (the message names its position, never the key).
+pub fn keyring(config: &Config) -> anyhow::Result<KeyRing> {
+    let entries: Vec<&str> = config
+        .encryption_keys
+        .iter()
+        .map(|key| key.expose())
+        .collect();
+    KeyRing::parse(&entries).map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+fn build_secrets_and_brokers(
+    config: &Config,
+    broker_timeout: Duration,
+) -> anyhow::Result<(KeyRing, Brokers)> {
+    let policy = OutboundPolicy::new(
+        config.accounts.allow_http,
+        &config.accounts.allowed_hosts,
+        &config.accounts.allowed_networks,
+    )
+    .map_err(|message| anyhow::anyhow!("{message}"))?;
+    Ok((
+        keyring(config)?,
+        Brokers::new(policy, broker_timeout, circuit_breaker::Settings::default()),
+    ))
 }
 
 /// Completes on SIGINT or SIGTERM.

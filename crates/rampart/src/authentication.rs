@@ -1,15 +1,19 @@
 //! Authentication: who is asking, from a bearer token, the session cookie or an API key.
 //!
-//! [`identify`] runs before rate limiting (the limiter needs the caller's tier) and never
-//! refuses by itself: it records an [`Authentication`] in the request. Handlers and the
-//! authorization layer ask for a [`Principal`], which answers 401 (or 403 `csrf_failed`)
-//! when there is none. Cookie-authenticated unsafe requests must carry `X-CSRF-Token`.
+//! [`identify`] runs before rate limiting (the limiter needs the caller's tier) and, for
+//! tokens and cookies, never refuses by itself: it records an [`Authentication`] in the
+//! request. Handlers and the authorization layer ask for a [`Principal`], which answers 401
+//! (or 403 `csrf_failed`) when there is none. Cookie-authenticated unsafe requests must
+//! carry `X-CSRF-Token`. API keys and signed requests ([`api_key`]) are refused at once
+//! (401), on every route, when the key or signature does not hold.
+
+pub mod api_key;
 
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderMap, Method, header};
 
@@ -51,6 +55,9 @@ pub struct Principal {
     pub family_id: Arc<str>,
     /// How it authenticated.
     pub credential: Credential,
+    /// Whether this is an API-key request with a correct HMAC signature (always `false`
+    /// for tokens and cookies).
+    pub signed: bool,
 }
 
 /// Why credentials that were presented are refused.
@@ -103,9 +110,30 @@ pub fn is_unsafe(method: &Method) -> bool {
     )
 }
 
-/// Records who is asking; never refuses by itself.
+/// Records who is asking. Tokens and cookies never refuse here; an API key or signature
+/// that does not hold is refused at once (401), and so is an API key sent together with
+/// `Authorization` (two credentials, no telling which is meant).
 pub async fn identify(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let authentication = authenticate_headers(&state, request.method(), request.headers());
+    let headers = request.headers();
+    let api_key_request = if headers.contains_key(header::AUTHORIZATION) {
+        headers.contains_key(api_key::KEY_HEADER)
+    } else {
+        api_key::is_presented(headers)
+    };
+    let authentication = if api_key_request {
+        if request.headers().contains_key(header::AUTHORIZATION) {
+            return ApiError::invalid_token().into_response();
+        }
+        match api_key::authenticate(&state, request).await {
+            Ok((authenticated, principal)) => {
+                request = authenticated;
+                Authentication::Authenticated(principal)
+            }
+            Err(refusal) => return refusal,
+        }
+    } else {
+        authenticate_headers(&state, request.method(), request.headers())
+    };
     request.extensions_mut().insert(authentication);
     next.run(request).await
 }
@@ -176,6 +204,7 @@ fn verify(state: &AppState, token: &str, credential: Credential) -> Authenticati
         tier: Arc::from(claims.tier),
         family_id: Arc::from(claims.sid),
         credential,
+        signed: false,
     })
 }
 

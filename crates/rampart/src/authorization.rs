@@ -3,7 +3,8 @@
 //! Runs after rate limiting and authentication. A route open to anyone (`auth = false`)
 //! passes; any other needs a principal (401 otherwise, or 403 `csrf_failed` for a cookie
 //! session without its CSRF token), and then the role the route lists or the permission it
-//! names (403 `forbidden`, audited as `unauthorized_access`). Ownership of a resource (a
+//! names (403 `forbidden`, audited as `unauthorized_access`). On a route with `signed = true`
+//! an API-key request must also be HMAC-signed (401 otherwise). Ownership of a resource (a
 //! user's own trading account) is checked by the handler that loads it.
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::audit::{NewAuditEntry, RequestContext, record_in_background};
-use crate::authentication::Principal;
+use crate::authentication::{Credential, Principal};
 use crate::error::ApiError;
 use crate::routes::{Access, MatchedRoute};
 use crate::state::AppState;
@@ -50,6 +51,14 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         Access::Permission(permission) => grants(&state, &principal.role, permission),
     };
     let request = Request::from_parts(parts, body);
+    if allowed && route.signed && principal.credential == Credential::ApiKey && !principal.signed {
+        // Programs must sign state they change on such routes (SPEC §2 "Signed requests").
+        return ApiError::Unauthorized(
+            "This route requires a signed request (X-Timestamp, X-Nonce, X-Signature)".into(),
+            crate::error::Challenge::InvalidToken,
+        )
+        .into_response();
+    }
     if !allowed {
         let entry = NewAuditEntry::new(
             state.now(),

@@ -930,6 +930,20 @@ impl RawConfig {
             .keys
             .map(|keys| keys.0.into_iter().map(Secret::new).collect())
             .unwrap_or_default();
+        if !encryption_keys.is_empty() {
+            let entries: Vec<&str> = encryption_keys.iter().map(Secret::expose).collect();
+            // The message names the entry's position and id, never the key.
+            if let Err(error) = crate::keyring::KeyRing::parse(&entries) {
+                bad("encryption.keys", error.to_string());
+            }
+        }
+        if let Err(message) = crate::ssrf::OutboundPolicy::new(
+            self.accounts.allow_http,
+            &self.accounts.allowed_hosts.0,
+            &[],
+        ) {
+            bad("accounts.allowed_hosts", message);
+        }
 
         let allowed_networks =
             parse_networks(&self.accounts.allowed_networks.0).unwrap_or_else(|message| {

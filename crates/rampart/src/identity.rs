@@ -4,7 +4,9 @@
 //! Handlers validate everything they are given before changing anything, and every
 //! security event is audited in the same transaction as the change it records.
 
+pub mod accounts;
 pub mod admin;
+pub mod api_keys;
 pub mod sessions;
 pub mod users;
 
@@ -192,6 +194,26 @@ pub fn check_email(email: &str) -> Vec<String> {
     }
 }
 
+/// Problems with a label (an API key's or account's name, a broker): 1 to `max`
+/// characters of ASCII letters, digits, space and `_ - . ( )`, not starting or ending
+/// with a space.
+pub fn check_label(label: &str, max: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !(1..=max).contains(&label.chars().count()) {
+        problems.push(format!("must be 1 to {max} characters"));
+    }
+    if !label
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || " _-.()".contains(c))
+    {
+        problems.push("may contain only letters, digits, spaces and _ - . ( )".to_owned());
+    }
+    if label.starts_with(' ') || label.ends_with(' ') {
+        problems.push("must not start or end with a space".to_owned());
+    }
+    problems
+}
+
 /// Tags a route's responses with its pattern for metric labels.
 fn named(path: &'static str, route: MethodRouter<AppState>) -> MethodRouter<AppState> {
     route.layer(middleware::map_response(
@@ -216,6 +238,22 @@ pub fn routes() -> Router<AppState> {
             axum::routing::put(users::change_password),
         ),
         ("/users/me/export", get(users::export)),
+        (
+            "/users/me/api-keys",
+            get(api_keys::list).post(api_keys::create),
+        ),
+        (
+            "/users/me/api-keys/{id}",
+            axum::routing::delete(api_keys::delete),
+        ),
+        ("/accounts", get(accounts::list).post(accounts::create)),
+        (
+            "/accounts/{id}",
+            get(accounts::get)
+                .patch(accounts::patch)
+                .delete(accounts::delete),
+        ),
+        ("/accounts/{id}/refresh", post(accounts::refresh)),
         ("/users/{id}", get(users::by_id)),
         ("/admin/users", get(admin::list_users)),
         ("/admin/users/{id}", axum::routing::patch(admin::patch_user)),

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::identity::{admin, sessions, users};
+use crate::identity::{accounts, admin, api_keys, sessions, users};
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
@@ -14,6 +14,9 @@ use crate::identity::{admin, sessions, users};
         sessions::register, sessions::login, sessions::refresh, sessions::logout, sessions::logout_all,
         users::me, users::by_id, users::change_password, users::export, users::delete_me,
         admin::list_users, admin::patch_user, admin::unlock, admin::audit, admin::export_audit,
+        api_keys::create, api_keys::list, api_keys::delete,
+        accounts::create, accounts::list, accounts::get, accounts::patch, accounts::delete,
+        accounts::refresh,
     ),
     components(schemas(crate::error::ErrorBody, crate::audit::AuditRecord)),
     modifiers(&BearerScheme),
@@ -65,6 +68,15 @@ mod tests {
             ("/admin/users/{id}/unlock", "post"),
             ("/admin/audit", "get"),
             ("/admin/audit/export", "get"),
+            ("/users/me/api-keys", "post"),
+            ("/users/me/api-keys", "get"),
+            ("/users/me/api-keys/{id}", "delete"),
+            ("/accounts", "post"),
+            ("/accounts", "get"),
+            ("/accounts/{id}", "get"),
+            ("/accounts/{id}", "patch"),
+            ("/accounts/{id}", "delete"),
+            ("/accounts/{id}/refresh", "post"),
         ] {
             let operation = &document["paths"][path][method];
             assert!(operation.is_object(), "{method} {path} undocumented");

@@ -4,8 +4,10 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::audit::throttle::AuditThrottle;
+use crate::brokers::Brokers;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::keyring::KeyRing;
 use crate::metrics::Metrics;
 use crate::password::Hasher;
 use crate::proxy::Proxy;
@@ -35,6 +37,10 @@ pub struct Shared {
     pub tiers: Tiers,
     pub proxy: Proxy,
     pub audit_throttle: AuditThrottle,
+    /// Seals and opens stored secrets (`encryption.keys`).
+    pub keyring: KeyRing,
+    /// Calls to users' broker hosts, with a circuit breaker per host.
+    pub brokers: Brokers,
 }
 
 impl AppState {

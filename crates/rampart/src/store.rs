@@ -150,6 +150,98 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
+/// An API key as stored: the key only as a hash, the signing secret sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Numeric id.
+    pub id: i64,
+    /// Owner.
+    pub user_id: i64,
+    /// The owner's label for it.
+    pub name: String,
+    /// The public part of the key that finds the row (`rk_<prefix>_…`).
+    pub prefix: String,
+    /// Lowercase hex SHA-256 of the whole key.
+    pub key_hash: String,
+    /// The signing secret, sealed by the key ring and bound to `prefix`.
+    pub secret: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; `None` never expires.
+    pub expires_at: Option<i64>,
+}
+
+/// A user's connection to a broker; the broker's API key is sealed by the key ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TradingAccount {
+    /// Numeric id.
+    pub id: i64,
+    /// Random id chosen before the row is written; binds the sealed key to the row.
+    pub uid: String,
+    /// Owner.
+    pub user_id: i64,
+    /// The owner's label for it.
+    pub name: String,
+    /// Broker name.
+    pub broker: String,
+    /// The broker host's base URL, as the owner wrote it.
+    pub host_url: String,
+    /// The broker API key, sealed and bound to `uid`.
+    pub api_key: String,
+    /// The key as shown: `abcd...wxyz`, or `***` for short keys.
+    pub api_key_masked: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// A change to a trading account; `None` keeps a field.
+#[derive(Debug, Clone, Default)]
+pub struct AccountPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New broker.
+    pub broker: Option<String>,
+    /// New host URL (already checked).
+    pub host_url: Option<String>,
+    /// New sealed key and its mask.
+    pub api_key: Option<(String, String)>,
+}
+
+/// Which kind of sealed value, for `rampart keys rotate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedKind {
+    /// `api_keys.secret`, bound to `prefix`.
+    ApiKeySecret,
+    /// `trading_accounts.api_key`, bound to `uid`.
+    AccountKey,
+}
+
+impl SealedKind {
+    /// Every kind, in the order rotation walks them.
+    pub const ALL: [Self; 2] = [Self::ApiKeySecret, Self::AccountKey];
+
+    /// The name used in reports and audit details.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKeySecret => "api_key_secrets",
+            Self::AccountKey => "account_keys",
+        }
+    }
+}
+
+/// One sealed value and what it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedValue {
+    /// Row id.
+    pub id: i64,
+    /// The row's binding (`prefix` or `uid`).
+    pub binding: String,
+    /// The stored ciphertext.
+    pub sealed: String,
+}
+
 /// Durable records.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -190,6 +282,77 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_page(&self, after_id: i64, limit: i64) -> StoreResult<Vec<AuditRecord>>;
     /// Deletes audit entries older than `before` (unix seconds); returns how many.
     async fn purge_audit(&self, before: i64) -> StoreResult<u64>;
+    /// Stores an API key unless the owner already has `max` keys; its id joins the audit
+    /// details as `api_key_id`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] at the limit or for a repeated prefix.
+    async fn create_api_key(
+        &self,
+        key: ApiKey,
+        max: i64,
+        audit: NewAuditEntry,
+    ) -> StoreResult<ApiKey>;
+    /// Every API key of a user, oldest first.
+    async fn api_keys_of(&self, user_id: i64) -> StoreResult<Vec<ApiKey>>;
+    /// The API key with this prefix.
+    async fn api_key_by_prefix(&self, prefix: &str) -> StoreResult<Option<ApiKey>>;
+    /// Deletes a user's API key.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the user has no key with this id.
+    async fn delete_api_key(&self, user_id: i64, id: i64, audit: NewAuditEntry) -> StoreResult<()>;
+
+    /// Stores a trading account unless the owner already has `max`; its id joins the audit
+    /// details as `account_id`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] at the limit.
+    async fn create_account(
+        &self,
+        account: TradingAccount,
+        max: i64,
+        audit: NewAuditEntry,
+    ) -> StoreResult<TradingAccount>;
+    /// Every trading account of a user, oldest first.
+    async fn accounts_of(&self, user_id: i64) -> StoreResult<Vec<TradingAccount>>;
+    /// A user's trading account; another user's is `None`.
+    async fn account(&self, user_id: i64, id: i64) -> StoreResult<Option<TradingAccount>>;
+    /// Changes a user's trading account.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the user has no account with this id.
+    async fn update_account(
+        &self,
+        user_id: i64,
+        id: i64,
+        patch: AccountPatch,
+        audit: NewAuditEntry,
+    ) -> StoreResult<TradingAccount>;
+    /// Deletes a user's trading account.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the user has no account with this id.
+    async fn delete_account(&self, user_id: i64, id: i64, audit: NewAuditEntry) -> StoreResult<()>;
+
+    /// Sealed values of one kind with ids above `after_id`, in id order.
+    async fn sealed_values(
+        &self,
+        kind: SealedKind,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<SealedValue>>;
+    /// Replaces a sealed value only if it still is `old`; `false` when it changed meanwhile.
+    async fn reseal(&self, kind: SealedKind, id: i64, old: &str, new: &str) -> StoreResult<bool>;
+    /// Overwrites one sealed value without checks; only for rotation tests.
+    #[doc(hidden)]
+    async fn tamper_sealed_for_test(
+        &self,
+        kind: SealedKind,
+        id: i64,
+        value: &str,
+    ) -> StoreResult<()>;
+
     /// Overwrites one audit row's details; only for tamper-detection tests.
     #[doc(hidden)]
     async fn tamper_audit_for_test(&self, id: i64, details: &str) -> StoreResult<()>;
@@ -257,4 +420,9 @@ pub struct Stores {
 }
 
 /// Statements (one `$1` = user id) deleting what a user owns, run when the user is deleted.
-pub(crate) const USER_OWNED_TABLES: &[&str] = &[];
+/// Foreign keys cascade too; the explicit statements keep deletion independent of
+/// SQLite's `foreign_keys` pragma.
+pub(crate) const USER_OWNED_TABLES: &[&str] = &[
+    "DELETE FROM api_keys WHERE user_id = $1",
+    "DELETE FROM trading_accounts WHERE user_id = $1",
+];

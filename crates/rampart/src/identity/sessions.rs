@@ -502,12 +502,19 @@ pub async fn refresh(
 /// Revokes the current login.
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204, description = "The current login is revoked"),
+              (status = 400, description = "Called with an API key, which has no login", body = crate::error::ErrorBody),
               (status = 401, body = crate::error::ErrorBody), (status = 403, description = "csrf_failed", body = crate::error::ErrorBody)))]
 pub async fn logout(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
 ) -> Result<Response, ApiError> {
+    // An API key has no login to end; it is revoked by deleting it.
+    if principal.family_id.is_empty() {
+        return Err(ApiError::invalid(
+            "An API key has no session to log out of; delete the key to revoke it",
+        ));
+    }
     let now = state.now();
     state
         .stores

@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use crate::audit::{AuditRecord, NewAuditEntry, RequestContext};
 use crate::authentication::Principal;
 use crate::error::ApiError;
+use crate::identity::accounts::AccountView;
+use crate::identity::api_keys::ApiKeyView;
 use crate::identity::sessions::revoke_user;
 use crate::identity::{Admin, Problems, UserView};
 use crate::json::{ApiJson, IdPath};
@@ -36,7 +38,10 @@ pub struct DeleteBody {
 }
 
 /// Loads the caller; a deleted user's token is refused.
-async fn current_user(state: &AppState, principal: &Principal) -> Result<User, ApiError> {
+pub(crate) async fn current_user(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<User, ApiError> {
     state
         .stores
         .data
@@ -144,7 +149,8 @@ pub async fn change_password(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `GET /users/me/export`: everything stored about the caller.
+/// `GET /users/me/export`: everything stored about the caller, trading accounts with
+/// masked keys and API-key metadata included.
 #[utoipa::path(get, path = "/users/me/export", tag = "users", security(("bearer" = [])),
     responses((status = 200, description = "Everything stored about the user (GDPR portability)"),
               (status = 401, body = crate::error::ErrorBody)))]
@@ -168,6 +174,22 @@ pub async fn export(
                 "expires_at": crate::time_format::rfc3339(family.expires_at),
             })
         })
+        .collect();
+    let accounts: Vec<AccountView> = state
+        .stores
+        .data
+        .accounts_of(user.id)
+        .await?
+        .iter()
+        .map(AccountView::from)
+        .collect();
+    let api_keys: Vec<ApiKeyView> = state
+        .stores
+        .data
+        .api_keys_of(user.id)
+        .await?
+        .iter()
+        .map(ApiKeyView::from)
         .collect();
     let mut audit: Vec<AuditRecord> = Vec::new();
     let mut before = None;
@@ -203,6 +225,8 @@ pub async fn export(
     let document = json!({
         "exported_at": crate::time_format::rfc3339(now),
         "profile": UserView::from(&user),
+        "trading_accounts": accounts,
+        "api_keys": api_keys,
         "sessions": sessions,
         "audit": audit,
     });

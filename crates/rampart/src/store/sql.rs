@@ -14,8 +14,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::audit::{self, AuditRecord, GENESIS, NewAuditEntry};
 use crate::store::{
-    AuditFilter, Family, LockScope, NewUser, Rotation, SessionStore, Store, StoreError,
-    StoreResult, User, UserPatch,
+    AccountPatch, ApiKey, AuditFilter, Family, LockScope, NewUser, Rotation, SealedKind,
+    SealedValue, SessionStore, Store, StoreError, StoreResult, TradingAccount, User, UserPatch,
 };
 
 /// The embedded store: one SQLite file (or memory), one connection.
@@ -176,6 +176,74 @@ fn audit_from(row: AuditTuple) -> AuditRecord {
         prev_hash,
         hash,
     }
+}
+
+const API_KEY_COLUMNS: &str = "id, user_id, name, prefix, key_hash, secret, created_at, expires_at";
+
+type ApiKeyTuple = (i64, i64, String, String, String, String, i64, Option<i64>);
+
+fn api_key_from(
+    (id, user_id, name, prefix, key_hash, secret, created_at, expires_at): ApiKeyTuple,
+) -> ApiKey {
+    ApiKey {
+        id,
+        user_id,
+        name,
+        prefix,
+        key_hash,
+        secret,
+        created_at,
+        expires_at,
+    }
+}
+
+const ACCOUNT_COLUMNS: &str = "id, uid, user_id, name, broker, host_url, api_key, \
+                               api_key_masked, created_at, updated_at";
+
+type AccountTuple = (
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+);
+
+fn account_from(row: AccountTuple) -> TradingAccount {
+    let (id, uid, user_id, name, broker, host_url, api_key, api_key_masked, created_at, updated_at) =
+        row;
+    TradingAccount {
+        id,
+        uid,
+        user_id,
+        name,
+        broker,
+        host_url,
+        api_key,
+        api_key_masked,
+        created_at,
+        updated_at,
+    }
+}
+
+/// Table, binding column and sealed column of each kind of sealed value.
+fn sealed_columns(kind: SealedKind) -> (&'static str, &'static str, &'static str) {
+    match kind {
+        SealedKind::ApiKeySecret => ("api_keys", "prefix", "secret"),
+        SealedKind::AccountKey => ("trading_accounts", "uid", "api_key"),
+    }
+}
+
+/// Adds the new row's id to an audit entry's details.
+fn with_id(mut audit: NewAuditEntry, field: &str, id: i64) -> NewAuditEntry {
+    if let serde_json::Value::Object(details) = &mut audit.details {
+        details.insert(field.into(), serde_json::Value::from(id));
+    }
+    audit
 }
 
 const AUDIT_COLUMNS: &str = "id, at, user_id, action, details, ip_address, user_agent, \
@@ -514,6 +582,275 @@ macro_rules! sql_store {
                     .await
                     .map_err(classify)?;
                 Ok(result.rows_affected())
+            }
+
+            async fn create_api_key(
+                &self,
+                key: ApiKey,
+                max: i64,
+                audit: NewAuditEntry,
+            ) -> StoreResult<ApiKey> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let owned: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE user_id = $1")
+                        .bind(key.user_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                if owned >= max {
+                    return Err(StoreError::Conflict(format!(
+                        "a user can have at most {max} API keys; delete one first"
+                    )));
+                }
+                let row: ApiKeyTuple = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO api_keys (user_id, name, prefix, key_hash, secret, created_at, \
+                     expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {API_KEY_COLUMNS}"
+                )))
+                .bind(key.user_id)
+                .bind(&key.name)
+                .bind(&key.prefix)
+                .bind(&key.key_hash)
+                .bind(&key.secret)
+                .bind(key.created_at)
+                .bind(key.expires_at)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let created = api_key_from(row);
+                let audit = with_id(audit, "api_key_id", created.id);
+                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(created)
+            }
+
+            async fn api_keys_of(&self, user_id: i64) -> StoreResult<Vec<ApiKey>> {
+                let rows: Vec<ApiKeyTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY id"
+                )))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(rows.into_iter().map(api_key_from).collect())
+            }
+
+            async fn api_key_by_prefix(&self, prefix: &str) -> StoreResult<Option<ApiKey>> {
+                let row: Option<ApiKeyTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE prefix = $1"
+                )))
+                .bind(prefix)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(row.map(api_key_from))
+            }
+
+            async fn delete_api_key(
+                &self,
+                user_id: i64,
+                id: i64,
+                audit: NewAuditEntry,
+            ) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let deleted = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND user_id = $2")
+                    .bind(id)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?
+                    .rows_affected();
+                if deleted == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(())
+            }
+
+            async fn create_account(
+                &self,
+                account: TradingAccount,
+                max: i64,
+                audit: NewAuditEntry,
+            ) -> StoreResult<TradingAccount> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let owned: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM trading_accounts WHERE user_id = $1")
+                        .bind(account.user_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                if owned >= max {
+                    return Err(StoreError::Conflict(format!(
+                        "a user can have at most {max} trading accounts; delete one first"
+                    )));
+                }
+                let row: AccountTuple = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO trading_accounts (uid, user_id, name, broker, host_url, api_key, \
+                     api_key_masked, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {ACCOUNT_COLUMNS}"
+                )))
+                .bind(&account.uid)
+                .bind(account.user_id)
+                .bind(&account.name)
+                .bind(&account.broker)
+                .bind(&account.host_url)
+                .bind(&account.api_key)
+                .bind(&account.api_key_masked)
+                .bind(account.created_at)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let created = account_from(row);
+                let audit = with_id(audit, "account_id", created.id);
+                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(created)
+            }
+
+            async fn accounts_of(&self, user_id: i64) -> StoreResult<Vec<TradingAccount>> {
+                let rows: Vec<AccountTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM trading_accounts WHERE user_id = $1 ORDER BY id"
+                )))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(rows.into_iter().map(account_from).collect())
+            }
+
+            async fn account(&self, user_id: i64, id: i64) -> StoreResult<Option<TradingAccount>> {
+                let row: Option<AccountTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM trading_accounts WHERE id = $1 AND user_id = $2"
+                )))
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(row.map(account_from))
+            }
+
+            async fn update_account(
+                &self,
+                user_id: i64,
+                id: i64,
+                patch: AccountPatch,
+                audit: NewAuditEntry,
+            ) -> StoreResult<TradingAccount> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let (sealed, masked) = patch.api_key.unzip();
+                let row: Option<AccountTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "UPDATE trading_accounts SET name = COALESCE($1, name), \
+                     broker = COALESCE($2, broker), host_url = COALESCE($3, host_url), \
+                     api_key = COALESCE($4, api_key), \
+                     api_key_masked = COALESCE($5, api_key_masked), updated_at = $6 \
+                     WHERE id = $7 AND user_id = $8 RETURNING {ACCOUNT_COLUMNS}"
+                )))
+                .bind(patch.name.as_deref())
+                .bind(patch.broker.as_deref())
+                .bind(patch.host_url.as_deref())
+                .bind(sealed.as_deref())
+                .bind(masked.as_deref())
+                .bind(audit.at)
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let updated = row.map(account_from).ok_or(StoreError::NotFound)?;
+                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(updated)
+            }
+
+            async fn delete_account(
+                &self,
+                user_id: i64,
+                id: i64,
+                audit: NewAuditEntry,
+            ) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let deleted =
+                    sqlx::query("DELETE FROM trading_accounts WHERE id = $1 AND user_id = $2")
+                        .bind(id)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?
+                        .rows_affected();
+                if deleted == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(())
+            }
+
+            async fn sealed_values(
+                &self,
+                kind: SealedKind,
+                after_id: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<SealedValue>> {
+                let (table, binding, column) = sealed_columns(kind);
+                let rows: Vec<(i64, String, String)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT id, {binding}, {column} FROM {table} WHERE id > $1 \
+                         ORDER BY id LIMIT $2"
+                    )))
+                    .bind(after_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, binding, sealed)| SealedValue {
+                        id,
+                        binding,
+                        sealed,
+                    })
+                    .collect())
+            }
+
+            async fn reseal(
+                &self,
+                kind: SealedKind,
+                id: i64,
+                old: &str,
+                new: &str,
+            ) -> StoreResult<bool> {
+                let (table, _, column) = sealed_columns(kind);
+                let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET {column} = $1 WHERE id = $2 AND {column} = $3"
+                )))
+                .bind(new)
+                .bind(id)
+                .bind(old)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+                Ok(changed == 1)
+            }
+
+            async fn tamper_sealed_for_test(
+                &self,
+                kind: SealedKind,
+                id: i64,
+                value: &str,
+            ) -> StoreResult<()> {
+                let (table, _, column) = sealed_columns(kind);
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET {column} = $1 WHERE id = $2"
+                )))
+                .bind(value)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(())
             }
 
             async fn tamper_audit_for_test(&self, id: i64, details: &str) -> StoreResult<()> {

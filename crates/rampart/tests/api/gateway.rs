@@ -118,7 +118,6 @@ async fn the_backend_gets_the_callers_identity_and_never_its_credentials(backend
         .get(app.url("/orders?side=buy"))
         .bearer_auth(&admin.access_token)
         .header("cookie", "__Host-access_token=stolen; other=1")
-        .header("x-api-key", "rk_should_not_pass")
         .header("x-csrf-token", "csrf")
         .header("x-rampart-user-id", "999")
         .header("x-rampart-role", "admin")
@@ -152,7 +151,6 @@ async fn the_backend_gets_the_callers_identity_and_never_its_credentials(backend
     for gone in [
         "authorization",
         "cookie",
-        "x-api-key",
         "x-csrf-token",
         "x-rampart-anything",
         "x-hop",
@@ -580,7 +578,64 @@ async fn the_demo_places_an_order_through_every_layer(backend: Backend) {
     );
 }
 
+async fn programs_must_sign_on_signed_routes(backend: Backend) {
+    use crate::api_keys::{Signed, create_key};
+    let upstream = backend::start().await;
+    let Some(app) = spawn_app_with(backend, example_setup(&upstream)).await else {
+        return;
+    };
+    let admin = app.user("admin_1").await;
+    let key = create_key(&app, &admin, "bot").await;
+    let body = br#"{"symbol":"INFY","side":"BUY","quantity":1}"#;
+    // GET /orders is not a signed route: the key alone will do.
+    let listed = app
+        .client
+        .get(app.url("/orders"))
+        .header("x-api-key", &key.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let unsigned = app
+        .client
+        .post(app.url("/orders"))
+        .header("x-api-key", &key.key)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_error(unsigned, 401, "unauthorized").await;
+    let signed = Signed::new(&app, Method::POST, "/orders", body, &key)
+        .send(&app)
+        .await;
+    assert_eq!(signed.status(), 200, "a signed order goes through");
+    let echo: Value = signed.json().await.unwrap();
+    assert_eq!(
+        echo["headers"]["x-rampart-user-id"],
+        json!([admin.user_id.to_string()])
+    );
+    for gone in ["x-api-key", "authorization"] {
+        assert!(
+            echo["headers"].get(gone).is_none(),
+            "{gone} reached the backend"
+        );
+    }
+    // A bearer token needs no signature there.
+    let bearer = app
+        .send_with(
+            Method::POST,
+            "/orders",
+            &admin.access_token,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(bearer.status(), 200);
+    assert_eq!(upstream.hits(), 3);
+}
+
 crate::on_databases!(
+    programs_must_sign_on_signed_routes,
     the_demo_places_an_order_through_every_layer,
     the_shipped_route_matrix_holds_for_every_role,
     the_backend_gets_the_callers_identity_and_never_its_credentials,

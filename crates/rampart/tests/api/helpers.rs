@@ -189,6 +189,7 @@ pub async fn start(
             redis_prefix: redis_prefix.clone(),
             max_db_connections: 4,
             rate_limit_time: Some(limiter_time.clone()),
+            ..BuildOptions::default()
         },
     )
     .await

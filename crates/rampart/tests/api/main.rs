@@ -2,7 +2,9 @@
 //! real HTTP to it. Every test runs on SQLite and on PostgreSQL; those about session
 //! state run a third time with that state in Redis.
 
+mod accounts;
 mod admin;
+mod api_keys;
 mod audit;
 mod backend;
 mod gateway;
