@@ -1,0 +1,93 @@
+//! Per-request gateway costs: an in-memory rate-limit decision, a route lookup and the
+//! intrusion scan of a typical request.
+//!
+//! `cargo bench -p rampart --bench pipeline`
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures::FutureExt;
+use rampart::config::{List, RawRoute};
+use rampart::rate_limit::{Policies, Quota, RateLimiter};
+use rampart::routes::{Matched, RouteTable};
+
+fn limiter(c: &mut Criterion) {
+    let mut policies = Policies::new();
+    let policy = policies
+        .add("standard", Quota::parse("1000000/s").unwrap())
+        .unwrap();
+    let limiter = RateLimiter::memory(policies);
+    c.bench_function("rate limit decision, one hot key (memory)", |b| {
+        b.iter(|| {
+            // The memory store decides synchronously; the future is ready at once.
+            let decision = limiter
+                .check(policy, black_box("user:42"))
+                .now_or_never()
+                .expect("ready")
+                .expect("decided");
+            black_box(decision)
+        });
+    });
+    let keys: Vec<String> = (0..100_000).map(|i| format!("ip:10.0.{}.{}", i / 256, i % 256)).collect();
+    let mut next = 0;
+    c.bench_function("rate limit decision, 100k distinct keys (memory)", |b| {
+        b.iter(|| {
+            next = (next + 1) % keys.len();
+            let decision = limiter
+                .check(policy, &keys[next])
+                .now_or_never()
+                .expect("ready")
+                .expect("decided");
+            black_box(decision)
+        });
+    });
+}
+
+fn route(path: &str, methods: &[&str], upstream: Option<&str>) -> RawRoute {
+    RawRoute {
+        path: path.into(),
+        methods: List(methods.iter().map(|m| (*m).to_owned()).collect()),
+        upstream: upstream.map(str::to_owned),
+        roles: None,
+        permission: None,
+        rate_limit: None,
+        signed: false,
+        max_body: None,
+        auth: true,
+    }
+}
+
+fn routing(c: &mut Criterion) {
+    let config = rampart::config::RawConfig::parse(rampart::demo::EXAMPLE_CONFIG, &Default::default())
+        .expect("the example parses");
+    let mut routes = config.routes.clone();
+    routes.push(route("/orders/*", &["GET"], Some("orders")));
+    let upstreams: BTreeMap<_, _> = config.upstreams.clone();
+    let table = RouteTable::new(&routes, &upstreams, 1 << 20, &mut Policies::new()).unwrap();
+    c.bench_function("route lookup (example table)", |b| {
+        b.iter(|| {
+            let matched = table.lookup(black_box(&http::Method::GET), black_box("/positions"));
+            assert!(matches!(matched, Matched::Route(_)));
+        });
+    });
+}
+
+fn intrusion(c: &mut Criterion) {
+    c.bench_function("intrusion scan, path and query", |b| {
+        b.iter(|| {
+            black_box(rampart::intrusion::scan_request(
+                black_box("/orders/12345"),
+                black_box(Some("symbol=INFY&side=BUY&limit=50")),
+                None,
+            ))
+        });
+    });
+    let body = br#"{"symbol":"INFY","side":"BUY","quantity":10,"price":1500.5,"note":"rebalance the portfolio"}"#;
+    c.bench_function("intrusion scan, small JSON body", |b| {
+        b.iter(|| black_box(rampart::intrusion::scan_bytes(black_box(body))));
+    });
+}
+
+criterion_group!(benches, limiter, routing, intrusion);
+criterion_main!(benches);
