@@ -29,7 +29,9 @@ fn limiter(c: &mut Criterion) {
             black_box(decision)
         });
     });
-    let keys: Vec<String> = (0..100_000).map(|i| format!("ip:10.0.{}.{}", i / 256, i % 256)).collect();
+    let keys: Vec<String> = (0..100_000)
+        .map(|i| format!("ip:10.0.{}.{}", i / 256, i % 256))
+        .collect();
     let mut next = 0;
     c.bench_function("rate limit decision, 100k distinct keys (memory)", |b| {
         b.iter(|| {
@@ -42,6 +44,65 @@ fn limiter(c: &mut Criterion) {
             black_box(decision)
         });
     });
+}
+
+/// Decisions against the machine's Redis (127.0.0.1:6379): one at a time (the round trip) and
+/// 64 in flight over the one multiplexed connection (the throughput one instance can get).
+fn redis_limiter(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut policies = Policies::new();
+    let policy = policies
+        .add("standard", Quota::parse("1000000/s").unwrap())
+        .unwrap();
+    let prefix = format!("bench:{}:", std::process::id());
+    let limiter = std::sync::Arc::new(
+        runtime
+            .block_on(RateLimiter::redis(
+                "redis://127.0.0.1:6379",
+                prefix,
+                rampart::rate_limit::OnStoreError::Deny,
+                policies,
+            ))
+            .unwrap(),
+    );
+    if runtime.block_on(limiter.check(policy, "probe")).is_err() {
+        eprintln!("!!! SKIPPED: Redis at 127.0.0.1:6379 is unreachable; no Redis figures !!!");
+        return;
+    }
+    c.bench_function("rate limit decision (redis, one at a time)", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(limiter.check(policy, "user:42").await.expect("decided")) });
+    });
+    c.bench_function(
+        "rate limit decision (redis, 64 in flight, time per decision)",
+        |b| {
+            b.to_async(&runtime).iter_custom(|iterations| {
+                let limiter = limiter.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let mut tasks = Vec::new();
+                    for worker in 0..64u64 {
+                        let limiter = limiter.clone();
+                        let share = iterations / 64 + u64::from(worker < iterations % 64);
+                        tasks.push(tokio::spawn(async move {
+                            let key = format!("user:{worker}");
+                            for _ in 0..share {
+                                black_box(limiter.check(policy, &key).await.expect("decided"));
+                            }
+                        }));
+                    }
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                    started.elapsed()
+                }
+            });
+        },
+    );
 }
 
 fn route(path: &str, methods: &[&str], upstream: Option<&str>) -> RawRoute {
@@ -59,8 +120,9 @@ fn route(path: &str, methods: &[&str], upstream: Option<&str>) -> RawRoute {
 }
 
 fn routing(c: &mut Criterion) {
-    let config = rampart::config::RawConfig::parse(rampart::demo::EXAMPLE_CONFIG, &Default::default())
-        .expect("the example parses");
+    let config =
+        rampart::config::RawConfig::parse(rampart::demo::EXAMPLE_CONFIG, &Default::default())
+            .expect("the example parses");
     let mut routes = config.routes.clone();
     routes.push(route("/orders/*", &["GET"], Some("orders")));
     let upstreams: BTreeMap<_, _> = config.upstreams.clone();
@@ -89,5 +151,5 @@ fn intrusion(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, limiter, routing, intrusion);
+criterion_group!(benches, limiter, redis_limiter, routing, intrusion);
 criterion_main!(benches);

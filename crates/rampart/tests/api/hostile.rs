@@ -3,10 +3,12 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{Backend, spawn_app};
+use crate::helpers::{Backend, spawn_app_with};
 
 async fn no_hostile_input_produces_a_500_or_a_non_json_refusal(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
+    // The shipped routes, in front of a real backend, so proxied routes are in the batch.
+    let upstream = crate::backend::start().await;
+    let Some(app) = spawn_app_with(backend, crate::gateway::example_setup(&upstream)).await else {
         return;
     };
     let admin = app.user("admin_1").await;
@@ -25,6 +27,19 @@ async fn no_hostile_input_produces_a_500_or_a_non_json_refusal(backend: Backend)
         (Method::POST, "/admin/users/1/unlock"),
         (Method::GET, "/admin/audit"),
         (Method::GET, "/admin/audit/export"),
+        (Method::POST, "/users/me/api-keys"),
+        (Method::GET, "/users/me/api-keys"),
+        (Method::DELETE, "/users/me/api-keys/1"),
+        (Method::POST, "/accounts"),
+        (Method::GET, "/accounts"),
+        (Method::GET, "/accounts/1"),
+        (Method::PATCH, "/accounts/1"),
+        (Method::DELETE, "/accounts/1"),
+        (Method::POST, "/accounts/1/refresh"),
+        (Method::DELETE, "/users/me"),
+        (Method::GET, "/orders"),
+        (Method::POST, "/orders"),
+        (Method::GET, "/positions"),
     ];
     let big = "x".repeat(2 * 1024 * 1024);
     let bodies: Vec<(&str, Vec<u8>)> = vec![
@@ -69,6 +84,9 @@ async fn no_hostile_input_produces_a_500_or_a_non_json_refusal(backend: Backend)
         admin.access_token.clone(),
         format!("{}x", admin.access_token),
         "a.b.c".to_owned(),
+        // Not bearer tokens: API-key credentials, plain and with a broken signature.
+        "apikey:rk_0123456789abcdef_zz".to_owned(),
+        "signed:rk_\u{0}_%%".to_owned(),
     ];
     // A fresh connection per request: an early answer to an oversized upload closes its
     // connection, which a pooled client would otherwise reuse.
@@ -90,7 +108,15 @@ async fn no_hostile_input_produces_a_500_or_a_non_json_refusal(backend: Backend)
                     )
                     .header("x-forwarded-for", "not-an-ip, 999.1.1.1")
                     .body(body.clone());
-                if !token.is_empty() {
+                if let Some(key) = token.strip_prefix("apikey:") {
+                    request = request.header("x-api-key", key);
+                } else if let Some(key) = token.strip_prefix("signed:") {
+                    request = request
+                        .header("x-api-key", key.replace('\u{0}', ""))
+                        .header("x-timestamp", "not-a-time")
+                        .header("x-nonce", "short")
+                        .header("x-signature", "zz");
+                } else if !token.is_empty() {
                     request = request.header("authorization", format!("Bearer {token}"));
                 }
                 let response = match request.send().await {
@@ -131,6 +157,9 @@ async fn no_hostile_input_produces_a_500_or_a_non_json_refusal(backend: Backend)
     // logout-all with the admin's token, so it logs in afresh).
     // The failed logins of the batch locked this IP out; let the window pass.
     app.clock.advance(std::time::Duration::from_secs(3601));
+    // And the route limits of the example (login 10/min) refill.
+    app.limiter_time
+        .advance(std::time::Duration::from_secs(3601));
     let admin = app.login("admin_1").await;
     let users: serde_json::Value = app
         .get_with("/admin/users", &admin.access_token)
