@@ -181,7 +181,12 @@ impl Application {
         background.push(limiter.spawn_idle_eviction(Duration::from_secs(30)));
         let tls = config.server.behind_tls || config.server.tls.is_some();
         let proxy = Proxy::new(&routes, tls);
-        let concurrency = std::thread::available_parallelism().map_or(2, usize::from);
+        // Password hashing may use every core but one: a login flood then saturates the
+        // hashing pool, never the cores that serve everything else.
+        let concurrency = std::thread::available_parallelism()
+            .map_or(2, usize::from)
+            .saturating_sub(1)
+            .max(1);
         let security_headers = SecurityHeaders::new(
             &config.headers.x_xss_protection,
             config.server.behind_tls || config.server.tls.is_some(),
