@@ -259,15 +259,23 @@ fn note_transition(
 /// The upstream's URI for a request: the upstream's scheme and authority, its base path,
 /// then the request's path and query as received.
 fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Result<Uri, ApiError> {
+    let invalid = || ApiError::invalid("The request path is not valid");
     let base = upstream.url.path().trim_end_matches('/');
-    let path_and_query = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    let mut parts = upstream.url.clone().into_parts();
-    parts.path_and_query = Some(
-        format!("{base}{path_and_query}")
-            .parse()
-            .map_err(|_| ApiError::invalid("The request path is not valid"))?,
-    );
-    Uri::from_parts(parts).map_err(|_| ApiError::invalid("The request path is not valid"))
+    let path_and_query = if base.is_empty() {
+        // The common case, an upstream without a base path: the request's own path and
+        // query, already parsed, shared rather than formatted and parsed again.
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    } else {
+        let rest = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        format!("{base}{rest}").parse().map_err(|_| invalid())?
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = upstream.url.scheme().cloned();
+    parts.authority = upstream.url.authority().cloned();
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).map_err(|_| invalid())
 }
 
 /// Names listed in a `Connection` header, which are hop-by-hop too.

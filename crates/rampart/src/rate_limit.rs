@@ -800,6 +800,9 @@ pub struct RateLimiter {
     names: Box<[(String, Quota)]>,
     /// The policy names as `'static` metric labels; policies are registered once at start-up.
     labels: Box<[&'static str]>,
+    /// Per policy: its name as a Structured Fields string and its `RateLimit-Policy` value,
+    /// which never change, so that a response formats only the `RateLimit` numbers.
+    fields: Box<[(String, HeaderValue)]>,
     /// The store in memory mode; the fallback under [`OnStoreError::Local`] in Redis mode.
     memory: MemoryStore,
     redis: Option<RedisStore>,
@@ -824,6 +827,11 @@ impl RateLimiter {
                 .entries
                 .iter()
                 .map(|(name, _)| &*Box::leak(name.clone().into_boxed_str()))
+                .collect(),
+            fields: policies
+                .entries
+                .iter()
+                .map(|(name, quota)| (sf_string(name), headers(name, quota, &FULL).policy))
                 .collect(),
             memory: MemoryStore::new(&policies.entries, time),
             names: policies.entries.into_boxed_slice(),
@@ -1095,8 +1103,15 @@ impl RateLimiter {
     /// The `RateLimit-Policy`, `RateLimit` and (when refused) `Retry-After` fields for a
     /// decision under `policy`; `None` for a policy of another limiter.
     pub fn headers(&self, policy: PolicyId, decision: &Decision) -> Option<RateLimitHeaders> {
-        self.entry(policy)
-            .map(|(name, quota)| headers(name, quota, decision))
+        if policy.registry != self.registry {
+            return None;
+        }
+        let (name, policy_field) = self.fields.get(policy.index as usize)?;
+        Some(RateLimitHeaders {
+            policy: policy_field.clone(),
+            rate_limit: rate_limit_field(name, decision),
+            retry_after: retry_after_field(decision),
+        })
     }
 }
 
@@ -1182,6 +1197,38 @@ fn header_value(text: String) -> HeaderValue {
     HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("\"invalid\""))
 }
 
+/// A decision that only serves to build a policy's fixed `RateLimit-Policy` value.
+const FULL: Decision = Decision {
+    allowed: true,
+    limit: 0,
+    remaining: 0,
+    reset: Duration::ZERO,
+    retry_after: None,
+};
+
+/// `RateLimit` for `decision`, given the policy's name already as a Structured Fields string.
+fn rate_limit_field(sf_name: &str, decision: &Decision) -> HeaderValue {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(sf_name.len() + 24);
+    text.push_str(sf_name);
+    let _ = write!(
+        text,
+        ";r={};t={}",
+        decision.remaining,
+        ceil_secs(decision.reset)
+    );
+    header_value(text)
+}
+
+fn retry_after_field(decision: &Decision) -> Option<HeaderValue> {
+    match (decision.allowed, decision.retry_after) {
+        (true, _) => None,
+        (false, wait) => Some(HeaderValue::from(
+            ceil_secs(wait.unwrap_or(Duration::ZERO)).max(1),
+        )),
+    }
+}
+
 /// Builds the `RateLimit-Policy`, `RateLimit` and `Retry-After` values for `decision` under
 /// the policy `policy_name` with `quota`.
 pub fn headers(policy_name: &str, quota: &Quota, decision: &Decision) -> RateLimitHeaders {
@@ -1190,19 +1237,10 @@ pub fn headers(policy_name: &str, quota: &Quota, decision: &Decision) -> RateLim
     if quota.burst() != quota.limit() {
         policy.push_str(&format!(";rampart-burst={}", quota.burst()));
     }
-    let rate_limit = format!(
-        "{name};r={};t={}",
-        decision.remaining,
-        ceil_secs(decision.reset)
-    );
-    let retry_after = match (decision.allowed, decision.retry_after) {
-        (true, _) => None,
-        (false, wait) => Some(ceil_secs(wait.unwrap_or(Duration::ZERO)).max(1)),
-    };
     RateLimitHeaders {
         policy: header_value(policy),
-        rate_limit: header_value(rate_limit),
-        retry_after: retry_after.map(HeaderValue::from),
+        rate_limit: rate_limit_field(&name, decision),
+        retry_after: retry_after_field(decision),
     }
 }
 
@@ -1701,6 +1739,23 @@ mod tests {
     }
 
     // --- Headers ---------------------------------------------------------------------------------
+
+    #[tokio::test]
+    async fn the_limiters_precomputed_fields_match_the_documented_format() {
+        let mut policies = Policies::new();
+        let id = policies
+            .add("route:POST /orders", Quota::with_burst("10/s", 25).unwrap())
+            .unwrap();
+        let limiter = RateLimiter::memory_with_time(policies, ManualTime::new());
+        for _ in 0..30 {
+            let decision = limiter.check(id, "k").await.unwrap();
+            let quota = limiter.quota(id).unwrap();
+            assert_eq!(
+                limiter.headers(id, &decision),
+                Some(headers("route:POST /orders", quota, &decision))
+            );
+        }
+    }
 
     #[test]
     fn headers_follow_the_ietf_draft_for_an_allowed_request() {

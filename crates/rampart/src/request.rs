@@ -37,12 +37,21 @@ pub fn is_well_formed_id(id: &str) -> bool {
 /// The outermost layer.
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = tokio::time::Instant::now();
-    let id: Arc<str> = request
+    let adopted = request
         .headers()
         .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| is_well_formed_id(value))
-        .map_or_else(|| Arc::from(ulid::Ulid::new().to_string()), Arc::from);
+        .filter(|value| value.to_str().is_ok_and(is_well_formed_id))
+        .cloned();
+    // One header value serves the request, the response and (by cloning a reference) the
+    // backend; the text form is made once for logs, audit rows and error bodies.
+    let (id, id_header): (Arc<str>, Option<HeaderValue>) = match adopted {
+        Some(header) => (Arc::from(header.to_str().unwrap_or("-")), Some(header)),
+        None => {
+            let mut buffer = [0u8; ulid::ULID_LEN];
+            let text = ulid::Ulid::new().array_to_str(&mut buffer);
+            (Arc::from(&*text), HeaderValue::from_str(text).ok())
+        }
+    };
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -54,8 +63,8 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     );
     request.extensions_mut().insert(ClientIp(ip));
     request.extensions_mut().insert(RequestId(Arc::clone(&id)));
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        request.headers_mut().insert("x-request-id", value);
+    if let Some(value) = &id_header {
+        request.headers_mut().insert("x-request-id", value.clone());
     }
     let method = method_label(request.method());
 
@@ -70,7 +79,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         })
         .await;
 
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    if let Some(value) = id_header {
         response.headers_mut().insert("x-request-id", value);
     }
     let route = response
