@@ -103,6 +103,30 @@ impl RequestContext {
     }
 }
 
+/// An entry about a request that was refused or flagged at the gateway: the caller if it
+/// authenticated, and `details` plus the matched route's pattern and the method.
+pub fn request_entry<B>(
+    at: i64,
+    action: &'static str,
+    request: &http::Request<B>,
+    mut details: Value,
+) -> NewAuditEntry {
+    let user_id = request
+        .extensions()
+        .get::<crate::authentication::Authentication>()
+        .and_then(crate::authentication::Authentication::principal)
+        .map(|principal| principal.user_id);
+    let route = request
+        .extensions()
+        .get::<crate::routes::MatchedRoute>()
+        .map(|route| route.0.name);
+    if let Value::Object(fields) = &mut details {
+        fields.insert("route".into(), route.into());
+        fields.insert("method".into(), request.method().as_str().into());
+    }
+    NewAuditEntry::new(at, action, user_id, details, &RequestContext::of(request))
+}
+
 /// Writes `entry` without making the request wait for it; a failure is logged. For events
 /// that record a refusal rather than a change (there is no transaction to join).
 pub fn record_in_background(store: std::sync::Arc<dyn Store>, entry: NewAuditEntry) {

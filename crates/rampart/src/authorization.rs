@@ -13,7 +13,7 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::audit::{NewAuditEntry, RequestContext, record_in_background};
+use crate::audit::{record_in_background, request_entry};
 use crate::authentication::{Credential, Principal};
 use crate::error::ApiError;
 use crate::routes::{Access, MatchedRoute};
@@ -60,16 +60,11 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         .into_response();
     }
     if !allowed {
-        let entry = NewAuditEntry::new(
+        let entry = request_entry(
             state.now(),
             "unauthorized_access",
-            Some(principal.user_id),
-            serde_json::json!({
-                "route": route.name,
-                "method": request.method().as_str(),
-                "role": &*principal.role,
-            }),
-            &RequestContext::of(&request),
+            &request,
+            serde_json::json!({ "role": &*principal.role }),
         );
         record_in_background(state.stores.data.clone(), entry);
         return ApiError::forbidden().into_response();

@@ -15,8 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header;
 
-use crate::audit::{NewAuditEntry, RequestContext, record_in_background};
-use crate::authentication::Authentication;
+use crate::audit::{record_in_background, request_entry};
 use crate::config::IntrusionMode;
 use crate::error::ApiError;
 use crate::intrusion::{self, Pattern};
@@ -105,37 +104,27 @@ fn report(state: &AppState, request: &Request, pattern: Pattern, mode: Intrusion
             pattern: pattern.label(),
         })
         .inc();
-    let context = RequestContext::of(request);
     let now = state.now();
-    let throttle_key = format!(
-        "suspicious|{}|{}",
-        pattern.label(),
-        context.ip.as_deref().unwrap_or("-")
-    );
+    let ip = request
+        .extensions()
+        .get::<crate::client_ip::ClientIp>()
+        .map(|ip| ip.0);
+    let throttle_key = match ip {
+        Some(ip) => format!("suspicious|{}|{ip}", pattern.label()),
+        None => format!("suspicious|{}|-", pattern.label()),
+    };
     let Some(held_back) = state.audit_throttle.admit(&throttle_key, now) else {
         return;
     };
-    let user_id = request
-        .extensions()
-        .get::<Authentication>()
-        .and_then(Authentication::principal)
-        .map(|principal| principal.user_id);
-    let route = request
-        .extensions()
-        .get::<MatchedRoute>()
-        .map(|route| route.0.name);
-    let entry = NewAuditEntry::new(
+    let entry = request_entry(
         now,
         "suspicious_request",
-        user_id,
+        request,
         serde_json::json!({
             "pattern": pattern.label(),
-            "route": route,
-            "method": request.method().as_str(),
             "blocked": mode == IntrusionMode::Block,
             "matches_since_last_entry": held_back,
         }),
-        &context,
     );
     record_in_background(state.stores.data.clone(), entry);
 }

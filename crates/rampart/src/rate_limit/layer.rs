@@ -16,7 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{Decision, PolicyId, RateLimiter};
-use crate::audit::{NewAuditEntry, RequestContext, record_in_background};
+use crate::audit::{record_in_background, request_entry};
 use crate::authentication::Authentication;
 use crate::client_ip::ClientIp;
 use crate::error::ApiError;
@@ -152,26 +152,14 @@ fn audit_refusal(state: &AppState, request: &Request, key: &str, policy: &'stati
     let Some(held_back) = state.audit_throttle.admit(&throttle_key, now) else {
         return;
     };
-    let user_id = request
-        .extensions()
-        .get::<Authentication>()
-        .and_then(Authentication::principal)
-        .map(|principal| principal.user_id);
-    let route = request
-        .extensions()
-        .get::<MatchedRoute>()
-        .map(|route| route.0.name);
-    let entry = NewAuditEntry::new(
+    let entry = request_entry(
         now,
         "rate_limit_exceeded",
-        user_id,
+        request,
         serde_json::json!({
             "policy": policy,
-            "route": route,
-            "method": request.method().as_str(),
             "refusals_since_last_entry": held_back,
         }),
-        &RequestContext::of(request),
     );
     record_in_background(state.stores.data.clone(), entry);
 }
