@@ -181,6 +181,16 @@ impl Application {
         background.push(limiter.spawn_idle_eviction(Duration::from_secs(30)));
         let tls = config.server.behind_tls || config.server.tls.is_some();
         let proxy = Proxy::new(&routes, tls);
+        let metrics = Metrics::new();
+        // Every upstream's circuit shows from the start, closed.
+        for upstream in routes.upstreams.values() {
+            metrics
+                .breaker_state
+                .get_or_create(&crate::metrics::UpstreamLabel {
+                    upstream: upstream.name,
+                })
+                .set(0);
+        }
         // Password hashing may use every core but one: a login flood then saturates the
         // hashing pool, never the cores that serve everything else.
         let concurrency = std::thread::available_parallelism()
@@ -203,7 +213,7 @@ impl Application {
             tokens,
             revocations,
             hasher: Hasher::new(concurrency),
-            metrics: Metrics::new(),
+            metrics,
             clock,
             security_headers,
             routes,

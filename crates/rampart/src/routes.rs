@@ -373,6 +373,11 @@ pub async fn resolve(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let path = request.uri().path();
+    // Probes and scrapers are never subject to a route's policy (SPEC §8), whatever
+    // catch-all route the configuration has.
+    if crate::operations::PATHS.contains(&path) {
+        return next.run(request).await;
+    }
     if is_ambiguous(path) {
         return crate::error::ApiError::invalid("The request path is not in canonical form")
             .into_response();

@@ -250,6 +250,19 @@ async fn the_circuit_opens_refuses_at_once_then_recovers(backend: Backend) {
         return;
     };
     let get = || async { app.client.get(app.url("/flaky")).send().await.unwrap() };
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("rampart_circuit_breaker_state{upstream=\"app\"} 0"),
+        "every circuit shows from the start: {metrics}"
+    );
     upstream
         .failing
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -634,7 +647,28 @@ async fn programs_must_sign_on_signed_routes(backend: Backend) {
     assert_eq!(upstream.hits(), 3);
 }
 
+async fn probes_pass_a_catch_all_route_unauthenticated(backend: Backend) {
+    let upstream = backend::start().await;
+    let setup = routes_setup(
+        &upstream,
+        "[[routes]]\npath = \"/*\"\nroles = [\"admin\"]\nrate_limit = \"1/min\"\n",
+        "",
+    );
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    for _ in 0..3 {
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let response = app.client.get(app.url(path)).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+        }
+    }
+    let response = app.client.get(app.url("/users/me")).send().await.unwrap();
+    assert_error(response, 401, "unauthorized").await;
+}
+
 crate::on_databases!(
+    probes_pass_a_catch_all_route_unauthenticated,
     programs_must_sign_on_signed_routes,
     the_demo_places_an_order_through_every_layer,
     the_shipped_route_matrix_holds_for_every_role,
