@@ -667,7 +667,33 @@ async fn probes_pass_a_catch_all_route_unauthenticated(backend: Backend) {
     assert_error(response, 401, "unauthorized").await;
 }
 
+async fn roles_can_be_redefined_and_added_in_config(backend: Backend) {
+    let upstream = backend::start().await;
+    // Viewers lose positions:read; a new role gets only that.
+    let setup = example_setup(&upstream).env("RAMPART_ROLES__VIEWER", "users:read,orders:read");
+    let mut setup = setup;
+    setup
+        .toml
+        .push_str("\n[roles]\nanalyst = [\"users:read\", \"positions:read\"]\n");
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    let admin = app.user("admin_1").await;
+    let analyst_id = app.register("analyst_1").await["id"].as_i64().unwrap();
+    promote(&app, &admin.access_token, analyst_id, "analyst").await;
+    app.register("viewer_1").await;
+    let analyst = app.login("analyst_1").await;
+    let viewer = app.login("viewer_1").await;
+    let positions = app.get_with("/positions", &analyst.access_token).await;
+    assert_eq!(positions.status(), 200, "analyst has positions:read");
+    let orders = app.get_with("/orders", &analyst.access_token).await;
+    assert_error(orders, 403, "forbidden").await;
+    let positions = app.get_with("/positions", &viewer.access_token).await;
+    assert_error(positions, 403, "forbidden").await;
+}
+
 crate::on_databases!(
+    roles_can_be_redefined_and_added_in_config,
     probes_pass_a_catch_all_route_unauthenticated,
     programs_must_sign_on_signed_routes,
     the_demo_places_an_order_through_every_layer,
