@@ -179,7 +179,8 @@ pub fn redact(value: Value) -> Value {
         Value::Object(map) => Value::Object(
             map.into_iter()
                 .map(|(key, value)| {
-                    if is_secret_key(&key) {
+                    // A flag (`"cookie": true`) or an absent value carries no secret.
+                    if is_secret_key(&key) && !matches!(value, Value::Bool(_) | Value::Null) {
                         (key, Value::String(REDACTED.into()))
                     } else {
                         (key, redact(value))
@@ -387,6 +388,11 @@ mod tests {
         assert_eq!(redacted["username"], "alice");
         assert_eq!(redacted["user_id"], 4);
         assert_eq!(redacted["nested"]["list"][0]["secret"], REDACTED);
+        let flags = redact(json!({ "cookie": true, "api_key": null, "token": 1234 }));
+        assert_eq!(
+            flags,
+            json!({ "cookie": true, "api_key": null, "token": REDACTED })
+        );
     }
 
     #[test]
