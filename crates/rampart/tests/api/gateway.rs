@@ -250,15 +250,7 @@ async fn the_circuit_opens_refuses_at_once_then_recovers(backend: Backend) {
         return;
     };
     let get = || async { app.client.get(app.url("/flaky")).send().await.unwrap() };
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("rampart_circuit_breaker_state{upstream=\"app\"} 0"),
         "every circuit shows from the start: {metrics}"
@@ -287,15 +279,7 @@ async fn the_circuit_opens_refuses_at_once_then_recovers(backend: Backend) {
         hits,
         "an open circuit does not touch the backend"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("rampart_circuit_breaker_state{upstream=\"app\"} 1"),
         "{metrics}"
@@ -312,15 +296,7 @@ async fn the_circuit_opens_refuses_at_once_then_recovers(backend: Backend) {
         .store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(get().await.status(), 200, "the probe passes");
     assert_eq!(get().await.status(), 200, "closed again");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("rampart_circuit_breaker_state{upstream=\"app\"} 0"),
         "{metrics}"
@@ -442,15 +418,7 @@ async fn intrusion_patterns_are_detected_or_blocked(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(benign.status(), 200, "{mode}: ordinary text passes");
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         let counted = metrics.contains("rampart_suspicious_requests_total{pattern=");
         assert_eq!(counted, mode != "off", "{mode}: {metrics}");
         if mode == "detect" {
@@ -528,15 +496,7 @@ async fn metrics_label_requests_by_route_pattern_never_by_raw_path(backend: Back
         .send()
         .await
         .unwrap();
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(
             "rampart_http_requests_total{route=\"/orders/*\",method=\"GET\",status=\"200\"} 2"

@@ -235,6 +235,18 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// The `/metrics` text, as a loopback scraper sees it.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))

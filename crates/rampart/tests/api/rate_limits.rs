@@ -134,7 +134,7 @@ async fn anonymous_callers_are_limited_per_ip_whatever_they_claim(backend: Backe
     let rows = audit(&app, &admin.access_token, "rate_limit_exceeded").await;
     assert_eq!(rows.len(), 1, "a flood is one audit row a minute: {rows:?}");
     assert_eq!(rows[0]["details"]["policy"], "anonymous");
-    let metrics = get(&app, "/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("rampart_rate_limit_hits_total{policy=\"anonymous\"} 25"),
         "{metrics}"
