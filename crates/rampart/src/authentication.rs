@@ -115,15 +115,11 @@ pub fn is_unsafe(method: &Method) -> bool {
 /// `Authorization` (two credentials, no telling which is meant).
 pub async fn identify(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let headers = request.headers();
-    let api_key_request = if headers.contains_key(header::AUTHORIZATION) {
-        headers.contains_key(api_key::KEY_HEADER)
-    } else {
-        api_key::is_presented(headers)
-    };
-    let authentication = if api_key_request {
-        if request.headers().contains_key(header::AUTHORIZATION) {
-            return ApiError::invalid_token().into_response();
-        }
+    let bearer = headers.contains_key(header::AUTHORIZATION);
+    if bearer && headers.contains_key(api_key::KEY_HEADER) {
+        return ApiError::invalid_token().into_response();
+    }
+    let authentication = if !bearer && api_key::is_presented(headers) {
         match api_key::authenticate(&state, request).await {
             Ok((authenticated, principal)) => {
                 request = authenticated;
