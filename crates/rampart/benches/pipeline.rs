@@ -116,6 +116,8 @@ fn route(path: &str, methods: &[&str], upstream: Option<&str>) -> RawRoute {
         signed: false,
         max_body: None,
         auth: true,
+        per: "user".into(),
+        case_sensitive: true,
     }
 }
 

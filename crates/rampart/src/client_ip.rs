@@ -41,6 +41,20 @@ pub fn resolve(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAd
     client
 }
 
+/// The address that rate limits and lockouts count against: an IPv4 address itself, an
+/// IPv6 address cut to its first `ipv6_prefix` bits (a host that owns a /64 can rotate
+/// through it freely, so counting per /128 would never limit it).
+pub fn bucket(address: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => {
+            let prefix = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
 fn is_trusted(address: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|network| network.contains(&address))
 }
@@ -121,6 +135,21 @@ mod tests {
         let trusted = vec!["10.0.0.0/8".parse().unwrap()];
         let ip = resolve(peer("10.0.0.2"), &headers(&["1.1.1.1, nonsense"]), &trusted);
         assert_eq!(ip.to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn ipv6_addresses_share_a_bucket_per_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(bucket(a, 64), bucket(b, 64));
+        assert_eq!(bucket(a, 64).to_string(), "2001:db8:1:2::");
+        assert_ne!(bucket(a, 64), bucket(other, 64));
+        assert_ne!(bucket(a, 128), bucket(b, 128));
+        assert_eq!(bucket(a, 128), a);
+        assert_eq!(bucket(other, 48), bucket(a, 48));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(bucket(v4, 64), v4);
     }
 
     #[test]

@@ -93,6 +93,11 @@ pub struct RawServer {
     pub max_body: String,
     pub worker_threads: usize,
     pub tls: Option<RawTls>,
+    pub header_read_timeout: String,
+    pub idle_timeout: String,
+    pub max_connections: usize,
+    pub max_header_bytes: String,
+    pub shutdown_timeout: String,
 }
 
 impl Default for RawServer {
@@ -104,6 +109,11 @@ impl Default for RawServer {
             max_body: "1MiB".into(),
             worker_threads: 0,
             tls: None,
+            header_read_timeout: "10s".into(),
+            idle_timeout: "60s".into(),
+            max_connections: 10_000,
+            max_header_bytes: "32KiB".into(),
+            shutdown_timeout: "30s".into(),
         }
     }
 }
@@ -225,6 +235,7 @@ pub struct RawRateLimits {
     pub anonymous: String,
     pub standard: String,
     pub premium: String,
+    pub ipv6_prefix: u8,
 }
 
 impl Default for RawRateLimits {
@@ -235,6 +246,7 @@ impl Default for RawRateLimits {
             anonymous: "10/min".into(),
             standard: "100/min".into(),
             premium: "1000/min".into(),
+            ipv6_prefix: 64,
         }
     }
 }
@@ -339,6 +351,16 @@ pub struct RawRoute {
     pub max_body: Option<String>,
     #[serde(default = "default_true")]
     pub auth: bool,
+    /// Whose budget the route's own limit is: "ip", "user" (default) or "key".
+    #[serde(default = "default_per")]
+    pub per: String,
+    /// `false`: match the path without regard to ASCII case.
+    #[serde(default = "default_true")]
+    pub case_sensitive: bool,
+}
+
+fn default_per() -> String {
+    "user".into()
 }
 
 fn default_true() -> bool {
@@ -364,6 +386,12 @@ pub struct RawUpstream {
     pub timeout: String,
     #[serde(default)]
     pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Request headers removed on top of the built-in list.
+    #[serde(default)]
+    pub strip_request_headers: List,
+    /// Headers of the built-in strip list that this upstream gets as the client sent them.
+    #[serde(default)]
+    pub pass_request_headers: List,
 }
 
 fn default_upstream_timeout() -> String {
@@ -450,6 +478,16 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     /// Certificate and key for serving TLS directly.
     pub tls: Option<TlsConfig>,
+    /// A request head not complete by then: the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; beyond, new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) accepted; 431 beyond.
+    pub max_header_bytes: usize,
+    /// How long a stopping server drains before it closes what is left.
+    pub shutdown_timeout: Duration,
 }
 
 /// Certificate and key files for serving TLS.
@@ -558,6 +596,8 @@ pub struct RateLimitsConfig {
     pub standard: String,
     /// Quota for premium-tier users.
     pub premium: String,
+    /// IPv6 clients are limited and locked out per prefix of this length.
+    pub ipv6_prefix: u8,
 }
 
 /// Trading-account outbound settings.
@@ -745,6 +785,42 @@ impl RawConfig {
             bad("server.max_body", message);
             0
         });
+        let mut server_duration = |key: &str, text: &str, default: u64| {
+            parse_duration(text).unwrap_or_else(|message| {
+                bad(key, message);
+                Duration::from_secs(default)
+            })
+        };
+        let header_read_timeout = server_duration(
+            "server.header_read_timeout",
+            &self.server.header_read_timeout,
+            10,
+        );
+        let idle_timeout = server_duration("server.idle_timeout", &self.server.idle_timeout, 60);
+        let shutdown_timeout =
+            server_duration("server.shutdown_timeout", &self.server.shutdown_timeout, 30);
+        for (key, value) in [
+            ("server.header_read_timeout", header_read_timeout),
+            ("server.idle_timeout", idle_timeout),
+        ] {
+            if value.is_zero() {
+                bad(key, "must be longer than 0s".into());
+            }
+        }
+        let max_header_bytes =
+            parse_size(&self.server.max_header_bytes).unwrap_or_else(|message| {
+                bad("server.max_header_bytes", message);
+                32 * 1024
+            });
+        if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+            bad(
+                "server.max_header_bytes",
+                "must be between 1KiB and 1MiB".into(),
+            );
+        }
+        if self.server.max_connections == 0 {
+            bad("server.max_connections", "must be at least 1".into());
+        }
         if self.server.worker_threads > 1024 {
             bad("server.worker_threads", "must be at most 1024".into());
         }
@@ -915,6 +991,12 @@ impl RawConfig {
                 OnStoreError::Local
             }
         };
+        if !(32..=128).contains(&self.rate_limits.ipv6_prefix) {
+            bad(
+                "rate_limits.ipv6_prefix",
+                "must be between 32 and 128".into(),
+            );
+        }
         for (key, quota) in [
             ("rate_limits.anonymous", &self.rate_limits.anonymous),
             ("rate_limits.standard", &self.rate_limits.standard),
@@ -1029,6 +1111,12 @@ impl RawConfig {
             {
                 bad(&format!("{key}.max_body"), message);
             }
+            if !matches!(route.per.as_str(), "ip" | "user" | "key") {
+                bad(
+                    &format!("{key}.per"),
+                    format!("`{}` is not one of ip, user, key", route.per),
+                );
+            }
         }
         for (name, upstream) in &self.upstreams {
             let key = format!("upstreams.{name}");
@@ -1099,6 +1187,11 @@ impl RawConfig {
                 max_body,
                 worker_threads: self.server.worker_threads,
                 tls,
+                header_read_timeout,
+                idle_timeout,
+                max_connections: self.server.max_connections,
+                max_header_bytes,
+                shutdown_timeout,
             },
             database_url: Secret::new(database_url),
             tokens: TokensConfig {
@@ -1125,6 +1218,7 @@ impl RawConfig {
                 anonymous: self.rate_limits.anonymous,
                 standard: self.rate_limits.standard,
                 premium: self.rate_limits.premium,
+                ipv6_prefix: self.rate_limits.ipv6_prefix,
             },
             encryption_keys,
             accounts: AccountsConfig {

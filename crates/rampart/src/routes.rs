@@ -419,6 +419,8 @@ mod tests {
             signed: false,
             max_body: None,
             auth: true,
+            per: "user".into(),
+            case_sensitive: true,
         }
     }
 
@@ -429,6 +431,8 @@ mod tests {
                 url: "http://127.0.0.1:9000".into(),
                 timeout: "5s".into(),
                 circuit_breaker: None,
+                strip_request_headers: crate::config::List::default(),
+                pass_request_headers: crate::config::List::default(),
             },
         )]);
         RouteTable::new(
