@@ -151,10 +151,10 @@ pub fn authenticate_headers(
             count_failure(state, Rejected::Malformed);
             return Authentication::Refused(Refusal::InvalidToken);
         };
-        return verify(state, token, Credential::Bearer);
+        return verify(state, token, Credential::Bearer).0;
     }
     if let Some(token) = cookie(headers, ACCESS_COOKIE) {
-        let authentication = verify(state, token, Credential::Cookie);
+        let (authentication, csrf_hash) = verify(state, token, Credential::Cookie);
         if let Authentication::Authenticated(principal) = &authentication
             && is_unsafe(method)
         {
@@ -162,7 +162,13 @@ pub fn authenticate_headers(
                 .get(CSRF_HEADER)
                 .and_then(|value| value.to_str().ok())
                 .unwrap_or_default();
-            if !state.tokens.csrf_matches(&principal.family_id, presented) {
+            // The token's own CSRF hash: a refresh issues both anew, so the previous CSRF
+            // token never matches the current cookie.
+            if !state.tokens.csrf_matches_hash(
+                &principal.family_id,
+                csrf_hash.as_deref(),
+                presented,
+            ) {
                 return Authentication::Refused(Refusal::CsrfFailed);
             }
         }
@@ -181,19 +187,24 @@ fn count_failure(state: &AppState, reason: Rejected) {
         .inc();
 }
 
-fn verify(state: &AppState, token: &str, credential: Credential) -> Authentication {
+/// Verifies an access token; with the principal, the CSRF hash the token carries.
+fn verify(
+    state: &AppState,
+    token: &str,
+    credential: Credential,
+) -> (Authentication, Option<String>) {
     let claims = match state.tokens.verify(token) {
         Ok(claims) => claims,
         Err(reason) => {
             count_failure(state, reason);
-            return Authentication::Refused(Refusal::InvalidToken);
+            return (Authentication::Refused(Refusal::InvalidToken), None);
         }
     };
     if state.revocations.is_revoked(&claims.sid) {
         count_failure(state, Rejected::Revoked);
-        return Authentication::Refused(Refusal::InvalidToken);
+        return (Authentication::Refused(Refusal::InvalidToken), None);
     }
-    Authentication::Authenticated(Principal {
+    let authentication = Authentication::Authenticated(Principal {
         user_id: claims.user_id,
         username: Arc::from(claims.username),
         role: Arc::from(claims.role),
@@ -201,7 +212,8 @@ fn verify(state: &AppState, token: &str, credential: Credential) -> Authenticati
         family_id: Arc::from(claims.sid),
         credential,
         signed: false,
-    })
+    });
+    (authentication, claims.csrf)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {

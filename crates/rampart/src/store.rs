@@ -94,11 +94,11 @@ pub struct Family {
     pub user_id: i64,
     /// Unix seconds.
     pub created_at: i64,
-    /// When the family's newest refresh token expires (unix seconds).
+    /// When the login ends (unix seconds): fixed at login, never moved by rotation.
     pub expires_at: i64,
     /// Unix seconds, when revoked.
     pub revoked_at: Option<i64>,
-    /// SHA-256 of the CSRF token, for cookie sessions.
+    /// SHA-256 (hex) of the current CSRF token, for cookie sessions.
     #[serde(skip)]
     pub csrf_hash: Option<String>,
 }
@@ -131,6 +131,15 @@ impl LockScope {
             Self::Account => "account",
         }
     }
+}
+
+/// The outcome of reserving a login attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The attempt is counted; verify the password, then report the outcome.
+    Allowed,
+    /// Too many failures (or attempts in flight): refused for this many seconds.
+    Locked(i64),
 }
 
 /// Filters for listing the audit log.
@@ -364,6 +373,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Starts a family with its first refresh token (stored as a hash).
     async fn create_family(&self, family: &Family, token_hash: &str) -> StoreResult<()>;
     /// Uses a refresh token once: marks it used and stores its successor atomically.
+    /// The successor expires at `expires_at` but never after its family; the family's own
+    /// expiry never moves. `csrf_hash`, when given, replaces the family's CSRF token hash.
     /// A token that was already used revokes its whole family.
     async fn rotate(
         &self,
@@ -371,7 +382,10 @@ pub trait SessionStore: Send + Sync + 'static {
         next_hash: &str,
         now: i64,
         expires_at: i64,
+        csrf_hash: Option<&str>,
     ) -> StoreResult<Rotation>;
+    /// Replaces the CSRF token hash of a live family.
+    async fn set_csrf_hash(&self, family_id: &str, csrf_hash: &str) -> StoreResult<()>;
     /// A family by id.
     async fn family(&self, id: &str) -> StoreResult<Option<Family>>;
     /// Every family of a user that is neither revoked nor expired.
@@ -385,12 +399,31 @@ pub trait SessionStore: Send + Sync + 'static {
         keep: Option<&str>,
         now: i64,
     ) -> StoreResult<Vec<String>>;
-    /// Families revoked at or after `since` (unix seconds), for the revocation cache.
-    async fn revoked_since(&self, since: i64) -> StoreResult<Vec<(String, i64)>>;
+    /// Revocations logged after `cursor` (exclusive; `""` for the oldest still kept), in
+    /// log order, and the cursor of the last one (`cursor` itself when there is none).
+    /// The log is ordered by the store (a row id, a stream id), never by any instance's
+    /// clock; see [`crate::tokens::RevocationCache`] for how gaps are handled.
+    async fn revocations_after(&self, cursor: &str) -> StoreResult<(Vec<String>, String)>;
     /// Deletes every family and token of a user.
     async fn delete_user_sessions(&self, user_id: i64) -> StoreResult<()>;
 
-    /// Counts a failed login; returns how long the key is locked out, if it now is.
+    /// Reserves one login attempt for `key`, atomically: counted first, so that parallel
+    /// attempts can never run more password checks than `max_failures` within the window.
+    /// A success then clears the count ([`Self::clear_failures`]), a failure is confirmed
+    /// with [`Self::record_failure`], and an attempt abandoned before its check is handed
+    /// back with [`Self::release_attempt`].
+    async fn reserve_attempt(
+        &self,
+        scope: LockScope,
+        key: &str,
+        max_failures: u32,
+        window: i64,
+        now: i64,
+    ) -> StoreResult<Attempt>;
+    /// Hands back an attempt reserved but never checked.
+    async fn release_attempt(&self, scope: LockScope, key: &str) -> StoreResult<()>;
+    /// Confirms a reserved attempt as failed; returns how long the key is locked out if
+    /// this failure started a lockout.
     async fn record_failure(
         &self,
         scope: LockScope,

@@ -58,6 +58,10 @@ pub struct Claims {
     pub aud: String,
     /// The login (token family) this token belongs to.
     pub sid: String,
+    /// Cookie sessions: SHA-256 (hex) of the CSRF token that goes with this token. A new
+    /// one comes with every refresh, so an older CSRF token stops matching at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csrf: Option<String>,
 }
 
 /// Why a token was refused; the label of `rampart_jwt_validation_failures_total`.
@@ -220,6 +224,19 @@ impl TokenService {
     /// # Errors
     /// Signing failed.
     pub fn issue(&self, user: &User, family_id: &str) -> anyhow::Result<String> {
+        self.issue_with_csrf(user, family_id, None)
+    }
+
+    /// Signs an access token bound to a CSRF token by its hash ([`hash_csrf_token`]).
+    ///
+    /// # Errors
+    /// Signing failed.
+    pub fn issue_with_csrf(
+        &self,
+        user: &User,
+        family_id: &str,
+        csrf_hash: Option<&str>,
+    ) -> anyhow::Result<String> {
         let now = self.clock.unix();
         let claims = Claims {
             sub: user.id.to_string(),
@@ -234,6 +251,7 @@ impl TokenService {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             sid: family_id.to_owned(),
+            csrf: csrf_hash.map(str::to_owned),
         };
         let mut header = Header::new(self.algorithm);
         header.typ = Some("JWT".into());
@@ -282,7 +300,24 @@ impl TokenService {
         Ok(claims)
     }
 
-    /// The CSRF token of a login: an HMAC of its family id, so it needs no storage.
+    /// Whether `presented` is the CSRF token whose hash a token or family carries; without
+    /// a hash (a login from before CSRF tokens rotated), the login's original token.
+    pub fn csrf_matches_hash(
+        &self,
+        family_id: &str,
+        expected_hash: Option<&str>,
+        presented: &str,
+    ) -> bool {
+        match expected_hash {
+            Some(expected) => {
+                let presented = hash_csrf_token(presented);
+                !presented.is_empty() && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
+            }
+            None => self.csrf_matches(family_id, presented),
+        }
+    }
+
+    /// The CSRF token of a login that carries no CSRF hash: an HMAC of its family id.
     pub fn csrf_token(&self, family_id: &str) -> String {
         URL_SAFE_NO_PAD.encode(derive_key(&self.csrf_key, family_id.as_bytes()))
     }
@@ -315,6 +350,20 @@ pub fn new_family_id() -> String {
     URL_SAFE_NO_PAD.encode(crate::secrets::random_bytes::<18>())
 }
 
+/// A fresh CSRF token: 256 random bits, URL-safe base64.
+pub fn new_csrf_token() -> String {
+    URL_SAFE_NO_PAD.encode(crate::secrets::random_bytes::<32>())
+}
+
+/// How CSRF tokens are stored and carried in access tokens: SHA-256, hex; empty for an
+/// empty token, which never matches.
+pub fn hash_csrf_token(token: &str) -> String {
+    if token.is_empty() {
+        return String::new();
+    }
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
 /// How refresh tokens are stored: SHA-256, hex.
 pub fn hash_refresh_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -345,11 +394,12 @@ impl RevocationCache {
             .unwrap_or(true)
     }
 
-    /// Records revocations (learned locally or from the store).
+    /// Records revocations (learned locally or from the store); a family already known
+    /// keeps its first time.
     pub fn insert(&self, entries: impl IntoIterator<Item = (String, i64)>) {
         if let Ok(mut revoked) = self.revoked.write() {
             for (id, at) in entries {
-                revoked.insert(id.into_boxed_str(), at);
+                revoked.entry(id.into_boxed_str()).or_insert(at);
             }
         }
     }
@@ -362,7 +412,17 @@ impl RevocationCache {
         }
     }
 
-    /// Polls the store for revocations every `interval` until the cache is dropped.
+    /// Follows the store's revocation log every `interval` until the cache is dropped.
+    ///
+    /// The log is read by position (a row id, a stream id), never by time, so neither a
+    /// skewed clock on the revoking instance nor a slow commit can hide a revocation.
+    /// PostgreSQL hands out ids from a sequence when a transaction inserts, and a later id
+    /// can commit (become visible) before an earlier one: reading only past the highest id
+    /// seen would skip the earlier one for good. So each poll re-reads from the position
+    /// reached [`SETTLE`] ago: a revocation whose transaction commits within that time
+    /// after taking its id is always seen (revoking transactions are single statements or
+    /// a few, far shorter). Re-read entries are idempotent. Entries are timed by this
+    /// instance's clock when learned, for pruning.
     pub fn spawn_refresher(
         self: &Arc<Self>,
         sessions: Arc<dyn SessionStore>,
@@ -371,19 +431,28 @@ impl RevocationCache {
     ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            // Overlap the windows so a revocation committed during a poll is not missed.
-            let mut since = clock.unix() - weak.upgrade().map_or(0, |cache| cache.keep_for);
+            // Positions reached by recent polls; the oldest one past `SETTLE` is `settled`.
+            let mut settled = String::new();
+            let mut recent: std::collections::VecDeque<(tokio::time::Instant, String)> =
+                std::collections::VecDeque::new();
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
                 let Some(cache) = weak.upgrade() else { return };
                 let now = clock.unix();
-                match sessions.revoked_since(since).await {
-                    Ok(entries) => {
-                        cache.insert(entries);
+                let polled_at = tokio::time::Instant::now();
+                match read_log(&*sessions, &settled).await {
+                    Ok((ids, reached)) => {
+                        cache.insert(ids.into_iter().map(|id| (id, now)));
                         cache.prune(now);
-                        since = now - 2;
+                        recent.push_back((polled_at, reached));
+                        while let Some((at, position)) = recent.front()
+                            && at.elapsed() >= SETTLE
+                        {
+                            settled = position.clone();
+                            recent.pop_front();
+                        }
                     }
                     Err(error) => tracing::warn!(error = %error, "revocation poll failed"),
                 }
@@ -391,6 +460,26 @@ impl RevocationCache {
         })
     }
 }
+
+/// Reads the revocation log from `from` to its end, page by page.
+async fn read_log(
+    sessions: &dyn SessionStore,
+    from: &str,
+) -> crate::store::StoreResult<(Vec<String>, String)> {
+    let mut ids = Vec::new();
+    let mut position = from.to_owned();
+    loop {
+        let (page, reached) = sessions.revocations_after(&position).await?;
+        if page.is_empty() || reached == position {
+            return Ok((ids, position));
+        }
+        ids.extend(page);
+        position = reached;
+    }
+}
+
+/// How long after a poll its position is trusted to have no earlier id still to commit.
+pub const SETTLE: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

@@ -205,6 +205,13 @@ pub async fn unlock(
         ),
         None => None,
     };
+    // Lockouts key on the IPv6 prefix, as at login.
+    let ip_key = ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .map(|address| {
+            crate::client_ip::bucket(address, state.config.rate_limits.ipv6_prefix).to_string()
+        });
     let user = state
         .stores
         .data
@@ -215,7 +222,7 @@ pub async fn unlock(
     sessions
         .clear_failures(LockScope::Account, &user.username.to_lowercase())
         .await?;
-    if let Some(ip) = &ip {
+    if let Some(ip) = &ip_key {
         sessions.clear_failures(LockScope::Ip, ip).await?;
     }
     state

@@ -11,11 +11,12 @@ use crate::audit::{NewAuditEntry, RequestContext};
 use crate::authentication::{self, CSRF_HEADER, Principal, REFRESH_COOKIE};
 use crate::client_ip::ClientIp;
 use crate::error::ApiError;
+use crate::identity::api_keys::ApiKeyView;
 use crate::identity::{Problems, UserView, check_email, check_username};
 use crate::json::ApiJson;
 use crate::password::{self, Verified};
 use crate::state::AppState;
-use crate::store::{Family, LockScope, NewUser, Rotation, User};
+use crate::store::{Attempt, Family, LockScope, NewUser, Rotation, User};
 use crate::tokens;
 
 /// `POST /auth/register`.
@@ -124,21 +125,126 @@ fn seconds(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX / 4)
 }
 
-/// Checks both lockouts; 429 `locked_out` if either holds.
-async fn check_lockouts(state: &AppState, ip: &str, account: &str) -> Result<(), ApiError> {
-    let now = state.now();
-    let sessions = &state.stores.sessions;
-    let ip_lock = sessions.lockout(LockScope::Ip, ip, now).await?;
-    let account_lock = sessions.lockout(LockScope::Account, account, now).await?;
-    match ip_lock.max(account_lock) {
-        Some(seconds) => Err(ApiError::LockedOut {
-            retry_after: std::time::Duration::from_secs(u64::try_from(seconds).unwrap_or(1)),
-        }),
-        None => Ok(()),
+fn locked_out(seconds: i64) -> ApiError {
+    ApiError::LockedOut {
+        retry_after: std::time::Duration::from_secs(u64::try_from(seconds.max(1)).unwrap_or(1)),
     }
 }
 
-/// Counts a failed login against the IP and the account, auditing a new lockout.
+/// Reserves one password check against the IP and the account: counted before the check,
+/// atomically, so that parallel guesses never run more checks than the limits allow.
+/// 429 `locked_out` if either is spent (the other's reservation is handed back).
+async fn reserve_attempt(state: &AppState, ip: &str, account: &str) -> Result<(), ApiError> {
+    let now = state.now();
+    let window = seconds(state.config.login.failure_window);
+    let sessions = &state.stores.sessions;
+    let login = &state.config.login;
+    if let Attempt::Locked(seconds) = sessions
+        .reserve_attempt(LockScope::Ip, ip, login.max_failures_per_ip, window, now)
+        .await?
+    {
+        return Err(locked_out(seconds));
+    }
+    match sessions
+        .reserve_attempt(
+            LockScope::Account,
+            account,
+            login.max_failures_per_account,
+            window,
+            now,
+        )
+        .await
+    {
+        Ok(Attempt::Allowed) => Ok(()),
+        Ok(Attempt::Locked(seconds)) => {
+            sessions.release_attempt(LockScope::Ip, ip).await?;
+            Err(locked_out(seconds))
+        }
+        Err(error) => {
+            sessions.release_attempt(LockScope::Ip, ip).await?;
+            Err(error.into())
+        }
+    }
+}
+
+/// Reserves one password confirmation (`PUT /users/me/password`, `DELETE /users/me`)
+/// against the account's login limit: wrong confirmations count like wrong logins, and an
+/// account locked out of logins is locked out of confirmations too.
+pub(crate) async fn reserve_confirmation(state: &AppState, user: &User) -> Result<(), ApiError> {
+    let now = state.now();
+    let window = seconds(state.config.login.failure_window);
+    match state
+        .stores
+        .sessions
+        .reserve_attempt(
+            LockScope::Account,
+            &user.username.to_lowercase(),
+            state.config.login.max_failures_per_account,
+            window,
+            now,
+        )
+        .await?
+    {
+        Attempt::Allowed => Ok(()),
+        Attempt::Locked(seconds) => Err(locked_out(seconds)),
+    }
+}
+
+/// Counts a wrong password confirmation against the account, as a failed login.
+pub(crate) async fn record_confirmation_failure(
+    state: &AppState,
+    context: &RequestContext,
+    user: &User,
+    during: &'static str,
+) -> Result<(), ApiError> {
+    state.metrics.failed_logins.inc();
+    let now = state.now();
+    let window = seconds(state.config.login.failure_window);
+    let locked = state
+        .stores
+        .sessions
+        .record_failure(
+            LockScope::Account,
+            &user.username.to_lowercase(),
+            state.config.login.max_failures_per_account,
+            window,
+            now,
+        )
+        .await?;
+    let data = &state.stores.data;
+    data.append_audit(NewAuditEntry::new(
+        now,
+        "login_failed",
+        Some(user.id),
+        json!({ "reason": "wrong_password", "during": during }),
+        context,
+    ))
+    .await?;
+    if locked.is_some() {
+        data.append_audit(NewAuditEntry::new(
+            now,
+            "locked_out",
+            Some(user.id),
+            json!({ "scope": "account", "seconds": window }),
+            context,
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// A correct password confirmation: the account's count starts over, as after a login.
+pub(crate) async fn clear_confirmation(state: &AppState, user: &User) -> Result<(), ApiError> {
+    state
+        .stores
+        .sessions
+        .clear_failures(LockScope::Account, &user.username.to_lowercase())
+        .await?;
+    Ok(())
+}
+
+/// Confirms a reserved attempt as failed against the IP and the account, auditing a new
+/// lockout.
 async fn record_failure(
     state: &AppState,
     context: &RequestContext,
@@ -208,7 +314,11 @@ pub async fn login(
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
     let account = body.username.to_lowercase();
-    check_lockouts(&state, &ip, &account).await?;
+    // Lockouts key on the IPv6 prefix (a host owns a whole /64); the audit keeps the address.
+    let ip = ip.parse::<std::net::IpAddr>().map_or(ip, |address| {
+        crate::client_ip::bucket(address, state.config.rate_limits.ipv6_prefix).to_string()
+    });
+    reserve_attempt(&state, &ip, &account).await?;
     if body.password.len() > 4 * state.config.password.max_length || body.username.len() > 254 {
         // Nothing this long was ever accepted at registration; refuse without hashing it.
         state
@@ -255,6 +365,12 @@ pub async fn login(
             .await?;
     }
     if user.disabled {
+        // The password was right: this attempt is no failure.
+        let sessions = &state.stores.sessions;
+        sessions.release_attempt(LockScope::Ip, &ip).await?;
+        sessions
+            .release_attempt(LockScope::Account, &account)
+            .await?;
         state
             .stores
             .data
@@ -288,6 +404,13 @@ pub async fn login(
         revoked_at: None,
         csrf_hash: None,
     };
+    // Cookie sessions get a CSRF token, stored (as a hash) with the family and carried (as
+    // the same hash) in each access token; every refresh replaces it.
+    let csrf_token = body.cookie.then(tokens::new_csrf_token);
+    let family = Family {
+        csrf_hash: csrf_token.as_deref().map(tokens::hash_csrf_token),
+        ..family
+    };
     let refresh_token = format!("{}.{}", family.id, tokens::new_refresh_token());
     sessions
         .create_family(&family, &tokens::hash_refresh_token(&refresh_token))
@@ -303,7 +426,7 @@ pub async fn login(
             &context,
         ))
         .await?;
-    issue(&state, &user, &family, refresh_token, lifetime, body.cookie)
+    issue(&state, &user, &family, refresh_token, lifetime, csrf_token)
 }
 
 /// Builds the token response, with cookies when asked.
@@ -313,15 +436,16 @@ fn issue(
     family: &Family,
     refresh_token: String,
     refresh_lifetime: i64,
-    cookie: bool,
+    csrf_token: Option<String>,
 ) -> Result<Response, ApiError> {
+    let csrf_hash = csrf_token.as_deref().map(tokens::hash_csrf_token);
     let access_token = state
         .tokens
-        .issue(user, &family.id)
+        .issue_with_csrf(user, &family.id, csrf_hash.as_deref())
         .map_err(ApiError::internal)?;
     let access_ttl = state.tokens.access_ttl();
     let mut headers = HeaderMap::new();
-    let csrf_token = if cookie {
+    if csrf_token.is_some() {
         headers.append(
             header::SET_COOKIE,
             cookie_header(
@@ -335,10 +459,7 @@ fn issue(
             header::SET_COOKIE,
             cookie_header(REFRESH_COOKIE, &refresh_token, "/auth", refresh_lifetime)?,
         );
-        Some(state.tokens.csrf_token(&family.id))
-    } else {
-        None
-    };
+    }
     let body = TokenResponse {
         access_token,
         refresh_token,
@@ -351,7 +472,7 @@ fn issue(
     Ok((StatusCode::OK, headers, Json(body)).into_response())
 }
 
-fn cookie_header(
+pub(crate) fn cookie_header(
     name: &str,
     value: &str,
     path: &str,
@@ -432,23 +553,29 @@ pub async fn refresh(
     if token.len() > 256 {
         return Err(ApiError::invalid_token());
     }
+    let now = state.now();
+    let next = format!("{family_id}.{}", tokens::new_refresh_token());
+    let existing = state.stores.sessions.family(family_id).await?;
+    let Some(existing) = existing else {
+        return Err(ApiError::invalid_token());
+    };
     if from_cookie {
         let presented = headers
             .get(CSRF_HEADER)
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
-        if !state.tokens.csrf_matches(family_id, presented) {
+        if !state
+            .tokens
+            .csrf_matches_hash(family_id, existing.csrf_hash.as_deref(), presented)
+        {
             return Err(ApiError::CsrfFailed);
         }
     }
-    let now = state.now();
-    let next = format!("{family_id}.{}", tokens::new_refresh_token());
-    // A family keeps the lifetime it was created with, renewed from now.
-    let existing = state.stores.sessions.family(family_id).await?;
-    let Some(existing) = existing else {
-        return Err(ApiError::invalid_token());
-    };
-    let lifetime = (existing.expires_at - existing.created_at).clamp(60, 30 * DAY);
+    // A refresh through the cookie replaces the CSRF token: the previous one stops working.
+    let csrf_token = from_cookie.then(tokens::new_csrf_token);
+    // The login ends when it was set to end at login; rotation never moves that. Each new
+    // refresh token lives `refresh_ttl`, cut at the login's end.
+    let expires_at = (now + seconds(state.config.tokens.refresh_ttl)).min(existing.expires_at);
     let rotation = state
         .stores
         .sessions
@@ -456,7 +583,11 @@ pub async fn refresh(
             &tokens::hash_refresh_token(&token),
             &tokens::hash_refresh_token(&next),
             now,
-            now + lifetime,
+            expires_at,
+            csrf_token
+                .as_deref()
+                .map(tokens::hash_csrf_token)
+                .as_deref(),
         )
         .await?;
     match rotation {
@@ -478,7 +609,8 @@ pub async fn refresh(
                     &context,
                 ))
                 .await?;
-            issue(&state, &user, &family, next, lifetime, from_cookie)
+            let lifetime = expires_at.min(family.expires_at) - now;
+            issue(&state, &user, &family, next, lifetime, csrf_token)
         }
         Rotation::Reused(family) => {
             state.revocations.insert([(family.id.clone(), now)]);
@@ -538,17 +670,95 @@ pub async fn logout(
     Ok((StatusCode::NO_CONTENT, clearing_cookies()).into_response())
 }
 
-/// Revokes every login of the user.
+/// `POST /auth/logout-all`; the body is optional.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutAllBody {
+    /// Also revoke every API key of the user. Keys are for programs and survive by default.
+    #[serde(default)]
+    pub revoke_api_keys: bool,
+}
+
+/// What "log out everywhere" or a password change revoked, and the API keys that still work.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RevokedReport {
+    /// Logins (token families) revoked.
+    pub revoked_sessions: usize,
+    /// API keys revoked (only with `revoke_api_keys`).
+    pub revoked_api_keys: usize,
+    /// The user's API keys that are still active (not expired, not revoked).
+    pub active_api_keys: Vec<ApiKeyView>,
+    /// Cookie sessions: the new CSRF token of the login that made the change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
+}
+
+/// Revokes the user's API keys if asked (each audited), then lists the still-active ones.
+pub(crate) async fn settle_api_keys(
+    state: &AppState,
+    user_id: i64,
+    revoke: bool,
+    reason: &'static str,
+    context: &RequestContext,
+) -> Result<(usize, Vec<ApiKeyView>), ApiError> {
+    let data = &state.stores.data;
+    let mut revoked = 0;
+    if revoke {
+        for key in data.api_keys_of(user_id).await? {
+            let entry = NewAuditEntry::new(
+                state.now(),
+                "api_key_revoked",
+                Some(user_id),
+                json!({ "api_key_id": key.id, "reason": reason }),
+                context,
+            );
+            match data.delete_api_key(user_id, key.id, entry).await {
+                Ok(()) => revoked += 1,
+                // Deleted meanwhile by another request: gone either way.
+                Err(crate::store::StoreError::NotFound) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    let now = state.now();
+    let active = data
+        .api_keys_of(user_id)
+        .await?
+        .iter()
+        .filter(|key| key.expires_at.is_none_or(|expires_at| expires_at > now))
+        .map(ApiKeyView::from)
+        .collect();
+    Ok((revoked, active))
+}
+
+/// Revokes every login of the user; with `{"revoke_api_keys": true}` every API key too.
 #[utoipa::path(post, path = "/auth/logout-all", tag = "auth", security(("bearer" = [])),
-    responses((status = 204, description = "Every login of the user is revoked"),
+    request_body(content = LogoutAllBody, description = "Optional"),
+    responses((status = 200, description = "Every login of the user is revoked; the API keys still active are listed", body = RevokedReport),
+              (status = 400, body = crate::error::ErrorBody),
               (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
 pub async fn logout_all(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let body: LogoutAllBody = if body.is_empty() {
+        LogoutAllBody::default()
+    } else {
+        // Only an object: serde would take `[true]` for the struct's fields in order.
+        if !crate::json::parse::<serde_json::Value>(&body)?.is_object() {
+            return Err(ApiError::invalid("The body must be a JSON object"));
+        }
+        crate::json::parse(&body)?
+    };
+    if body.revoke_api_keys && principal.credential == authentication::Credential::ApiKey {
+        return Err(ApiError::Forbidden(
+            "API keys are revoked from a login session, not with an API key".into(),
+        ));
+    }
     let now = state.now();
-    revoke_user(&state, principal.user_id, None).await?;
+    let revoked_sessions = revoke_user(&state, principal.user_id, None).await?;
     state
         .stores
         .data
@@ -556,14 +766,29 @@ pub async fn logout_all(
             now,
             "logout",
             Some(principal.user_id),
-            json!({ "all": true }),
+            json!({ "all": true, "revoke_api_keys": body.revoke_api_keys }),
             &context,
         ))
         .await?;
-    Ok((StatusCode::NO_CONTENT, clearing_cookies()).into_response())
+    let (revoked_api_keys, active_api_keys) = settle_api_keys(
+        &state,
+        principal.user_id,
+        body.revoke_api_keys,
+        "logout_all",
+        &context,
+    )
+    .await?;
+    let report = RevokedReport {
+        revoked_sessions,
+        revoked_api_keys,
+        active_api_keys,
+        csrf_token: None,
+    };
+    Ok((StatusCode::OK, clearing_cookies(), Json(report)).into_response())
 }
 
-/// Revokes every login of a user except `keep`, here and (within the lag) everywhere.
+/// Revokes every login of a user except `keep`, here and (within the lag) everywhere;
+/// returns how many were revoked.
 ///
 /// # Errors
 /// The session store fails.
@@ -571,15 +796,16 @@ pub async fn revoke_user(
     state: &AppState,
     user_id: i64,
     keep: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<usize, ApiError> {
     let now = state.now();
     let revoked = state
         .stores
         .sessions
         .revoke_user(user_id, keep, now)
         .await?;
+    let count = revoked.len();
     state
         .revocations
         .insert(revoked.into_iter().map(|id| (id, now)));
-    Ok(())
+    Ok(count)
 }

@@ -8,16 +8,17 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{AuditRecord, NewAuditEntry, RequestContext};
-use crate::authentication::Principal;
+use crate::authentication::{Credential, Principal};
 use crate::error::ApiError;
 use crate::identity::accounts::AccountView;
 use crate::identity::api_keys::ApiKeyView;
-use crate::identity::sessions::revoke_user;
+use crate::identity::sessions::{self, RevokedReport, revoke_user};
 use crate::identity::{Admin, Problems, UserView};
 use crate::json::{ApiJson, IdPath};
 use crate::password::{self, Verified};
 use crate::state::AppState;
 use crate::store::{AuditFilter, User};
+use crate::tokens;
 
 /// `PUT /users/me/password`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -27,6 +28,9 @@ pub struct PasswordChange {
     pub current_password: String,
     /// The new password; must meet the policy.
     pub new_password: String,
+    /// Also revoke every API key of the user. Keys are for programs and survive by default.
+    #[serde(default)]
+    pub revoke_api_keys: bool,
 }
 
 /// `DELETE /users/me`.
@@ -81,38 +85,57 @@ pub async fn by_id(
     Ok(Json(UserView::from(&user)))
 }
 
-/// Checks the caller's password; 400 naming `field` when wrong.
+/// Refuses API keys: a key (a program's credential, perhaps stolen) never confirms the
+/// password, so it can neither change it nor delete the account.
+fn session_only(principal: &Principal) -> Result<(), ApiError> {
+    if principal.credential == Credential::ApiKey {
+        return Err(ApiError::Forbidden(
+            "This needs a login session, not an API key".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the caller's password; 400 naming `field` when wrong. Each check is counted
+/// against the account like a login (the account lockout applies: 429 `locked_out`), so a
+/// stolen token cannot guess the password at the request rate.
 async fn confirm_password(
     state: &AppState,
+    context: &RequestContext,
     user: &User,
     password: String,
     field: &str,
+    during: &'static str,
 ) -> Result<(), ApiError> {
+    sessions::reserve_confirmation(state, user).await?;
     let verified = state
         .hasher
         .verify(password, user.password_hash.clone())
         .await
         .map_err(ApiError::internal)?;
     if verified == Verified::No {
-        state.metrics.failed_logins.inc();
+        sessions::record_confirmation_failure(state, context, user, during).await?;
         let mut problems = Problems::default();
         problems.add(field, "is incorrect");
         return problems.finish();
     }
-    Ok(())
+    sessions::clear_confirmation(state, user).await
 }
 
-/// `PUT /users/me/password`: every other login is revoked.
+/// `PUT /users/me/password`: every other login is revoked; API keys too if asked.
 #[utoipa::path(put, path = "/users/me/password", tag = "users", security(("bearer" = [])), request_body = PasswordChange,
-    responses((status = 204, description = "Changed; every other login is revoked"),
+    responses((status = 200, description = "Changed; every other login is revoked; the API keys still active are listed", body = RevokedReport),
               (status = 400, description = "Wrong current password or a weak new one", body = crate::error::ErrorBody),
-              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+              (status = 401, body = crate::error::ErrorBody),
+              (status = 403, description = "forbidden for API keys", body = crate::error::ErrorBody),
+              (status = 429, description = "locked_out: too many wrong passwords", body = crate::error::ErrorBody)))]
 pub async fn change_password(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
     ApiJson(body): ApiJson<PasswordChange>,
 ) -> Result<Response, ApiError> {
+    session_only(&principal)?;
     let user = current_user(&state, &principal).await?;
     let mut problems = Problems::default();
     problems.extend(
@@ -123,7 +146,15 @@ pub async fn change_password(
         problems.add("new_password", "must differ from the current password");
     }
     problems.finish()?;
-    confirm_password(&state, &user, body.current_password, "current_password").await?;
+    confirm_password(
+        &state,
+        &context,
+        &user,
+        body.current_password,
+        "current_password",
+        "password_change",
+    )
+    .await?;
     let hash = state
         .hasher
         .hash(body.new_password)
@@ -139,14 +170,56 @@ pub async fn change_password(
                 state.now(),
                 "password_changed",
                 Some(user.id),
-                json!({}),
+                json!({ "revoke_api_keys": body.revoke_api_keys }),
                 &context,
             ),
         )
         .await?;
     let keep = (!principal.family_id.is_empty()).then_some(&*principal.family_id);
-    revoke_user(&state, user.id, keep).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let revoked_sessions = revoke_user(&state, user.id, keep).await?;
+    let (revoked_api_keys, active_api_keys) = sessions::settle_api_keys(
+        &state,
+        user.id,
+        body.revoke_api_keys,
+        "password_changed",
+        &context,
+    )
+    .await?;
+    // The login that survives gets a new CSRF token (and, carrying its hash, a new access
+    // cookie): the one from before the change stops working.
+    let mut headers = http::HeaderMap::new();
+    let csrf_token = if principal.credential == Credential::Cookie {
+        let csrf_token = tokens::new_csrf_token();
+        let csrf_hash = tokens::hash_csrf_token(&csrf_token);
+        state
+            .stores
+            .sessions
+            .set_csrf_hash(&principal.family_id, &csrf_hash)
+            .await?;
+        let access_token = state
+            .tokens
+            .issue_with_csrf(&user, &principal.family_id, Some(&csrf_hash))
+            .map_err(ApiError::internal)?;
+        headers.append(
+            http::header::SET_COOKIE,
+            sessions::cookie_header(
+                crate::authentication::ACCESS_COOKIE,
+                &access_token,
+                "/",
+                state.tokens.access_ttl(),
+            )?,
+        );
+        Some(csrf_token)
+    } else {
+        None
+    };
+    let report = RevokedReport {
+        revoked_sessions,
+        revoked_api_keys,
+        active_api_keys,
+        csrf_token,
+    };
+    Ok((StatusCode::OK, headers, Json(report)).into_response())
 }
 
 /// `GET /users/me/export`: everything stored about the caller, trading accounts with
@@ -237,7 +310,9 @@ pub async fn export(
 #[utoipa::path(delete, path = "/users/me", tag = "users", security(("bearer" = [])), request_body = DeleteBody,
     responses((status = 204, description = "Deleted; audit entries pseudonymised"),
               (status = 400, description = "Wrong password", body = crate::error::ErrorBody),
-              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody),
+              (status = 403, description = "forbidden for API keys", body = crate::error::ErrorBody),
+              (status = 429, description = "locked_out: too many wrong passwords", body = crate::error::ErrorBody),
               (status = 409, description = "The last admin cannot delete itself", body = crate::error::ErrorBody)))]
 pub async fn delete_me(
     State(state): State<AppState>,
@@ -245,8 +320,17 @@ pub async fn delete_me(
     context: RequestContext,
     ApiJson(body): ApiJson<DeleteBody>,
 ) -> Result<Response, ApiError> {
+    session_only(&principal)?;
     let user = current_user(&state, &principal).await?;
-    confirm_password(&state, &user, body.password, "password").await?;
+    confirm_password(
+        &state,
+        &context,
+        &user,
+        body.password,
+        "password",
+        "account_deletion",
+    )
+    .await?;
     // The deletion's own entry carries no personal data: it outlives the user.
     let anonymous = RequestContext {
         ip: None,

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::store::{Family, LockScope, Rotation, SessionStore, StoreError, StoreResult};
+use crate::store::{Attempt, Family, LockScope, Rotation, SessionStore, StoreError, StoreResult};
 
 /// How long a revoked family stays in the revocation index: longer than any access token.
 const KEEP_REVOKED: i64 = 2 * 86_400;
@@ -21,7 +21,12 @@ pub struct RedisSessionStore {
     connection: ConnectionManager,
     prefix: String,
     rotate: redis::Script,
-    fail: redis::Script,
+    create: redis::Script,
+    revoke_user: redis::Script,
+    revoke_family: redis::Script,
+    reserve: redis::Script,
+    record: redis::Script,
+    release: redis::Script,
 }
 
 impl std::fmt::Debug for RedisSessionStore {
@@ -32,51 +37,132 @@ impl std::fmt::Debug for RedisSessionStore {
     }
 }
 
+/// Marks one family revoked (if it exists and is not already) and appends it to the
+/// revocation log, a stream: Redis assigns its ids in execution order, so readers follow
+/// the log by id and never by anyone's clock. Entries older than `keep` seconds (by the
+/// Redis server's clock) are trimmed as new ones arrive.
+const REVOKE_ONE: &str = r"
+local function revoke(prefix, family, now, keep)
+  local family_key = prefix .. 'fam:' .. family
+  if redis.call('EXISTS', family_key) == 0 then return false end
+  if redis.call('HSETNX', family_key, 'revoked_at', now) == 0 then return false end
+  local time = redis.call('TIME')
+  redis.call('XADD', prefix .. 'revocations', 'MINID', '~',
+    tostring((tonumber(time[1]) - keep) * 1000), '*', 'family', family)
+  return true
+end
+";
+
 const ROTATE: &str = r"
 local prefix = ARGV[3]
 local now = tonumber(ARGV[1])
+local keep = tonumber(ARGV[4])
 local family = redis.call('HGET', KEYS[1], 'family')
 if not family then return {'invalid'} end
 local family_key = prefix .. 'fam:' .. family
 local used = redis.call('HGET', KEYS[1], 'used_at')
 if used then
-  if not redis.call('HGET', family_key, 'revoked_at') then
-    redis.call('HSET', family_key, 'revoked_at', now)
-    redis.call('ZADD', prefix .. 'revoked', now, family)
-  end
+  revoke(prefix, family, now, keep)
   return {'reused', family}
 end
 if tonumber(redis.call('HGET', KEYS[1], 'expires_at')) <= now then return {'invalid'} end
 redis.call('HSET', KEYS[1], 'used_at', now)
 if redis.call('HGET', family_key, 'revoked_at') then return {'invalid'} end
-local expires = tonumber(ARGV[2])
+local family_expires = tonumber(redis.call('HGET', family_key, 'expires_at') or '0')
+if family_expires <= now then return {'invalid'} end
+-- The login's end is fixed when it starts: a successor never outlives it.
+local expires = math.min(tonumber(ARGV[2]), family_expires)
 redis.call('HSET', KEYS[2], 'family', family, 'expires_at', expires)
 redis.call('EXPIREAT', KEYS[2], expires)
 redis.call('EXPIREAT', KEYS[1], expires)
-redis.call('HSET', family_key, 'expires_at', expires)
-redis.call('EXPIREAT', family_key, expires + tonumber(ARGV[4]))
+if ARGV[5] ~= '' then redis.call('HSET', family_key, 'csrf_hash', ARGV[5]) end
 return {'rotated', family}
 ";
 
-const FAIL: &str = r"
+/// Starts a family; the user's index of families expires with the longest of them.
+const CREATE: &str = r"
+local expires = tonumber(ARGV[3])
+local keep = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'created_at', ARGV[2], 'expires_at', expires,
+  'csrf_hash', ARGV[4])
+redis.call('EXPIREAT', KEYS[1], expires + keep)
+redis.call('SADD', KEYS[2], ARGV[6])
+local wanted = expires + keep - tonumber(redis.call('TIME')[1])
+local ttl = redis.call('TTL', KEYS[2])
+if ttl < wanted then redis.call('EXPIRE', KEYS[2], math.max(wanted, 1)) end
+redis.call('HSET', KEYS[3], 'family', ARGV[6], 'expires_at', expires)
+redis.call('EXPIREAT', KEYS[3], expires)
+";
+
+/// Revokes every family of a user except ARGV[3] in one step, dropping index entries
+/// whose family has expired away.
+const REVOKE_USER: &str = r"
+local prefix = ARGV[1]
+local now = tonumber(ARGV[2])
+local keep_id = ARGV[3]
+local keep = tonumber(ARGV[4])
+local revoked = {}
+for _, family in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', prefix .. 'fam:' .. family) == 0 then
+    redis.call('SREM', KEYS[1], family)
+  elseif family ~= keep_id and revoke(prefix, family, now, keep) then
+    table.insert(revoked, family)
+  end
+end
+return revoked
+";
+
+const REVOKE_FAMILY: &str = r"
+if revoke(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then return 1 end
+return 0
+";
+
+/// Counts an attempt before the password is checked; refuses once `max` attempts of the
+/// window are spent (in flight or failed). Returns {allowed, seconds}.
+const RESERVE: &str = r"
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local max = tonumber(ARGV[3])
-local start = tonumber(redis.call('HGET', KEYS[1], 'start') or '0')
-local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
+local fields = redis.call('HMGET', KEYS[1], 'start', 'failures', 'locked_until')
+local start = tonumber(fields[1] or '0')
+local failures = tonumber(fields[2] or '0')
+local locked = tonumber(fields[3] or '0')
+if locked > now then return {0, locked - now} end
 if start <= now - window then
   failures = 0
   start = now
+  redis.call('HDEL', KEYS[1], 'locked_until')
 end
-failures = failures + 1
-redis.call('HSET', KEYS[1], 'start', start, 'failures', failures)
-local locked = 0
 if failures >= max then
-  redis.call('HSET', KEYS[1], 'locked_until', now + window)
-  locked = 1
+  return {0, math.max(start + window - now, 1)}
+end
+redis.call('HSET', KEYS[1], 'start', start, 'failures', failures + 1)
+redis.call('EXPIRE', KEYS[1], window * 2 + 60)
+return {1, 0}
+";
+
+/// A reserved attempt failed: lock the key once the window's failures reach `max`.
+const RECORD: &str = r"
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local max = tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'start', now, 'failures', 1)
 end
 redis.call('EXPIRE', KEYS[1], window * 2 + 60)
-return locked
+local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
+local locked = tonumber(redis.call('HGET', KEYS[1], 'locked_until') or '0')
+if failures >= max and locked <= now then
+  redis.call('HSET', KEYS[1], 'locked_until', now + window)
+  return 1
+end
+return 0
+";
+
+const RELEASE: &str = r"
+local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
+if failures > 0 then redis.call('HSET', KEYS[1], 'failures', failures - 1) end
+return 0
 ";
 
 fn unavailable(error: redis::RedisError) -> StoreError {
@@ -98,8 +184,13 @@ impl RedisSessionStore {
         Ok(Self {
             connection,
             prefix: prefix.into(),
-            rotate: redis::Script::new(ROTATE),
-            fail: redis::Script::new(FAIL),
+            rotate: redis::Script::new(&format!("{REVOKE_ONE}{ROTATE}")),
+            create: redis::Script::new(CREATE),
+            revoke_user: redis::Script::new(&format!("{REVOKE_ONE}{REVOKE_USER}")),
+            revoke_family: redis::Script::new(&format!("{REVOKE_ONE}{REVOKE_FAMILY}")),
+            reserve: redis::Script::new(RESERVE),
+            record: redis::Script::new(RECORD),
+            release: redis::Script::new(RELEASE),
         })
     }
 
@@ -129,53 +220,24 @@ impl RedisSessionStore {
             csrf_hash: fields.get("csrf_hash").filter(|h| !h.is_empty()).cloned(),
         })
     }
-
-    async fn mark_revoked(&self, id: &str, now: i64) -> StoreResult<bool> {
-        let mut connection = self.connection.clone();
-        let family_key = self.family_key(id);
-        let fresh: bool = connection
-            .hset_nx(&family_key, "revoked_at", now)
-            .await
-            .map_err(unavailable)?;
-        if fresh {
-            let _: () = connection
-                .zadd(self.key(&["revoked"]), id, now)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(fresh)
-    }
 }
 
 #[async_trait]
 impl SessionStore for RedisSessionStore {
     async fn create_family(&self, family: &Family, token_hash: &str) -> StoreResult<()> {
         let mut connection = self.connection.clone();
-        let family_key = self.family_key(&family.id);
-        let token_key = self.key(&["rt", token_hash]);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(
-                &family_key,
-                &[
-                    ("user_id", family.user_id.to_string()),
-                    ("created_at", family.created_at.to_string()),
-                    ("expires_at", family.expires_at.to_string()),
-                    ("csrf_hash", family.csrf_hash.clone().unwrap_or_default()),
-                ],
-            )
-            .expire_at(&family_key, family.expires_at + KEEP_REVOKED)
-            .sadd(self.key(&["user", &family.user_id.to_string()]), &family.id)
-            .hset_multiple(
-                &token_key,
-                &[
-                    ("family", family.id.clone()),
-                    ("expires_at", family.expires_at.to_string()),
-                ],
-            )
-            .expire_at(&token_key, family.expires_at);
-        let _: () = pipe
-            .query_async(&mut connection)
+        let _: () = self
+            .create
+            .key(self.family_key(&family.id))
+            .key(self.key(&["user", &family.user_id.to_string()]))
+            .key(self.key(&["rt", token_hash]))
+            .arg(family.user_id)
+            .arg(family.created_at)
+            .arg(family.expires_at)
+            .arg(family.csrf_hash.as_deref().unwrap_or_default())
+            .arg(KEEP_REVOKED)
+            .arg(&family.id)
+            .invoke_async(&mut connection)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -187,6 +249,7 @@ impl SessionStore for RedisSessionStore {
         next_hash: &str,
         now: i64,
         expires_at: i64,
+        csrf_hash: Option<&str>,
     ) -> StoreResult<Rotation> {
         let mut connection = self.connection.clone();
         let outcome: Vec<String> = self
@@ -197,6 +260,7 @@ impl SessionStore for RedisSessionStore {
             .arg(expires_at)
             .arg(&self.prefix)
             .arg(KEEP_REVOKED)
+            .arg(csrf_hash.unwrap_or_default())
             .invoke_async(&mut connection)
             .await
             .map_err(unavailable)?;
@@ -213,6 +277,22 @@ impl SessionStore for RedisSessionStore {
         })
     }
 
+    async fn set_csrf_hash(&self, family_id: &str, csrf_hash: &str) -> StoreResult<()> {
+        let mut connection = self.connection.clone();
+        let family_key = self.family_key(family_id);
+        // Only an existing family: a bare HSET would resurrect an expired one without TTL.
+        let _: i64 = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then \
+               redis.call('HSET', KEYS[1], 'csrf_hash', ARGV[1]) end return 0",
+        )
+        .key(family_key)
+        .arg(csrf_hash)
+        .invoke_async(&mut connection)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn family(&self, id: &str) -> StoreResult<Option<Family>> {
         let mut connection = self.connection.clone();
         let fields: HashMap<String, String> = connection
@@ -224,17 +304,18 @@ impl SessionStore for RedisSessionStore {
 
     async fn active_families(&self, user_id: i64, now: i64) -> StoreResult<Vec<Family>> {
         let mut connection = self.connection.clone();
-        let ids: Vec<String> = connection
-            .smembers(self.key(&["user", &user_id.to_string()]))
-            .await
-            .map_err(unavailable)?;
+        let index = self.key(&["user", &user_id.to_string()]);
+        let ids: Vec<String> = connection.smembers(&index).await.map_err(unavailable)?;
         let mut families = Vec::new();
         for id in ids {
-            if let Some(family) = self.family(&id).await?
-                && family.revoked_at.is_none()
-                && family.expires_at > now
-            {
-                families.push(family);
+            match self.family(&id).await? {
+                Some(family) if family.revoked_at.is_none() && family.expires_at > now => {
+                    families.push(family);
+                }
+                Some(_) => {}
+                None => {
+                    let _: () = connection.srem(&index, &id).await.map_err(unavailable)?;
+                }
             }
         }
         families.sort_by_key(|family| family.created_at);
@@ -242,9 +323,16 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn revoke_family(&self, id: &str, now: i64) -> StoreResult<()> {
-        if self.family(id).await?.is_some() {
-            self.mark_revoked(id, now).await?;
-        }
+        let mut connection = self.connection.clone();
+        let _: i64 = self
+            .revoke_family
+            .arg(&self.prefix)
+            .arg(id)
+            .arg(now)
+            .arg(KEEP_REVOKED)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -255,38 +343,43 @@ impl SessionStore for RedisSessionStore {
         now: i64,
     ) -> StoreResult<Vec<String>> {
         let mut connection = self.connection.clone();
-        let ids: Vec<String> = connection
-            .smembers(self.key(&["user", &user_id.to_string()]))
+        self.revoke_user
+            .key(self.key(&["user", &user_id.to_string()]))
+            .arg(&self.prefix)
+            .arg(now)
+            .arg(keep.unwrap_or_default())
+            .arg(KEEP_REVOKED)
+            .invoke_async(&mut connection)
             .await
-            .map_err(unavailable)?;
-        let mut revoked = Vec::new();
-        for id in ids {
-            if Some(id.as_str()) == keep {
-                continue;
-            }
-            if self.family(&id).await?.is_some() && self.mark_revoked(&id, now).await? {
-                revoked.push(id);
-            }
-        }
-        Ok(revoked)
+            .map_err(unavailable)
     }
 
-    async fn revoked_since(&self, since: i64) -> StoreResult<Vec<(String, i64)>> {
+    async fn revocations_after(&self, cursor: &str) -> StoreResult<(Vec<String>, String)> {
         let mut connection = self.connection.clone();
-        let key = self.key(&["revoked"]);
-        let _: () = connection
-            .zrembyscore(&key, "-inf", since - KEEP_REVOKED)
+        let start = if cursor.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("({cursor}")
+        };
+        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(self.key(&["revocations"]))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut connection)
             .await
             .map_err(unavailable)?;
-        let entries: Vec<(String, f64)> = connection
-            .zrangebyscore_withscores(&key, since, "+inf")
-            .await
-            .map_err(unavailable)?;
-        #[allow(clippy::cast_possible_truncation)]
-        Ok(entries
-            .into_iter()
-            .map(|(id, at)| (id, at as i64))
-            .collect())
+        let last = entries
+            .last()
+            .map_or_else(|| cursor.to_owned(), |(id, _)| id.clone());
+        Ok((
+            entries
+                .into_iter()
+                .filter_map(|(_, mut fields)| fields.remove("family"))
+                .collect(),
+            last,
+        ))
     }
 
     async fn delete_user_sessions(&self, user_id: i64) -> StoreResult<()> {
@@ -295,6 +388,42 @@ impl SessionStore for RedisSessionStore {
         let mut connection = self.connection.clone();
         let _: () = connection
             .del(self.key(&["user", &user_id.to_string()]))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn reserve_attempt(
+        &self,
+        scope: LockScope,
+        key: &str,
+        max_failures: u32,
+        window: i64,
+        now: i64,
+    ) -> StoreResult<Attempt> {
+        let mut connection = self.connection.clone();
+        let (allowed, seconds): (i64, i64) = self
+            .reserve
+            .key(self.key(&["lock", scope.as_str(), key]))
+            .arg(now)
+            .arg(window)
+            .arg(max_failures)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(if allowed == 1 {
+            Attempt::Allowed
+        } else {
+            Attempt::Locked(seconds.max(1))
+        })
+    }
+
+    async fn release_attempt(&self, scope: LockScope, key: &str) -> StoreResult<()> {
+        let mut connection = self.connection.clone();
+        let _: i64 = self
+            .release
+            .key(self.key(&["lock", scope.as_str(), key]))
+            .invoke_async(&mut connection)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -310,7 +439,7 @@ impl SessionStore for RedisSessionStore {
     ) -> StoreResult<Option<i64>> {
         let mut connection = self.connection.clone();
         let locked: i64 = self
-            .fail
+            .record
             .key(self.key(&["lock", scope.as_str(), key]))
             .arg(now)
             .arg(window)

@@ -14,7 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::audit::{self, AuditRecord, GENESIS, NewAuditEntry};
 use crate::store::{
-    AccountPatch, ApiKey, AuditFilter, Family, LockScope, NewUser, Rotation, SealedKind,
+    AccountPatch, ApiKey, Attempt, AuditFilter, Family, LockScope, NewUser, Rotation, SealedKind,
     SealedValue, SessionStore, Store, StoreError, StoreResult, TradingAccount, User, UserPatch,
 };
 
@@ -900,6 +900,7 @@ macro_rules! sql_store {
                 next_hash: &str,
                 now: i64,
                 expires_at: i64,
+                csrf_hash: Option<&str>,
             ) -> StoreResult<Rotation> {
                 let mut tx = self.pool.begin().await.map_err(classify)?;
                 // The conditional update is the atomic step: of many concurrent
@@ -934,6 +935,8 @@ macro_rules! sql_store {
                         tx.commit().await.map_err(classify)?;
                         return Ok(Rotation::Invalid);
                     }
+                    // The login's end is fixed when it starts: a successor never outlives it.
+                    let expires_at = expires_at.min(family.expires_at);
                     sqlx::query(
                         "INSERT INTO refresh_tokens (token_hash, family_id, expires_at, used_at) \
                          VALUES ($1, $2, $3, NULL)",
@@ -944,15 +947,17 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(classify)?;
-                    sqlx::query("UPDATE token_families SET expires_at = $1 WHERE id = $2")
-                        .bind(expires_at)
-                        .bind(&family.id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(classify)?;
+                    if let Some(csrf_hash) = csrf_hash {
+                        sqlx::query("UPDATE token_families SET csrf_hash = $1 WHERE id = $2")
+                            .bind(csrf_hash)
+                            .bind(&family.id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(classify)?;
+                    }
                     tx.commit().await.map_err(classify)?;
                     return Ok(Rotation::Rotated(Family {
-                        expires_at,
+                        csrf_hash: csrf_hash.map(str::to_owned).or(family.csrf_hash.clone()),
                         ..family
                     }));
                 }
@@ -981,6 +986,18 @@ macro_rules! sql_store {
                     .map(family_from);
                 tx.commit().await.map_err(classify)?;
                 Ok(family.map_or(Rotation::Invalid, Rotation::Reused))
+            }
+
+            async fn set_csrf_hash(&self, family_id: &str, csrf_hash: &str) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE token_families SET csrf_hash = $1 WHERE id = $2 AND revoked_at IS NULL",
+                )
+                .bind(csrf_hash)
+                .bind(family_id)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(())
             }
 
             async fn family(&self, id: &str) -> StoreResult<Option<Family>> {
@@ -1041,14 +1058,25 @@ macro_rules! sql_store {
                 Ok(revoked)
             }
 
-            async fn revoked_since(&self, since: i64) -> StoreResult<Vec<(String, i64)>> {
-                sqlx::query_as(
-                    "SELECT id, revoked_at FROM token_families WHERE revoked_at >= $1",
+            async fn revocations_after(
+                &self,
+                cursor: &str,
+            ) -> StoreResult<(Vec<String>, String)> {
+                // Rows come from a trigger on `token_families.revoked_at` (migration 0003),
+                // so every way of revoking is logged in the revoking transaction.
+                let after: i64 = cursor.parse().unwrap_or(0);
+                let rows: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT id, family_id FROM revocations WHERE id > $1 ORDER BY id LIMIT 10000",
                 )
-                .bind(since)
+                .bind(after)
                 .fetch_all(&self.pool)
                 .await
-                .map_err(classify)
+                .map_err(classify)?;
+                let last = rows.last().map_or(after, |(id, _)| *id);
+                Ok((
+                    rows.into_iter().map(|(_, family)| family).collect(),
+                    last.to_string(),
+                ))
             }
 
             async fn delete_user_sessions(&self, user_id: i64) -> StoreResult<()> {
@@ -1065,6 +1093,67 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn reserve_attempt(
+                &self,
+                scope: LockScope,
+                key: &str,
+                max_failures: u32,
+                window: i64,
+                now: i64,
+            ) -> StoreResult<Attempt> {
+                // One statement, so the row lock (PostgreSQL) or the single writer (SQLite)
+                // makes count-and-decide atomic. The count stops at `max + 1`: at most
+                // `max` attempts in one window are ever allowed to check a password. All
+                // right-hand sides read the row as it was before the update.
+                let (failures, window_start, locked_until): (i64, i64, Option<i64>) =
+                    sqlx::query_as(
+                        "INSERT INTO login_failures (scope, key, failures, window_start, locked_until) \
+                         VALUES ($1, $2, 1, $3, NULL) \
+                         ON CONFLICT (scope, key) DO UPDATE SET \
+                           failures = CASE \
+                             WHEN login_failures.locked_until > $3 THEN login_failures.failures \
+                             WHEN login_failures.window_start <= $3 - $4 THEN 1 \
+                             WHEN login_failures.failures > $5 THEN login_failures.failures \
+                             ELSE login_failures.failures + 1 END, \
+                           window_start = CASE \
+                             WHEN login_failures.locked_until > $3 THEN login_failures.window_start \
+                             WHEN login_failures.window_start <= $3 - $4 THEN $3 \
+                             ELSE login_failures.window_start END, \
+                           locked_until = CASE \
+                             WHEN login_failures.locked_until > $3 THEN login_failures.locked_until \
+                             ELSE NULL END \
+                         RETURNING failures, window_start, locked_until",
+                    )
+                    .bind(scope.as_str())
+                    .bind(key)
+                    .bind(now)
+                    .bind(window)
+                    .bind(i64::from(max_failures))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                if let Some(until) = locked_until.filter(|until| *until > now) {
+                    return Ok(Attempt::Locked(until - now));
+                }
+                if failures > i64::from(max_failures) {
+                    return Ok(Attempt::Locked((window_start + window - now).max(1)));
+                }
+                Ok(Attempt::Allowed)
+            }
+
+            async fn release_attempt(&self, scope: LockScope, key: &str) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE login_failures SET failures = failures - 1 \
+                     WHERE scope = $1 AND key = $2 AND failures > 0",
+                )
+                .bind(scope.as_str())
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
+                Ok(())
+            }
+
             async fn record_failure(
                 &self,
                 scope: LockScope,
@@ -1074,39 +1163,35 @@ macro_rules! sql_store {
                 now: i64,
             ) -> StoreResult<Option<i64>> {
                 let mut tx = self.pool.begin().await.map_err(classify)?;
-                let failures: i64 = sqlx::query_scalar(
+                // The attempt was counted when reserved; a success in between may have
+                // cleared the row, then this failure starts a new count.
+                sqlx::query(
                     "INSERT INTO login_failures (scope, key, failures, window_start, locked_until) \
-                     VALUES ($1, $2, 1, $3, NULL) \
-                     ON CONFLICT (scope, key) DO UPDATE SET \
-                       failures = CASE WHEN login_failures.window_start <= $3 - $4 \
-                                       THEN 1 ELSE login_failures.failures + 1 END, \
-                       window_start = CASE WHEN login_failures.window_start <= $3 - $4 \
-                                           THEN $3 ELSE login_failures.window_start END \
-                     RETURNING failures",
+                     VALUES ($1, $2, 1, $3, NULL) ON CONFLICT (scope, key) DO NOTHING",
+                )
+                .bind(scope.as_str())
+                .bind(key)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let locked = sqlx::query(
+                    "UPDATE login_failures SET locked_until = $3 + $4 \
+                     WHERE scope = $1 AND key = $2 AND failures >= $5 \
+                     AND (locked_until IS NULL OR locked_until <= $3)",
                 )
                 .bind(scope.as_str())
                 .bind(key)
                 .bind(now)
                 .bind(window)
-                .fetch_one(&mut *tx)
+                .bind(i64::from(max_failures))
+                .execute(&mut *tx)
                 .await
-                .map_err(classify)?;
-                let locked = if failures >= i64::from(max_failures) {
-                    sqlx::query(
-                        "UPDATE login_failures SET locked_until = $1 WHERE scope = $2 AND key = $3",
-                    )
-                    .bind(now + window)
-                    .bind(scope.as_str())
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                    Some(window)
-                } else {
-                    None
-                };
+                .map_err(classify)?
+                .rows_affected()
+                    == 1;
                 tx.commit().await.map_err(classify)?;
-                Ok(locked)
+                Ok(locked.then_some(window))
             }
 
             async fn lockout(&self, scope: LockScope, key: &str, now: i64) -> StoreResult<Option<i64>> {
@@ -1166,6 +1251,10 @@ macro_rules! sql_store {
                         now - keep_revoked_for,
                     ),
                     ("DELETE FROM nonces WHERE expires_at < $1", now),
+                    (
+                        "DELETE FROM revocations WHERE revoked_at < $1",
+                        now - keep_revoked_for,
+                    ),
                     (
                         "DELETE FROM login_failures WHERE \
                          (locked_until IS NULL OR locked_until < $1) AND window_start < $1 - 86400",

@@ -343,7 +343,10 @@ async fn logout_revokes_the_login_and_logout_all_every_login(backend: Backend) {
             None,
         )
         .await;
-    assert_eq!(response.status(), 204);
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["revoked_sessions"], 2, "{body}");
+    assert_eq!(body["active_api_keys"], json!([]), "{body}");
     for session in [&two, &three] {
         assert_eq!(
             app.get_with("/users/me", &session.access_token)
@@ -387,7 +390,10 @@ async fn changing_the_password_revokes_every_other_login(backend: Backend) {
             Some(json!({"current_password": crate::helpers::STRONG_PASSWORD, "new_password": "N3w!Trading#Pass"})),
         )
         .await;
-    assert_eq!(response.status(), 204);
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["revoked_sessions"], 1, "{body}");
+    assert_eq!(body["revoked_api_keys"], 0, "{body}");
     assert_eq!(
         app.get_with("/users/me", &current.access_token)
             .await

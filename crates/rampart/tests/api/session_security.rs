@@ -1,0 +1,1052 @@
+//! Session hardening: lockouts that hold under concurrency and per IPv6 prefix, password
+//! confirmation that counts like a login, absolute login lifetimes, revocations that reach
+//! every instance whatever its clock, rotating CSRF tokens, and API keys across
+//! "log out everywhere".
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::api_keys::create_key;
+use crate::helpers::{
+    Backend, STRONG_PASSWORD, Session, Setup, TestApp, assert_error, spawn_app, spawn_app_with,
+};
+
+const WRONG: &str = "Wrong!pass1";
+const NEW_PASSWORD: &str = "N3w!Trading#Pass";
+
+async fn login_from(app: &TestApp, ip: &str, username: &str, password: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/auth/login"))
+        .header("x-forwarded-for", ip)
+        .json(&json!({ "username": username, "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn error_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Audit entries of one action, as the admin API lists them.
+async fn audit_entries(app: &TestApp, admin: &Session, action: &str) -> Vec<Value> {
+    let response = app
+        .get_with(
+            &format!("/admin/audit?action={action}&limit=500"),
+            &admin.access_token,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["items"].as_array().unwrap().clone()
+}
+
+fn failed_login_metric(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with("rampart_failed_login_attempts_total"))
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+// --- Item: lockouts per IPv6 prefix -------------------------------------------------
+
+async fn an_ipv6_lockout_covers_the_whole_prefix(backend: Backend) {
+    let setup = Setup::default().env("RAMPART_SERVER__TRUSTED_PROXIES", "127.0.0.0/8");
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    let admin = app.user("admin_1").await;
+    app.register("alice_1").await;
+    // Five failures, each from another address of one /64.
+    for host in 1..=5 {
+        let ip = format!("2001:db8:1:2::{host:x}");
+        let response = login_from(&app, &ip, "alice_1", WRONG).await;
+        assert_error(response, 401, "invalid_credentials").await;
+    }
+    // A fresh address of the same /64 is locked out, even with the right password; so is
+    // an address written differently.
+    for ip in [
+        "2001:db8:1:2:ffff:ffff:ffff:ffff",
+        "2001:0db8:0001:0002::0099",
+    ] {
+        let response = login_from(&app, ip, "alice_1", STRONG_PASSWORD).await;
+        assert_error(response, 429, "locked_out").await;
+    }
+    // Another /64 is not.
+    let other = login_from(&app, "2001:db8:1:3::1", "alice_1", STRONG_PASSWORD).await;
+    assert_eq!(other.status(), 200);
+    // The audit log keeps each full address.
+    let failures = audit_entries(&app, &admin, "login_failed").await;
+    let addresses: Vec<&str> = failures
+        .iter()
+        .filter_map(|entry| entry["ip_address"].as_str())
+        .collect();
+    for host in 1..=5 {
+        let ip = format!("2001:db8:1:2::{host:x}");
+        assert!(addresses.contains(&ip.as_str()), "{addresses:?}");
+    }
+    // An admin lifts the lockout by naming any address of the prefix.
+    let unlock = app
+        .send_with(
+            Method::POST,
+            &format!("/admin/users/{}/unlock", admin.user_id + 1),
+            &admin.access_token,
+            Some(json!({ "ip": "2001:db8:1:2::abcd" })),
+        )
+        .await;
+    assert_eq!(unlock.status(), 204);
+    let response = login_from(&app, "2001:db8:1:2::7", "alice_1", STRONG_PASSWORD).await;
+    assert_eq!(response.status(), 200);
+}
+
+async fn ipv4_lockouts_stay_per_address(backend: Backend) {
+    let setup = Setup::default().env("RAMPART_SERVER__TRUSTED_PROXIES", "127.0.0.0/8");
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    app.register("alice_1").await;
+    for _ in 0..5 {
+        let response = login_from(&app, "198.51.100.7", "alice_1", WRONG).await;
+        assert_error(response, 401, "invalid_credentials").await;
+    }
+    let locked = login_from(&app, "198.51.100.7", "alice_1", STRONG_PASSWORD).await;
+    assert_error(locked, 429, "locked_out").await;
+    let neighbour = login_from(&app, "198.51.100.8", "alice_1", STRONG_PASSWORD).await;
+    assert_eq!(neighbour.status(), 200);
+}
+
+// --- Item: password confirmation counts like a login ---------------------------------
+
+fn confirmation_setup() -> Setup {
+    Setup::default()
+        .env("RAMPART_SERVER__TRUSTED_PROXIES", "127.0.0.0/8")
+        .env("RAMPART_LOGIN__MAX_FAILURES_PER_ACCOUNT", "3")
+}
+
+async fn wrong_confirmations_lock_the_account(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, confirmation_setup()).await else {
+        return;
+    };
+    app.register("admin_1").await;
+    let session = app.user("alice_1").await;
+    let change =
+        |current: &str| json!({ "current_password": current, "new_password": NEW_PASSWORD });
+    // Password change and deletion both count.
+    for attempt in 0..3 {
+        let response = if attempt == 1 {
+            app.send_with(
+                Method::DELETE,
+                "/users/me",
+                &session.access_token,
+                Some(json!({ "password": WRONG })),
+            )
+            .await
+        } else {
+            app.send_with(
+                Method::PUT,
+                "/users/me/password",
+                &session.access_token,
+                Some(change(WRONG)),
+            )
+            .await
+        };
+        assert_error(response, 400, "invalid_request").await;
+    }
+    // The right password no longer gets checked: the account is locked out.
+    for (method, path, body) in [
+        (Method::PUT, "/users/me/password", change(STRONG_PASSWORD)),
+        (
+            Method::DELETE,
+            "/users/me",
+            json!({ "password": STRONG_PASSWORD }),
+        ),
+    ] {
+        let response = app
+            .send_with(method, path, &session.access_token, Some(body))
+            .await;
+        let seconds = retry_after(&response);
+        assert!((3500..=3600).contains(&seconds), "{seconds}");
+        assert_error(response, 429, "locked_out").await;
+    }
+    // And so is logging in, from anywhere.
+    let login = login_from(&app, "203.0.113.9", "alice_1", STRONG_PASSWORD).await;
+    assert_error(login, 429, "locked_out").await;
+    // The account still exists with its password: nothing was changed.
+    app.clock.advance(Duration::from_secs(3601));
+    app.login("alice_1").await;
+    let metrics = app.metrics().await;
+    assert!(failed_login_metric(&metrics) >= 3.0, "{metrics}");
+}
+
+async fn failed_logins_lock_password_confirmation_too(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, confirmation_setup()).await else {
+        return;
+    };
+    app.register("admin_1").await;
+    let session = app.user("alice_1").await;
+    for index in 0..3 {
+        let response = login_from(&app, &format!("198.51.100.{index}"), "alice_1", WRONG).await;
+        assert_error(response, 401, "invalid_credentials").await;
+    }
+    let response = app
+        .send_with(
+            Method::PUT,
+            "/users/me/password",
+            &session.access_token,
+            Some(json!({ "current_password": STRONG_PASSWORD, "new_password": NEW_PASSWORD })),
+        )
+        .await;
+    assert_error(response, 429, "locked_out").await;
+}
+
+async fn a_right_confirmation_clears_the_account_count(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, confirmation_setup()).await else {
+        return;
+    };
+    app.register("admin_1").await;
+    let session = app.user("alice_1").await;
+    for round in 0..3 {
+        for _ in 0..2 {
+            let response = app
+                .send_with(
+                    Method::DELETE,
+                    "/users/me",
+                    &session.access_token,
+                    Some(json!({ "password": WRONG })),
+                )
+                .await;
+            assert_error(response, 400, "invalid_request").await;
+        }
+        let (current, new) = if round % 2 == 0 {
+            (STRONG_PASSWORD, NEW_PASSWORD)
+        } else {
+            (NEW_PASSWORD, STRONG_PASSWORD)
+        };
+        let response = app
+            .send_with(
+                Method::PUT,
+                "/users/me/password",
+                &session.access_token,
+                Some(json!({ "current_password": current, "new_password": new })),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "round {round}");
+    }
+}
+
+async fn api_keys_can_neither_change_the_password_nor_delete_the_account(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register("admin_1").await;
+    let session = app.user("alice_1").await;
+    let key = create_key(&app, &session, "bot").await;
+    let attempts = [
+        (
+            Method::PUT,
+            "/users/me/password",
+            json!({ "current_password": STRONG_PASSWORD, "new_password": NEW_PASSWORD }),
+        ),
+        (
+            Method::PUT,
+            "/users/me/password",
+            json!({ "current_password": WRONG, "new_password": NEW_PASSWORD }),
+        ),
+        (
+            Method::DELETE,
+            "/users/me",
+            json!({ "password": STRONG_PASSWORD }),
+        ),
+    ];
+    for (method, path, body) in attempts {
+        let response = app
+            .client
+            .request(method, app.url(path))
+            .header("x-api-key", &key.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 403, "forbidden").await;
+    }
+    // Nothing changed: the password and the account are as they were.
+    app.login("alice_1").await;
+    assert_eq!(
+        app.get_with("/users/me", &session.access_token)
+            .await
+            .status(),
+        200
+    );
+}
+
+// --- Item: a login's lifetime is absolute --------------------------------------------
+
+async fn refresh_never_extends_a_login(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register("alice_1").await;
+    let session = app.login("alice_1").await;
+    assert_eq!(session.body["refresh_expires_in"], 7 * 86_400);
+    let mut token = session.refresh_token.clone();
+    // Refresh every day: the login still ends 7 days after it began.
+    for day in 1..=6 {
+        app.clock.advance(Duration::from_secs(86_400));
+        let response = app
+            .post("/auth/refresh", &json!({ "refresh_token": token }))
+            .await;
+        assert_eq!(response.status(), 200, "day {day}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["refresh_expires_in"], (7 - day) * 86_400, "day {day}");
+        token = body["refresh_token"].as_str().unwrap().to_owned();
+    }
+    app.clock.advance(Duration::from_secs(86_400 + 1));
+    let response = app
+        .post("/auth/refresh", &json!({ "refresh_token": token }))
+        .await;
+    assert_error(response, 401, "unauthorized").await;
+}
+
+async fn a_rotated_token_lives_at_most_refresh_ttl(backend: Backend) {
+    let setup = Setup::default().env("RAMPART_TOKENS__REFRESH_TTL", "2d");
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    app.register("alice_1").await;
+    // A 30-day cookie session, refreshed: each new refresh token lives 2 days.
+    let response = app
+        .post(
+            "/auth/login",
+            &json!({ "username": "alice_1", "password": STRONG_PASSWORD, "cookie": true, "remember_me": true }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let token = body["refresh_token"].as_str().unwrap().to_owned();
+    app.clock.advance(Duration::from_secs(86_400));
+    let response = app
+        .post("/auth/refresh", &json!({ "refresh_token": token }))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["refresh_expires_in"], 2 * 86_400);
+    let token = body["refresh_token"].as_str().unwrap().to_owned();
+    app.clock.advance(Duration::from_secs(2 * 86_400 + 1));
+    let response = app
+        .post("/auth/refresh", &json!({ "refresh_token": token }))
+        .await;
+    assert_error(response, 401, "unauthorized").await;
+}
+
+async fn a_cookie_session_ends_after_24_hours_however_often_refreshed(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register("alice_1").await;
+    let mut cookie = CookieSession::login(&app, "alice_1", false).await;
+    assert_eq!(cookie.body["refresh_expires_in"], 86_400);
+    for (step, hour) in [(6, 6), (6, 12), (6, 18), (5, 23)] {
+        app.clock.advance(Duration::from_secs(step * 3600));
+        let response = cookie.refresh(&app).await;
+        assert_eq!(response.status(), 200, "hour {hour}");
+        cookie.absorb(response).await;
+        assert_eq!(
+            cookie.body["refresh_expires_in"],
+            (24 - hour) * 3600,
+            "hour {hour}"
+        );
+    }
+    app.clock.advance(Duration::from_secs(3600 + 1));
+    let response = cookie.refresh(&app).await;
+    assert_error(response, 401, "unauthorized").await;
+}
+
+// --- Item: atomic lockout counting ---------------------------------------------------
+
+async fn parallel_wrong_logins_from_one_ip_run_at_most_the_limit(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let admin = app.user("admin_1").await;
+    app.register("alice_1").await;
+    let before = failed_login_metric(&app.metrics().await);
+    let attempts = (0..20).map(|_| async {
+        let response = app
+            .post(
+                "/auth/login",
+                &json!({ "username": "alice_1", "password": WRONG }),
+            )
+            .await;
+        error_code(response).await
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let checked = outcomes
+        .iter()
+        .filter(|(status, code)| *status == 401 && code == "invalid_credentials")
+        .count();
+    let locked = outcomes
+        .iter()
+        .filter(|(status, code)| *status == 429 && code == "locked_out")
+        .count();
+    assert_eq!(checked + locked, 20, "{outcomes:?}");
+    assert!(checked <= 5, "{checked} password checks: {outcomes:?}");
+    let audited = audit_entries(&app, &admin, "login_failed").await.len();
+    assert!(audited <= 5, "{audited} login_failed rows");
+    assert_eq!(audited, checked);
+    let counted = failed_login_metric(&app.metrics().await) - before;
+    assert!(counted <= 5.0, "{counted} failed logins counted");
+    // And the IP is locked out now, right password or not.
+    let response = app
+        .post(
+            "/auth/login",
+            &json!({ "username": "alice_1", "password": STRONG_PASSWORD }),
+        )
+        .await;
+    assert_error(response, 429, "locked_out").await;
+}
+
+async fn parallel_wrong_logins_to_one_account_run_at_most_the_limit(backend: Backend) {
+    let setup = Setup::default()
+        .env("RAMPART_SERVER__TRUSTED_PROXIES", "127.0.0.0/8")
+        .env("RAMPART_LOGIN__MAX_FAILURES_PER_ACCOUNT", "3");
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    let admin = app.user("admin_1").await;
+    app.register("alice_1").await;
+    let attempts = (0..16).map(|index| {
+        let app = &app;
+        async move {
+            let ip = format!("198.51.100.{index}");
+            error_code(login_from(app, &ip, "alice_1", WRONG).await).await
+        }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let checked = outcomes.iter().filter(|(status, _)| *status == 401).count();
+    let locked = outcomes
+        .iter()
+        .filter(|(status, code)| *status == 429 && code == "locked_out")
+        .count();
+    assert_eq!(checked + locked, 16, "{outcomes:?}");
+    assert!(checked <= 3, "{checked} password checks: {outcomes:?}");
+    let audited = audit_entries(&app, &admin, "login_failed").await.len();
+    assert!(audited <= 3, "{audited} login_failed rows");
+    // Refused attempts spent nothing of their IPs: a fresh login from one works for
+    // another account.
+    app.register("bob_22").await;
+    let response = login_from(&app, "198.51.100.15", "bob_22", STRONG_PASSWORD).await;
+    assert_eq!(response.status(), 200);
+}
+
+async fn parallel_password_confirmations_run_at_most_the_limit(backend: Backend) {
+    let setup = Setup::default().env("RAMPART_LOGIN__MAX_FAILURES_PER_ACCOUNT", "3");
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    app.register("admin_1").await;
+    let session = app.user("alice_1").await;
+    let attempts = (0..12).map(|_| async {
+        let response = app
+            .send_with(
+                Method::DELETE,
+                "/users/me",
+                &session.access_token,
+                Some(json!({ "password": WRONG })),
+            )
+            .await;
+        error_code(response).await
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let checked = outcomes.iter().filter(|(status, _)| *status == 400).count();
+    assert!(checked <= 3, "{checked} password checks: {outcomes:?}");
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|(status, code)| *status == 429 && code == "locked_out")
+            .count(),
+        12 - checked,
+        "{outcomes:?}"
+    );
+}
+
+// --- Item: revocations reach instances with skewed clocks ----------------------------
+
+async fn second_instance(first: &TestApp, backend: Backend, skew: Duration) -> TestApp {
+    let mut env: std::collections::HashMap<String, String> = [
+        ("RAMPART_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+        ("RAMPART_DATABASE__URL", first.database_url.clone()),
+        ("RAMPART_TOKENS__REVOCATION_LAG", "1s".to_owned()),
+        (
+            "RAMPART_TOKENS__SECRET",
+            first
+                .state
+                .config
+                .tokens
+                .secret
+                .as_ref()
+                .unwrap()
+                .expose()
+                .to_owned(),
+        ),
+        ("RAMPART_RATE_LIMITS__ANONYMOUS", "100000/min".to_owned()),
+        ("RAMPART_RATE_LIMITS__STANDARD", "100000/min".to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect();
+    if backend == Backend::Redis {
+        env.insert("RAMPART_TOKENS__STORE".into(), crate::helpers::redis_url());
+    }
+    let config = rampart::config::Config::load(&rampart::config::Sources {
+        file: None,
+        env,
+        data_dir: Some(first.data_dir.clone()),
+    })
+    .unwrap();
+    let clock = rampart::clock::ManualClock::new();
+    clock.advance(skew);
+    crate::helpers::start(
+        config,
+        first.data_dir.clone(),
+        first.database_url.clone(),
+        first.redis_prefix.clone(),
+        clock,
+    )
+    .await
+}
+
+async fn refused_within(app: &TestApp, token: &str, lag: Duration) {
+    let deadline = tokio::time::Instant::now() + lag;
+    loop {
+        let status = app.get_with("/users/me", token).await.status();
+        if status == 401 {
+            return;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepted after the lag"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_revocation_reaches_an_instance_whose_clock_runs_ahead(backend: Backend) {
+    let setup = Setup::default().env("RAMPART_TOKENS__REVOCATION_LAG", "1s");
+    let Some(first) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    // The second instance's clock is ten minutes ahead of the first's.
+    let second = second_instance(&first, backend, Duration::from_secs(600)).await;
+    first.register("alice_1").await;
+    let one = first.login("alice_1").await;
+    let two = first.login("alice_1").await;
+    // Logged in on the first: the second's tokens are not yet valid for the first.
+    let three = first.login("alice_1").await;
+    for session in [&one, &two, &three] {
+        for app in [&first, &second] {
+            assert_eq!(
+                app.get_with("/users/me", &session.access_token)
+                    .await
+                    .status(),
+                200
+            );
+        }
+    }
+    // A logout on the instance that is behind...
+    let logout = first
+        .send_with(Method::POST, "/auth/logout", &one.access_token, None)
+        .await;
+    assert_eq!(logout.status(), 204);
+    refused_within(&second, &one.access_token, Duration::from_millis(1500)).await;
+    assert_eq!(
+        second
+            .get_with("/users/me", &two.access_token)
+            .await
+            .status(),
+        200
+    );
+    // ...reuse of a refresh token there, and a logout everywhere from the one ahead.
+    let rotated = first
+        .post(
+            "/auth/refresh",
+            &json!({ "refresh_token": two.refresh_token }),
+        )
+        .await;
+    assert_eq!(rotated.status(), 200);
+    let reused = first
+        .post(
+            "/auth/refresh",
+            &json!({ "refresh_token": two.refresh_token }),
+        )
+        .await;
+    assert_error(reused, 401, "token_reused").await;
+    refused_within(&second, &two.access_token, Duration::from_millis(1500)).await;
+    let all = second
+        .send_with(Method::POST, "/auth/logout-all", &three.access_token, None)
+        .await;
+    assert_eq!(all.status(), 200);
+    refused_within(&first, &three.access_token, Duration::from_millis(1500)).await;
+}
+
+async fn a_revocation_reaches_an_instance_whose_clock_runs_behind(backend: Backend) {
+    let setup = Setup::default().env("RAMPART_TOKENS__REVOCATION_LAG", "1s");
+    let Some(first) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    // The first instance is the one ahead: the second revokes with an older clock.
+    first.clock.advance(Duration::from_secs(300));
+    let second = second_instance(&first, backend, Duration::ZERO).await;
+    first.register("alice_1").await;
+    let session = second.login("alice_1").await;
+    assert_eq!(
+        first
+            .get_with("/users/me", &session.access_token)
+            .await
+            .status(),
+        200
+    );
+    let logout = second
+        .send_with(Method::POST, "/auth/logout", &session.access_token, None)
+        .await;
+    assert_eq!(logout.status(), 204);
+    refused_within(&first, &session.access_token, Duration::from_millis(1500)).await;
+}
+
+// --- Item: the Redis index of a user's logins ----------------------------------------
+
+async fn the_redis_index_of_logins_expires_and_is_pruned(backend: Backend) {
+    assert_eq!(backend, Backend::Redis);
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register("alice_1").await;
+    let sessions: Vec<Session> =
+        futures::future::join_all((0..3).map(|_| app.login("alice_1"))).await;
+    let client = ::redis::Client::open(crate::helpers::redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let index = format!("{}user:{}", app.redis_prefix, sessions[0].user_id);
+    let ttl: i64 = ::redis::cmd("TTL")
+        .arg(&index)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // Follows the longest login (7 days) plus the time revoked logins are remembered.
+    assert!(ttl > 7 * 86_400 && ttl <= 9 * 86_400 + 5, "{ttl}");
+    // A login whose record has expired away is dropped from the index.
+    let gone = sessions[0].body["refresh_token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    let _: () = ::redis::cmd("DEL")
+        .arg(format!("{}fam:{gone}", app.redis_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let response = app
+        .send_with(
+            Method::POST,
+            "/auth/logout-all",
+            &sessions[1].access_token,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["revoked_sessions"], 2, "{body}");
+    let members: Vec<String> = ::redis::cmd("SMEMBERS")
+        .arg(&index)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(!members.contains(&gone), "{members:?}");
+    for session in &sessions[1..] {
+        assert_eq!(
+            app.get_with("/users/me", &session.access_token)
+                .await
+                .status(),
+            401
+        );
+    }
+}
+
+async fn logout_everywhere_revokes_many_logins_at_once(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register("alice_1").await;
+    let mut sessions = Vec::new();
+    for _ in 0..25 {
+        sessions.push(app.login("alice_1").await);
+    }
+    let response = app
+        .send_with(
+            Method::POST,
+            "/auth/logout-all",
+            &sessions[0].access_token,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["revoked_sessions"], 25, "{body}");
+    for session in &sessions {
+        let refresh = app
+            .post(
+                "/auth/refresh",
+                &json!({ "refresh_token": session.refresh_token }),
+            )
+            .await;
+        assert_eq!(refresh.status(), 401);
+    }
+}
+
+// --- Item: the CSRF token rotates ------------------------------------------------------
+
+/// A browser's cookie session, kept by hand.
+struct CookieSession {
+    access: String,
+    refresh: String,
+    csrf: String,
+    body: Value,
+}
+
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find(|value| value.starts_with(&format!("{name}=")))
+        .and_then(|value| value.split(';').next())
+        .map(str::to_owned)
+}
+
+impl CookieSession {
+    async fn login(app: &TestApp, username: &str, remember_me: bool) -> Self {
+        let response = app
+            .post(
+                "/auth/login",
+                &json!({ "username": username, "password": STRONG_PASSWORD, "cookie": true, "remember_me": remember_me }),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let access = set_cookie(&response, "__Host-access_token").unwrap();
+        let refresh = set_cookie(&response, "__Secure-refresh_token").unwrap();
+        let body: Value = response.json().await.unwrap();
+        Self {
+            access,
+            refresh,
+            csrf: body["csrf_token"].as_str().unwrap().to_owned(),
+            body,
+        }
+    }
+
+    async fn refresh_with(&self, app: &TestApp, csrf: &str) -> reqwest::Response {
+        app.client
+            .post(app.url("/auth/refresh"))
+            .header("cookie", &self.refresh)
+            .header("x-csrf-token", csrf)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn refresh(&self, app: &TestApp) -> reqwest::Response {
+        self.refresh_with(app, &self.csrf).await
+    }
+
+    /// Takes the new cookies and CSRF token of a refresh or password change.
+    async fn absorb(&mut self, response: reqwest::Response) {
+        if let Some(access) = set_cookie(&response, "__Host-access_token") {
+            self.access = access;
+        }
+        if let Some(refresh) = set_cookie(&response, "__Secure-refresh_token") {
+            self.refresh = refresh;
+        }
+        self.body = response.json().await.unwrap();
+        self.csrf = self.body["csrf_token"].as_str().unwrap().to_owned();
+    }
+
+    /// An unsafe request that changes nothing much: creating an API key.
+    async fn unsafe_request(&self, app: &TestApp, csrf: &str) -> reqwest::Response {
+        app.client
+            .post(app.url("/users/me/api-keys"))
+            .header("cookie", &self.access)
+            .header("x-csrf-token", csrf)
+            .json(&json!({ "name": format!("k{}", ulid::Ulid::new()) }))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+async fn every_refresh_replaces_the_csrf_token(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register("alice_1").await;
+    let mut session = CookieSession::login(&app, "alice_1", false).await;
+    let first = session.csrf.clone();
+    assert_eq!(session.unsafe_request(&app, &first).await.status(), 201);
+    let response = session.refresh(&app).await;
+    assert_eq!(response.status(), 200);
+    session.absorb(response).await;
+    let second = session.csrf.clone();
+    assert_ne!(first, second);
+    // The previous token stops working at once, for requests and for the next refresh.
+    assert_error(
+        session.unsafe_request(&app, &first).await,
+        403,
+        "csrf_failed",
+    )
+    .await;
+    assert_error(session.refresh_with(&app, &first).await, 403, "csrf_failed").await;
+    assert_eq!(session.unsafe_request(&app, &second).await.status(), 201);
+    let response = session.refresh(&app).await;
+    assert_eq!(response.status(), 200);
+    session.absorb(response).await;
+    assert_ne!(session.csrf, second);
+    assert_error(
+        session.unsafe_request(&app, &second).await,
+        403,
+        "csrf_failed",
+    )
+    .await;
+    assert_error(session.unsafe_request(&app, "").await, 403, "csrf_failed").await;
+    let csrf = session.csrf.clone();
+    assert_eq!(session.unsafe_request(&app, &csrf).await.status(), 201);
+    // A CSRF token belongs to its own login only.
+    let other = CookieSession::login(&app, "alice_1", false).await;
+    assert_error(other.unsafe_request(&app, &csrf).await, 403, "csrf_failed").await;
+    assert_error(other.refresh_with(&app, &csrf).await, 403, "csrf_failed").await;
+}
+
+async fn a_password_change_replaces_the_csrf_token(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register("alice_1").await;
+    let mut session = CookieSession::login(&app, "alice_1", false).await;
+    let before = session.csrf.clone();
+    let response = app
+        .client
+        .put(app.url("/users/me/password"))
+        .header("cookie", &session.access)
+        .header("x-csrf-token", &before)
+        .json(&json!({ "current_password": STRONG_PASSWORD, "new_password": NEW_PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    session.absorb(response).await;
+    assert_ne!(session.csrf, before);
+    assert_error(
+        session.unsafe_request(&app, &before).await,
+        403,
+        "csrf_failed",
+    )
+    .await;
+    assert_error(
+        session.refresh_with(&app, &before).await,
+        403,
+        "csrf_failed",
+    )
+    .await;
+    let csrf = session.csrf.clone();
+    assert_eq!(session.unsafe_request(&app, &csrf).await.status(), 201);
+    let response = session.refresh(&app).await;
+    assert_eq!(response.status(), 200);
+}
+
+// --- Item: API keys and "log out everywhere" -----------------------------------------
+
+async fn key_works(app: &TestApp, key: &str) -> u16 {
+    app.client
+        .get(app.url("/users/me"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn logout_everywhere_keeps_api_keys_unless_asked(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register("admin_1").await;
+    let session = app.user("alice_1").await;
+    let key = create_key(&app, &session, "bot").await;
+    let response = app
+        .send_with(
+            Method::POST,
+            "/auth/logout-all",
+            &session.access_token,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["revoked_sessions"], 1, "{body}");
+    assert_eq!(body["revoked_api_keys"], 0, "{body}");
+    let listed = body["active_api_keys"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{body}");
+    assert_eq!(listed[0]["id"], key.id);
+    assert_eq!(listed[0]["name"], "bot");
+    assert_eq!(listed[0]["prefix"], key.body["prefix"]);
+    assert_eq!(listed[0]["created_at"], key.body["created_at"]);
+    assert!(listed[0].get("expires_at").is_some());
+    assert!(listed[0].get("key").is_none() && listed[0].get("secret").is_none());
+    assert_eq!(key_works(&app, &key.key).await, 200);
+
+    // A body that is not understood changes nothing.
+    let session = app.login("alice_1").await;
+    for bad in [
+        json!({ "revoke_api_keys": "yes" }),
+        json!({ "revoke_api_keys": true, "extra": 1 }),
+        json!([true]),
+    ] {
+        let response = app
+            .send_with(
+                Method::POST,
+                "/auth/logout-all",
+                &session.access_token,
+                Some(bad),
+            )
+            .await;
+        assert_error(response, 400, "invalid_request").await;
+    }
+    assert_eq!(
+        app.get_with("/users/me", &session.access_token)
+            .await
+            .status(),
+        200
+    );
+    // An API key cannot revoke the keys.
+    let response = app
+        .client
+        .post(app.url("/auth/logout-all"))
+        .header("x-api-key", &key.key)
+        .json(&json!({ "revoke_api_keys": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 403, "forbidden").await;
+    assert_eq!(key_works(&app, &key.key).await, 200);
+
+    let second = create_key(&app, &session, "bot2").await;
+    let response = app
+        .send_with(
+            Method::POST,
+            "/auth/logout-all",
+            &session.access_token,
+            Some(json!({ "revoke_api_keys": true })),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["revoked_api_keys"], 2, "{body}");
+    assert_eq!(body["active_api_keys"], json!([]), "{body}");
+    assert_eq!(key_works(&app, &key.key).await, 401);
+    assert_eq!(key_works(&app, &second.key).await, 401);
+    assert_eq!(
+        app.get_with("/users/me", &session.access_token)
+            .await
+            .status(),
+        401
+    );
+}
+
+async fn a_password_change_can_revoke_api_keys(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register("admin_1").await;
+    let session = app.user("alice_1").await;
+    let key = create_key(&app, &session, "bot").await;
+    let response = app
+        .send_with(
+            Method::PUT,
+            "/users/me/password",
+            &session.access_token,
+            Some(json!({ "current_password": STRONG_PASSWORD, "new_password": NEW_PASSWORD })),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["active_api_keys"][0]["id"], key.id, "{body}");
+    assert_eq!(key_works(&app, &key.key).await, 200);
+    let response = app
+        .send_with(
+            Method::PUT,
+            "/users/me/password",
+            &session.access_token,
+            Some(json!({ "current_password": NEW_PASSWORD, "new_password": STRONG_PASSWORD, "revoke_api_keys": true })),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["revoked_api_keys"], 1, "{body}");
+    assert_eq!(body["active_api_keys"], json!([]), "{body}");
+    assert_eq!(key_works(&app, &key.key).await, 401);
+    // The login that made the change survives.
+    assert_eq!(
+        app.get_with("/users/me", &session.access_token)
+            .await
+            .status(),
+        200
+    );
+}
+
+crate::on_session_stores!(
+    an_ipv6_lockout_covers_the_whole_prefix,
+    ipv4_lockouts_stay_per_address,
+    wrong_confirmations_lock_the_account,
+    failed_logins_lock_password_confirmation_too,
+    a_right_confirmation_clears_the_account_count,
+    api_keys_can_neither_change_the_password_nor_delete_the_account,
+    refresh_never_extends_a_login,
+    a_rotated_token_lives_at_most_refresh_ttl,
+    a_cookie_session_ends_after_24_hours_however_often_refreshed,
+    parallel_wrong_logins_from_one_ip_run_at_most_the_limit,
+    parallel_wrong_logins_to_one_account_run_at_most_the_limit,
+    parallel_password_confirmations_run_at_most_the_limit,
+    a_revocation_reaches_an_instance_whose_clock_runs_ahead,
+    a_revocation_reaches_an_instance_whose_clock_runs_behind,
+    logout_everywhere_revokes_many_logins_at_once,
+    every_refresh_replaces_the_csrf_token,
+    a_password_change_replaces_the_csrf_token,
+    logout_everywhere_keeps_api_keys_unless_asked,
+    a_password_change_can_revoke_api_keys,
+);
+
+mod redis_index {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_redis_index_of_logins_expires_and_is_pruned() {
+        super::the_redis_index_of_logins_expires_and_is_pruned(crate::helpers::Backend::Redis)
+            .await;
+    }
+}
