@@ -128,10 +128,49 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
             Err(refusal) => return refusal,
         }
     } else {
-        authenticate_headers(&state, request.method(), request.headers())
+        let authentication = authenticate_headers(&state, request.method(), request.headers());
+        match confirm_csrf(&state, authentication, request.method(), request.headers()).await {
+            Ok(authentication) => authentication,
+            Err(error) => return error.into_response(),
+        }
     };
     request.extensions_mut().insert(authentication);
     next.run(request).await
+}
+
+/// For a cookie-authenticated unsafe request whose CSRF token matched its access token:
+/// checks it is still its login's current one. An access cookie outlives the refresh that
+/// replaced it (until it expires), and with it its CSRF token; the login's stored hash is
+/// the one that counts, so a replaced token stops working at once.
+async fn confirm_csrf(
+    state: &AppState,
+    authentication: Authentication,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Authentication, ApiError> {
+    let Authentication::Authenticated(principal) = &authentication else {
+        return Ok(authentication);
+    };
+    if principal.credential != Credential::Cookie || !is_unsafe(method) {
+        return Ok(authentication);
+    }
+    let Some(family) = state.stores.sessions.family(&principal.family_id).await? else {
+        return Ok(Authentication::Refused(Refusal::InvalidToken));
+    };
+    let presented = headers
+        .get(CSRF_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if family.csrf_hash.is_some()
+        && !state.tokens.csrf_matches_hash(
+            &principal.family_id,
+            family.csrf_hash.as_deref(),
+            presented,
+        )
+    {
+        return Ok(Authentication::Refused(Refusal::CsrfFailed));
+    }
+    Ok(authentication)
 }
 
 /// Checks the credentials in `headers`.

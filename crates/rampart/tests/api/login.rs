@@ -406,11 +406,32 @@ async fn cookie_login_sets_hardened_cookies_and_a_csrf_token(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(refreshed.status(), 200);
-    let logout = app
+    let access_value = refreshed
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find(|value| value.starts_with("__Host-access_token="))
+        .and_then(|value| value.split(';').next())
+        .unwrap()
+        .to_owned();
+    let refreshed: Value = refreshed.json().await.unwrap();
+    let new_csrf = refreshed["csrf_token"].as_str().unwrap().to_owned();
+    // The refresh replaced the CSRF token: the previous one no longer works.
+    let stale = app
         .client
         .post(app.url("/auth/logout"))
         .header("cookie", &access_value)
         .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_error(stale, 403, "csrf_failed").await;
+    let logout = app
+        .client
+        .post(app.url("/auth/logout"))
+        .header("cookie", &access_value)
+        .header("x-csrf-token", &new_csrf)
         .send()
         .await
         .unwrap();

@@ -809,6 +809,7 @@ async fn every_refresh_replaces_the_csrf_token(backend: Backend) {
     app.register("alice_1").await;
     let mut session = CookieSession::login(&app, "alice_1", false).await;
     let first = session.csrf.clone();
+    let old_access = session.access.clone();
     assert_eq!(session.unsafe_request(&app, &first).await.status(), 201);
     let response = session.refresh(&app).await;
     assert_eq!(response.status(), 200);
@@ -823,6 +824,20 @@ async fn every_refresh_replaces_the_csrf_token(backend: Backend) {
     )
     .await;
     assert_error(session.refresh_with(&app, &first).await, 403, "csrf_failed").await;
+    // Even together with the access cookie it came with, which has not expired yet.
+    let stale = CookieSession {
+        access: old_access,
+        refresh: String::new(),
+        csrf: first.clone(),
+        body: Value::Null,
+    };
+    assert_error(stale.unsafe_request(&app, &first).await, 403, "csrf_failed").await;
+    assert_error(
+        stale.unsafe_request(&app, &second).await,
+        403,
+        "csrf_failed",
+    )
+    .await;
     assert_eq!(session.unsafe_request(&app, &second).await.status(), 201);
     let response = session.refresh(&app).await;
     assert_eq!(response.status(), 200);
@@ -850,6 +865,7 @@ async fn a_password_change_replaces_the_csrf_token(backend: Backend) {
     app.register("alice_1").await;
     let mut session = CookieSession::login(&app, "alice_1", false).await;
     let before = session.csrf.clone();
+    let old_access = session.access.clone();
     let response = app
         .client
         .put(app.url("/users/me/password"))
@@ -870,6 +886,18 @@ async fn a_password_change_replaces_the_csrf_token(backend: Backend) {
     .await;
     assert_error(
         session.refresh_with(&app, &before).await,
+        403,
+        "csrf_failed",
+    )
+    .await;
+    let stale = CookieSession {
+        access: old_access,
+        refresh: String::new(),
+        csrf: before.clone(),
+        body: Value::Null,
+    };
+    assert_error(
+        stale.unsafe_request(&app, &before).await,
         403,
         "csrf_failed",
     )
