@@ -550,6 +550,33 @@ mod tests {
     }
 
     #[test]
+    fn a_csrf_token_matches_only_its_own_hash() {
+        let service = TokenService::new(&config(), ManualClock::new()).unwrap();
+        let token = new_csrf_token();
+        let hash = hash_csrf_token(&token);
+        assert!(service.csrf_matches_hash("fam", Some(&hash), &token));
+        assert!(!service.csrf_matches_hash("fam", Some(&hash), &new_csrf_token()));
+        assert!(!service.csrf_matches_hash("fam", Some(&hash), &hash));
+        assert!(!service.csrf_matches_hash("fam", Some(""), ""));
+        // A login without a hash keeps its original, derived token.
+        let legacy = service.csrf_token("fam");
+        assert!(service.csrf_matches_hash("fam", None, &legacy));
+        assert!(!service.csrf_matches_hash("fam", Some(&hash), &legacy));
+    }
+
+    #[test]
+    fn an_access_token_carries_its_csrf_hash() {
+        let service = TokenService::new(&config(), ManualClock::new()).unwrap();
+        let hash = hash_csrf_token(&new_csrf_token());
+        let token = service
+            .issue_with_csrf(&user(), "fam", Some(&hash))
+            .unwrap();
+        assert_eq!(service.verify(&token).unwrap().csrf, Some(hash));
+        let plain = service.issue(&user(), "fam").unwrap();
+        assert_eq!(service.verify(&plain).unwrap().csrf, None);
+    }
+
+    #[test]
     fn refresh_tokens_carry_256_bits_and_are_stored_hashed() {
         let token = new_refresh_token();
         assert_eq!(URL_SAFE_NO_PAD.decode(&token).unwrap().len(), 32);
@@ -565,5 +592,14 @@ mod tests {
         cache.prune(200);
         assert!(!cache.is_revoked("old"));
         assert!(cache.is_revoked("new"));
+    }
+
+    #[test]
+    fn a_revocation_read_again_keeps_its_first_time() {
+        let cache = RevocationCache::new(100);
+        cache.insert([("fam".to_owned(), 0)]);
+        cache.insert([("fam".to_owned(), 150)]);
+        cache.prune(101);
+        assert!(!cache.is_revoked("fam"));
     }
 }

@@ -630,6 +630,57 @@ async fn a_revocation_reaches_an_instance_whose_clock_runs_behind(backend: Backe
     refused_within(&first, &session.access_token, Duration::from_millis(1500)).await;
 }
 
+fn family_of(session: &Session) -> String {
+    session.refresh_token.split('.').next().unwrap().to_owned()
+}
+
+/// PostgreSQL hands out log ids when a transaction writes, not when it commits: a
+/// revocation can become visible after a later one. It must still be learned.
+async fn a_revocation_committed_out_of_order_is_not_missed(backend: Backend) {
+    use sqlx::Connection;
+    assert_eq!(backend, Backend::Postgres);
+    let setup = Setup::default().env("RAMPART_TOKENS__REVOCATION_LAG", "1s");
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    app.register("alice_1").await;
+    let early = app.login("alice_1").await;
+    let late = app.login("alice_1").await;
+    let now = rampart::clock::Clock::unix(&*app.clock);
+    // Another instance revokes `early` in a transaction that stays open...
+    let mut slow = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    let mut transaction = slow.begin().await.unwrap();
+    sqlx::query("UPDATE token_families SET revoked_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(family_of(&early))
+        .execute(&mut *transaction)
+        .await
+        .unwrap();
+    // ...while a third revokes `late`, which takes a later id and commits first.
+    let mut quick = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE token_families SET revoked_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(family_of(&late))
+        .execute(&mut quick)
+        .await
+        .unwrap();
+    refused_within(&app, &late.access_token, Duration::from_millis(1500)).await;
+    // The instance has read past the open transaction's id; now it commits.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        app.get_with("/users/me", &early.access_token)
+            .await
+            .status(),
+        200
+    );
+    transaction.commit().await.unwrap();
+    refused_within(&app, &early.access_token, Duration::from_millis(1500)).await;
+}
+
 // --- Item: the Redis index of a user's logins ----------------------------------------
 
 async fn the_redis_index_of_logins_expires_and_is_pruned(backend: Backend) {
@@ -1070,6 +1121,14 @@ crate::on_session_stores!(
     logout_everywhere_keeps_api_keys_unless_asked,
     a_password_change_can_revoke_api_keys,
 );
+
+mod postgres_log {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_committed_out_of_order_is_not_missed() {
+        super::a_revocation_committed_out_of_order_is_not_missed(crate::helpers::Backend::Postgres)
+            .await;
+    }
+}
 
 mod redis_index {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
