@@ -40,6 +40,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     ApiError::invalid("Could not read the request body")
                 }
             })?;
+        // Every body is an object: serde would otherwise fill a struct from an array, by
+        // field order (`["old", "new"]` as a password change).
+        if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid("The body must be a JSON object"));
+        }
         parse(&bytes).map(ApiJson)
     }
 }

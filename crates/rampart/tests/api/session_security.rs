@@ -286,6 +286,16 @@ async fn api_keys_can_neither_change_the_password_nor_delete_the_account(backend
             .unwrap();
         assert_error(response, 403, "forbidden").await;
     }
+    // Nor can a body in another shape than an object.
+    let response = app
+        .send_with(
+            Method::PUT,
+            "/users/me/password",
+            &session.access_token,
+            Some(json!([STRONG_PASSWORD, NEW_PASSWORD, true])),
+        )
+        .await;
+    assert_error(response, 400, "invalid_request").await;
     // Nothing changed: the password and the account are as they were.
     app.login("alice_1").await;
     assert_eq!(
