@@ -14,4 +14,5 @@ mod http;
 mod login;
 mod rate_limits;
 mod registration;
+mod server;
 mod tokens;
