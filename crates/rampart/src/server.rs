@@ -10,10 +10,12 @@
 //! - once no request is in flight, the next one must begin within `idle_timeout`, and
 //!   (HTTP/1.1) its head must be complete within `header_read_timeout` of its first byte;
 //! - a write that finds the socket full for `idle_timeout` (a client that stopped
-//!   reading) ends the connection.
+//!   reading) ends the connection, and so does a request body that the handler waits on
+//!   for `idle_timeout` without a byte arriving (a half-sent request).
 //!
-//! While a request is in flight no read deadline applies: the handler (and the upstream's
-//! own timeout) decide. HTTP/2 clients send frames such as WINDOW_UPDATE after a response,
+//! While a request is in flight no other read deadline applies: the handler (and the
+//! upstream's own timeout) decide. A body trickled a byte at a time within `idle_timeout`
+//! is bounded only by `server.max_body`. HTTP/2 clients send frames such as WINDOW_UPDATE after a response,
 //! so between streams an HTTP/2 connection is held to `idle_timeout` alone; HTTP/2 pings
 //! find dead peers while streams are open.
 //!
@@ -443,6 +445,7 @@ async fn serve_http<I>(
         let activity = Arc::clone(&activity);
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let guard = activity.begin(request.version() == Version::HTTP_2);
+            let watcher = Arc::clone(&activity);
             let size = head_size(&request);
             let refusal = (size > shared.limits.max_header_bytes)
                 .then(|| headers_too_large(&shared.state, &request, size, peer));
@@ -451,7 +454,12 @@ async fn serve_http<I>(
                 let response = match refusal {
                     Some(response) => response,
                     None => {
-                        let mut request = request.map(Body::new);
+                        let mut request = request.map(|body| {
+                            Body::new(Watched {
+                                body,
+                                activity: watcher,
+                            })
+                        });
                         request.extensions_mut().insert(ConnectInfo(peer));
                         match router.oneshot(request).await {
                             Ok(response) => response,
@@ -611,6 +619,8 @@ struct Activity {
     head_since: AtomicU64,
     /// When a write found the socket full, plus one; 0 while writes go through.
     write_blocked_since: AtomicU64,
+    /// When a handler found no request body bytes to read, plus one; 0 otherwise.
+    body_waiting_since: AtomicU64,
     /// Wakes the connection's watchdog when its deadline may have moved earlier.
     changed: Notify,
 }
@@ -623,6 +633,8 @@ enum Expired {
     Head,
     /// The client stopped reading.
     Write,
+    /// The client stopped sending a request body.
+    Body,
 }
 
 impl Expired {
@@ -631,6 +643,7 @@ impl Expired {
             Self::Idle => "idle_timeout",
             Self::Head => "header_read_timeout",
             Self::Write => "client stopped reading (idle_timeout)",
+            Self::Body => "request body stalled (idle_timeout)",
         }
     }
 }
@@ -645,6 +658,7 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
+            body_waiting_since: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -677,13 +691,21 @@ impl Activity {
     }
 
     fn on_write(&self, blocked: bool) {
-        let since = self.write_blocked_since.load(Ordering::Relaxed);
-        if blocked && since == 0 {
-            self.write_blocked_since
-                .store(self.now() + 1, Ordering::Relaxed);
+        self.mark(&self.write_blocked_since, blocked);
+    }
+
+    fn on_body(&self, waiting: bool) {
+        self.mark(&self.body_waiting_since, waiting);
+    }
+
+    /// Starts (or clears) a "since" clock.
+    fn mark(&self, clock: &AtomicU64, stuck: bool) {
+        let since = clock.load(Ordering::Relaxed);
+        if stuck && since == 0 {
+            clock.store(self.now() + 1, Ordering::Relaxed);
             self.changed.notify_one();
-        } else if !blocked && since != 0 {
-            self.write_blocked_since.store(0, Ordering::Relaxed);
+        } else if !stuck && since != 0 {
+            clock.store(0, Ordering::Relaxed);
         }
     }
 
@@ -707,14 +729,18 @@ impl Activity {
                 )),
             }
         };
-        let write = match self.write_blocked_since.load(Ordering::Relaxed) {
+        let stalled = |clock: &AtomicU64, why: Expired| match clock.load(Ordering::Relaxed) {
             0 => None,
-            since => Some((since - 1 + millis(limits.idle_timeout), Expired::Write)),
+            since => Some((since - 1 + millis(limits.idle_timeout), why)),
         };
-        match (read, write) {
-            (Some(read), Some(write)) => Some(if write.0 < read.0 { write } else { read }),
-            (read, write) => read.or(write),
-        }
+        [
+            read,
+            stalled(&self.write_blocked_since, Expired::Write),
+            stalled(&self.body_waiting_since, Expired::Body),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at)
     }
 
     fn deadline(&self, limits: &Limits) -> Option<Duration> {
@@ -764,6 +790,40 @@ impl HttpBody for Counted {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A request body that reports when its handler waits for bytes the client does not send.
+struct Watched {
+    body: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl HttpBody for Watched {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let result = Pin::new(&mut self.body).poll_frame(cx);
+        self.activity.on_body(result.is_pending());
+        result
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.activity.on_body(false);
     }
 }
 
@@ -881,6 +941,14 @@ mod tests {
         assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(60)));
         activity.on_write(false);
         assert_eq!(activity.deadline(&limits), None);
+        // So does a request body the handler waits on.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        activity.on_body(true);
+        assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(63)));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(matches!(activity.expired(&limits), Some(Expired::Body)));
+        activity.on_body(false);
+        assert_eq!(activity.expired(&limits).map(Expired::as_str), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -839,3 +839,22 @@ async fn an_unusable_certificate_stops_start_up() {
         .to_string();
     assert!(error.contains("server.tls.cert"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_is_cut_off_after_idle_timeout() {
+    let server = serve("header_read_timeout = \"300ms\"\nidle_timeout = \"1s\"").await;
+    for request in [
+        // Half a JSON body of the length announced.
+        &b"POST /auth/login HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user"[..],
+        // A chunked body that never ends.
+        &b"POST /auth/login HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"use\r\n"[..],
+    ] {
+        let mut stream = connect(&server).await;
+        stream.write_all(request).await.unwrap();
+        let closed = closed_within(&mut stream, Duration::from_secs(5))
+            .await
+            .expect("a stalled body is cut off");
+        assert!(closed >= Duration::from_millis(800), "{closed:?}");
+        assert!(closed < Duration::from_millis(3000), "{closed:?}");
+    }
+}
