@@ -35,13 +35,14 @@ impl Drop for Server {
 }
 
 fn config(server: &str) -> anyhow::Result<Config> {
+    config_on("127.0.0.1:0", server)
+}
+
+fn config_on(listen: &str, server: &str) -> anyhow::Result<Config> {
     let data_dir = std::env::temp_dir().join(format!("rampart-test-{}", ulid::Ulid::new()));
     std::fs::create_dir_all(&data_dir)?;
     let env = HashMap::from([
-        (
-            "RAMPART_SERVER__LISTEN".to_owned(),
-            "127.0.0.1:0".to_owned(),
-        ),
+        ("RAMPART_SERVER__LISTEN".to_owned(), listen.to_owned()),
         (
             "RAMPART_DATABASE__URL".to_owned(),
             format!("sqlite://{}", data_dir.join("rampart.db").display()),
@@ -55,7 +56,11 @@ fn config(server: &str) -> anyhow::Result<Config> {
 }
 
 async fn serve(server: &str) -> Server {
-    let app = Application::build(config(server).expect("valid configuration"))
+    serve_on("127.0.0.1:0", server).await
+}
+
+async fn serve_on(listen: &str, server: &str) -> Server {
+    let app = Application::build(config_on(listen, server).expect("valid configuration"))
         .await
         .expect("gateway starts");
     let address = app.local_addr().expect("bound");
@@ -724,6 +729,21 @@ async fn tls_is_served_with_tls13_by_default_and_alpn() {
         .await
         .expect("a silent TLS connection is cut off");
     assert!(closed < Duration::from_millis(2000), "{closed:?}");
+    // So is one that completes its handshake and then sends half a head.
+    let mut stream = tls_connect(
+        server.address,
+        client_config(&[&der], ANY_TLS, &[b"http/1.1"]),
+    )
+    .await
+    .expect("TLS handshake");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let closed = closed_within(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("a slow head over TLS is cut off");
+    assert!(closed < Duration::from_millis(2000), "{closed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -857,4 +877,23 @@ async fn a_stalled_request_body_is_cut_off_after_idle_timeout() {
         assert!(closed >= Duration::from_millis(800), "{closed:?}");
         assert!(closed < Duration::from_millis(3000), "{closed:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limits_hold_on_ipv6_too() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine; skipped");
+        return;
+    }
+    let server = serve_on("[::1]:0", "header_read_timeout = \"500ms\"").await;
+    let closed = trickle(
+        connect(&server).await,
+        b"GET /healthz HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("a trickled head is cut off");
+    assert!(closed < Duration::from_millis(2000), "{closed:?}");
+    let (answer, _) = send_raw(&server, &head_of(32 * 1024 + 1, 4000, None)).await;
+    assert_headers_too_large(&answer.expect("answered"));
 }
