@@ -478,10 +478,14 @@ async fn serve_http<I>(
     let mut connection = pin!(shared.builder.serve_connection(TokioIo::new(io), service));
     let mut timer = pin!(tokio::time::sleep_until(activity.started));
     let mut draining = false;
+    let mut armed = None;
     loop {
         let deadline = activity.deadline(&limits);
-        if let Some(at) = deadline {
-            timer.as_mut().reset(activity.started + at);
+        if deadline != armed {
+            if let Some(at) = deadline {
+                timer.as_mut().reset(activity.started + at);
+            }
+            armed = deadline;
         }
         tokio::select! {
             biased;
@@ -497,7 +501,11 @@ async fn serve_http<I>(
             }
             () = activity.changed.notified() => {}
             () = timer.as_mut(), if deadline.is_some() => {
-                let Some(expired) = activity.expired(&limits) else { continue };
+                let Some(expired) = activity.expired(&limits) else {
+                    // The deadline moved: arm the timer afresh.
+                    armed = None;
+                    continue;
+                };
                 tracing::debug!(client = %peer.ip(), reason = expired.as_str(), "closing connection");
                 if let Expired::Idle = expired {
                     // Nothing in flight: say goodbye properly (HTTP/2 GOAWAY).
