@@ -557,13 +557,39 @@ async fn shutdown_with_nothing_open_is_immediate() {
     let mut idle = connect(&server).await;
     idle.write_all(get("/healthz").as_bytes()).await.unwrap();
     assert_eq!(read_answer(&mut idle).await.expect("answered").status, 200);
+    // An HTTP/2 connection between streams.
+    let stream = connect(&server).await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    let h2 = tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            http::Request::get(format!("http://{}/healthz", server.address))
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
     let started = Instant::now();
     drop(server.stop.take());
     tokio::time::timeout(Duration::from_secs(2), &mut server.done)
         .await
-        .expect("an idle keep-alive does not hold shutdown")
+        .expect("idle keep-alives do not hold shutdown")
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(1))
+            .await
+            .is_some()
+    );
+    tokio::time::timeout(Duration::from_secs(1), h2)
+        .await
+        .expect("the HTTP/2 connection is closed (GOAWAY)")
+        .unwrap()
+        .ok();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -896,4 +922,45 @@ async fn the_limits_hold_on_ipv6_too() {
     assert!(closed < Duration::from_millis(2000), "{closed:?}");
     let (answer, _) = send_raw(&server, &head_of(32 * 1024 + 1, 4000, None)).await;
     assert_headers_too_large(&answer.expect("answered"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_an_http2_stream_in_flight() {
+    use futures::StreamExt;
+    let mut server = serve("shutdown_timeout = \"5s\"").await;
+    let stream = connect(&server).await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    let (mut body, chunks) = futures::channel::mpsc::channel::<Bytes>(4);
+    let request = http::Request::post(format!("http://{}/auth/login", server.address))
+        .header("content-type", "application/json")
+        .body(http_body_util::StreamBody::new(chunks.map(|chunk| {
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk))
+        })))
+        .unwrap();
+    let answer = tokio::spawn(async move { sender.send_request(request).await });
+    body.try_send(Bytes::from_static(b"{\"username\":"))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    drop(server.stop.take());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    body.try_send(Bytes::from_static(
+        b"\"nobody_1\",\"password\":\"Wrong-123\"}",
+    ))
+    .unwrap();
+    drop(body);
+    let response = tokio::time::timeout(Duration::from_secs(3), answer)
+        .await
+        .expect("answered in time")
+        .unwrap()
+        .expect("the stream in flight is answered");
+    assert_eq!(response.status(), 401);
+    tokio::time::timeout(Duration::from_secs(3), &mut server.done)
+        .await
+        .expect("then the server stops")
+        .unwrap();
 }
