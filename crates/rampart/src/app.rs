@@ -19,6 +19,7 @@ use crate::proxy::Proxy;
 use crate::rate_limit::{Policies, RateLimiter, Tiers};
 use crate::routes::RouteTable;
 use crate::security_headers::SecurityHeaders;
+use crate::server::{Limits, Stopping, Tls};
 use crate::ssrf::OutboundPolicy;
 use crate::state::{AppState, Shared};
 use crate::store::redis::RedisSessionStore;
@@ -57,6 +58,7 @@ impl Default for BuildOptions {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    tls: Option<Arc<Tls>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -202,6 +204,13 @@ impl Application {
             config.server.behind_tls || config.server.tls.is_some(),
         );
         let (keyring, brokers) = build_secrets_and_brokers(&config, options.broker_timeout)?;
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(Tls::new)
+            .transpose()?
+            .map(Arc::new);
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|error| anyhow::anyhow!("listening on {}: {error}", config.server.listen))?;
@@ -223,11 +232,13 @@ impl Application {
             audit_throttle: AuditThrottle::new(60),
             keyring,
             brokers,
+            stopping: Stopping::default(),
             config,
         });
         Ok(Self {
             listener,
             state,
+            tls,
             background,
         })
     }
@@ -245,15 +256,27 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+    /// The TLS termination, when `server.tls` is set: its `reload` re-reads the
+    /// certificate and key (SIGHUP calls it).
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.clone()
+    }
+
+    /// Serves until SIGINT or SIGTERM, then drains in-flight requests; SIGHUP reloads the
+    /// TLS certificate.
     ///
     /// # Errors
     /// The server fails.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
+        if let Some(tls) = self.tls.clone() {
+            self.background
+                .push(tokio::spawn(crate::server::reload_on_hangup(tls)));
+        }
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests.
+    /// Serves until `shutdown` completes, then fails `/readyz`, stops accepting and drains
+    /// open connections for at most `server.shutdown_timeout`.
     ///
     /// # Errors
     /// The server fails.
@@ -262,17 +285,22 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = crate::pipeline::router(self.state.clone());
-        let result = axum::serve(
+        let limits = Limits::new(&self.state.config.server);
+        crate::server::serve(
             self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            self.state.clone(),
+            router,
+            self.tls,
+            limits,
+            self.state.stopping.clone(),
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
         .await;
         for task in self.background {
             task.abort();
         }
         tracing::info!("stopped");
-        result
+        Ok(())
     }
 }
 

@@ -72,6 +72,9 @@ pub enum ApiError {
     /// 415 `unsupported_media_type`.
     #[error("Expected Content-Type: application/json")]
     UnsupportedMediaType,
+    /// 431 `headers_too_large`: the request head is over `server.max_header_bytes`.
+    #[error("Request headers are too large")]
+    HeadersTooLarge,
     /// 429 `rate_limited`.
     #[error("Too many requests")]
     RateLimited {
@@ -165,6 +168,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RateLimited { .. } | Self::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -187,6 +191,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::HeadersTooLarge => "headers_too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::LockedOut { .. } => "locked_out",
             Self::BadGateway => "bad_gateway",

@@ -35,6 +35,7 @@ pub mod routes;
 pub mod sealing;
 pub mod secrets;
 pub mod security_headers;
+pub mod server;
 pub mod ssrf;
 pub mod state;
 pub mod store;

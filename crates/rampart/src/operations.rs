@@ -51,8 +51,19 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when every store answers.
+/// Ready when every store answers, and not shutting down.
 async fn readyz(State(state): State<AppState>) -> Response {
+    if state.stopping.is_stopping() {
+        let mut response = ApiError::ServiceUnavailable {
+            message: "Shutting down".into(),
+            retry_after: None,
+        }
+        .into_response();
+        *response.body_mut() = Json(json!({ "status": "stopping" }))
+            .into_response()
+            .into_body();
+        return response;
+    }
     let database = state.stores.data.ping().await.is_ok();
     let sessions = state.stores.sessions.ping().await.is_ok();
     let body = Json(json!({

@@ -3,7 +3,7 @@
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use http::{HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::state::AppState;
 
@@ -43,7 +43,7 @@ impl SecurityHeaders {
 }
 
 /// Whether responses on this path must never be cached.
-fn is_private(path: &str) -> bool {
+pub fn is_private(path: &str) -> bool {
     ["/auth", "/users", "/admin"].iter().any(|prefix| {
         path.strip_prefix(prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
@@ -54,33 +54,42 @@ fn is_private(path: &str) -> bool {
 pub async fn apply(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let private = is_private(request.uri().path());
     let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    for (name, value) in &state.security_headers.fixed {
-        headers.insert(name.clone(), value.clone());
-    }
-    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
-        let is_json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .is_none_or(|value| {
-                value.starts_with("application/json") || value.starts_with("text/plain")
-            });
-        let policy = if is_json {
-            "default-src 'none'; frame-ancestors 'none'"
-        } else {
-            "default-src 'self'"
-        };
-        headers.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(policy),
-        );
-    }
-    if private {
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    headers.remove(header::SERVER);
-    headers.remove("x-powered-by");
+    state
+        .security_headers
+        .decorate(response.headers_mut(), private);
     response
+}
+
+impl SecurityHeaders {
+    /// Puts the headers on a response; `private` for a path whose answers must never be
+    /// cached. Also for answers made outside the router (the listener's own refusals).
+    pub fn decorate(&self, headers: &mut HeaderMap, private: bool) {
+        for (name, value) in &self.fixed {
+            headers.insert(name.clone(), value.clone());
+        }
+        if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+            let is_json = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .is_none_or(|value| {
+                    value.starts_with("application/json") || value.starts_with("text/plain")
+                });
+            let policy = if is_json {
+                "default-src 'none'; frame-ancestors 'none'"
+            } else {
+                "default-src 'self'"
+            };
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(policy),
+            );
+        }
+        if private {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        headers.remove(header::SERVER);
+        headers.remove("x-powered-by");
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ pub struct Shared {
     pub keyring: KeyRing,
     /// Calls to users' broker hosts, with a circuit breaker per host.
     pub brokers: Brokers,
+    /// Set when shutdown begins (`/readyz` then fails).
+    pub stopping: crate::server::Stopping,
 }
 
 impl AppState {

@@ -14,5 +14,6 @@ mod http;
 mod login;
 mod rate_limits;
 mod registration;
+mod server;
 mod session_security;
 mod tokens;

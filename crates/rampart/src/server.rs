@@ -1,0 +1,980 @@
+//! The listener: TLS termination, HTTP/1.1 and HTTP/2 (h2 by ALPN, h2c by prior
+//! knowledge), and the limits that keep a client from holding a connection forever.
+//!
+//! It serves the router it is given and knows nothing of the pipeline inside it, except
+//! that requests carry `ConnectInfo<SocketAddr>` with the peer's address.
+//!
+//! Every connection has one deadline at a time (see [`Activity::deadline`]):
+//! - from accept, the TLS handshake and the first request head must be complete within
+//!   `header_read_timeout`;
+//! - once no request is in flight, the next one must begin within `idle_timeout`, and
+//!   (HTTP/1.1) its head must be complete within `header_read_timeout` of its first byte;
+//! - a write that finds the socket full for `idle_timeout` (a client that stopped
+//!   reading) ends the connection, and so does a request body that the handler waits on
+//!   for `idle_timeout` without a byte arriving (a half-sent request).
+//!
+//! While a request is in flight no other read deadline applies: the handler (and the
+//! upstream's own timeout) decide. A body trickled a byte at a time within `idle_timeout`
+//! is bounded only by `server.max_body`. HTTP/2 clients send frames such as WINDOW_UPDATE after a response,
+//! so between streams an HTTP/2 connection is held to `idle_timeout` alone; HTTP/2 pings
+//! find dead peers while streams are open.
+//!
+//! At most `max_connections` connections are served at once: beyond, the listener stops
+//! calling `accept`, so new connections wait in the kernel's backlog and none is cut off
+//! mid-request. When the process runs out of descriptors, `accept` fails; the listener logs
+//! it once, keeps serving the connections it has, and backs off instead of spinning.
+//!
+//! Request heads over `max_header_bytes` are refused with 431 and the JSON error body.
+//! The size is the head as HTTP/1.1 writes it: request line, `name: value` lines and the
+//! blank line (HTTP/2 likewise, with `:authority` counted once). The HTTP parser itself
+//! buffers at most [`parser_limit`] (twice the limit, at least 16 KiB more), so an absurd
+//! head is cut off there with the parser's own bare 431 and never held in memory.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
+use http::{HeaderValue, Request, Response, Version, header};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::config::{ServerConfig, TlsConfig};
+use crate::error::{ApiError, REQUEST_ID};
+use crate::metrics::{RequestLabels, method_label};
+use crate::state::AppState;
+
+/// The listener's limits, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request head not complete by then: the connection is closed.
+    pub header_read_timeout: Duration,
+    /// No request on a kept-alive connection for this long: closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Largest request head answered; 431 beyond.
+    pub max_header_bytes: usize,
+    /// How long a stopping server drains before it closes what is left.
+    pub shutdown_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits of a `[server]` section.
+    pub fn new(server: &ServerConfig) -> Self {
+        Self {
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            max_connections: server.max_connections.max(1),
+            max_header_bytes: server.max_header_bytes,
+            shutdown_timeout: server.shutdown_timeout,
+        }
+    }
+}
+
+/// What the HTTP parser buffers of a request head at most: past this it answers a bare 431
+/// and closes, before Rampart sees the request.
+pub fn parser_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes
+        .saturating_mul(2)
+        .max(max_header_bytes.saturating_add(16 * 1024))
+}
+
+/// Set once shutdown begins; `/readyz` then answers 503.
+#[derive(Debug, Clone, Default)]
+pub struct Stopping(Arc<AtomicBool>);
+
+impl Stopping {
+    /// Whether the server is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Marks the server as shutting down.
+    pub fn begin(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS
+
+/// TLS termination with a certificate that can be replaced while running.
+pub struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    certificate: Arc<CurrentCertificate>,
+    provider: Arc<CryptoProvider>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct CurrentCertificate(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.0.read().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+}
+
+impl Tls {
+    /// Loads the certificate chain and key of `server.tls` and builds the TLS settings:
+    /// TLS 1.3 (and 1.2 when `min_version = "1.2"`), ALPN `h2` then `http/1.1`.
+    ///
+    /// # Errors
+    /// A file cannot be read or parsed, holds no certificate, or the key does not match
+    /// the certificate.
+    pub fn new(config: &TlsConfig) -> anyhow::Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certified = load(config, &provider)?;
+        let certificate = Arc::new(CurrentCertificate(RwLock::new(Arc::new(certified))));
+        let versions: &[&rustls::SupportedProtocolVersion] = if config.min_version == "1.2" {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
+        let mut settings = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(versions)
+            .map_err(|error| anyhow::anyhow!("server.tls: {error}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(certificate.clone());
+        settings.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(settings)),
+            certificate,
+            provider,
+            cert: config.cert.clone(),
+            key: config.key.clone(),
+        })
+    }
+
+    /// Reads the certificate and key files again and serves them to new handshakes.
+    /// Connections already open keep theirs.
+    ///
+    /// # Errors
+    /// The new files are unusable (the reason names the file); the certificate in use stays.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let config = TlsConfig {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            min_version: String::new(),
+        };
+        let certified = load(&config, &self.provider)?;
+        *self
+            .certificate
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(certified);
+        Ok(())
+    }
+}
+
+fn load(config: &TlsConfig, provider: &CryptoProvider) -> anyhow::Result<CertifiedKey> {
+    let cert = config.cert.display();
+    let key = config.key.display();
+    let chain = CertificateDer::pem_file_iter(&config.cert)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| anyhow::anyhow!("server.tls.cert ({cert}): {error}"))?;
+    if chain.is_empty() {
+        anyhow::bail!("server.tls.cert ({cert}): no PEM certificate in the file");
+    }
+    let private_key = PrivateKeyDer::from_pem_file(&config.key)
+        .map_err(|error| anyhow::anyhow!("server.tls.key ({key}): {error}"))?;
+    CertifiedKey::from_der(chain, private_key, provider).map_err(|error| {
+        anyhow::anyhow!(
+            "server.tls: the key ({key}) and the certificate ({cert}) do not go together: {error}"
+        )
+    })
+}
+
+/// Reloads the TLS certificate on every SIGHUP; a bad new file is refused with the reason
+/// logged and the previous certificate kept.
+pub async fn reload_on_hangup(tls: Arc<Tls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(error = %error, "SIGHUP cannot be watched; TLS reload is off");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded"),
+                Err(error) => tracing::error!(
+                    error = %error,
+                    "TLS certificate not reloaded; the previous one stays in use"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tls;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The accept loop
+
+/// Serves `router` on `listener` until `shutdown` completes, then: `/readyz` fails, the
+/// listener closes, open connections finish what they are serving (HTTP/1.1 with
+/// `Connection: close`, HTTP/2 with GOAWAY), and whatever is still open after
+/// `shutdown_timeout` is closed.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    router: Router,
+    tls: Option<Arc<Tls>>,
+    limits: Limits,
+    stopping: Stopping,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(http_builder(&limits));
+    let (stop, stopped) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let shared = Arc::new(Shared {
+        state,
+        router,
+        tls,
+        limits,
+        builder,
+    });
+    {
+        let accepting = accept_loop(&listener, &shared, &stopped, &mut connections);
+        tokio::select! {
+            () = shutdown => {}
+            () = accepting => {}
+        }
+    }
+    stopping.begin();
+    drop(listener);
+    tracing::info!(
+        connections = connections.len(),
+        "shutting down: stopped accepting, draining open connections"
+    );
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(limits.shutdown_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "server.shutdown_timeout reached: closing the connections still open"
+        );
+        connections.shutdown().await;
+    }
+}
+
+struct Shared {
+    state: AppState,
+    router: Router,
+    tls: Option<Arc<Tls>>,
+    limits: Limits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let parser_limit = parser_limit(limits.max_header_bytes);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Rampart keeps its own deadlines: hyper's would also cut idle keep-alives.
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(parser_limit.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(parser_limit).unwrap_or(u32::MAX))
+        .max_concurrent_streams(100)
+        .max_pending_accept_reset_streams(20)
+        .keep_alive_interval(Some(limits.idle_timeout.min(Duration::from_secs(20))))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Accepts for ever (the caller stops it), at most `max_connections` at once.
+async fn accept_loop(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    stopped: &watch::Receiver<bool>,
+    connections: &mut JoinSet<()>,
+) {
+    let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let mut backoff = Duration::ZERO;
+    loop {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if !backoff.is_zero() {
+                    tracing::info!("accepting connections again");
+                    backoff = Duration::ZERO;
+                }
+                while connections.try_join_next().is_some() {}
+                connections.spawn(connection(
+                    stream,
+                    peer,
+                    Arc::clone(shared),
+                    stopped.clone(),
+                    permit,
+                ));
+            }
+            Err(error) if is_connection_error(&error) => {
+                tracing::debug!(error = %error, "a connection failed before it was accepted");
+            }
+            Err(error) => {
+                // Out of descriptors (EMFILE/ENFILE) or memory: the pending connection
+                // stays in the backlog. Keep serving what is open and try again shortly.
+                if backoff.is_zero() {
+                    tracing::error!(
+                        error = %error,
+                        connections = shared.limits.max_connections - permits.available_permits(),
+                        "cannot accept connections; serving the open ones and retrying"
+                    );
+                    backoff = Duration::from_millis(20);
+                } else {
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                drop(permit);
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+/// Errors that concern one connection only, not the listener.
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let io = Tracked {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    };
+    let Some(tls) = shared.tls.clone() else {
+        return serve_http(io, peer, &shared, activity, stopped).await;
+    };
+    let handshake = tokio::time::timeout_at(
+        activity.started + shared.limits.header_read_timeout,
+        tls.acceptor.accept(io),
+    );
+    let stream = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(client = %peer.ip(), error = %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer.ip(), "TLS handshake not complete in time");
+                return;
+            }
+        },
+        () = stop_requested(&mut stopped) => return,
+    };
+    serve_http(stream, peer, &shared, activity, stopped).await;
+}
+
+async fn serve_http<I>(
+    io: I,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    activity: Arc<Activity>,
+    mut stopped: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let shared = Arc::clone(shared);
+        let activity = Arc::clone(&activity);
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            let guard = activity.begin(request.version() == Version::HTTP_2);
+            let watcher = Arc::clone(&activity);
+            let size = head_size(&request);
+            let refusal = (size > shared.limits.max_header_bytes)
+                .then(|| headers_too_large(&shared.state, &request, size, peer));
+            let router = shared.router.clone();
+            async move {
+                let response = match refusal {
+                    Some(response) => response,
+                    None => {
+                        let mut request = request.map(|body| {
+                            Body::new(Watched {
+                                body,
+                                activity: watcher,
+                            })
+                        });
+                        request.extensions_mut().insert(ConnectInfo(peer));
+                        match router.oneshot(request).await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        }
+                    }
+                };
+                Ok::<_, Infallible>(response.map(|body| Counted {
+                    body,
+                    _guard: guard,
+                }))
+            }
+        })
+    };
+    let limits = shared.limits;
+    let mut connection = pin!(shared.builder.serve_connection(TokioIo::new(io), service));
+    let mut timer = pin!(tokio::time::sleep_until(activity.started));
+    let mut draining = false;
+    let mut armed = None;
+    loop {
+        let deadline = activity.deadline(&limits);
+        if deadline != armed {
+            if let Some(at) = deadline {
+                timer.as_mut().reset(activity.started + at);
+            }
+            armed = deadline;
+        }
+        tokio::select! {
+            biased;
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(client = %peer.ip(), error = %error, "connection ended");
+                }
+                return;
+            }
+            () = stop_requested(&mut stopped), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = activity.changed.notified() => {}
+            () = timer.as_mut(), if deadline.is_some() => {
+                let Some(expired) = activity.expired(&limits) else {
+                    // The deadline moved: arm the timer afresh.
+                    armed = None;
+                    continue;
+                };
+                tracing::debug!(client = %peer.ip(), reason = expired.as_str(), "closing connection");
+                if let Expired::Idle = expired {
+                    // Nothing in flight: say goodbye properly (HTTP/2 GOAWAY).
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection.as_mut()).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Completes once shutdown begins (or the server is gone).
+async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stopped| *stopped).await.map(|_| ());
+}
+
+/// The size of a request head as HTTP/1.1 writes it.
+fn head_size<B>(request: &Request<B>) -> usize {
+    let uri = request.uri();
+    let target = uri
+        .path_and_query()
+        .map_or(1, |target| target.as_str().len())
+        + uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len());
+    // "METHOD target HTTP/1.1\r\n" and the final "\r\n".
+    let line = request.method().as_str().len() + 1 + target + 11;
+    request
+        .headers()
+        .iter()
+        .fold(line + 2, |size, (name, value)| {
+            size + name.as_str().len() + 2 + value.len() + 2
+        })
+}
+
+/// The 431 answer, made here because the head never reaches the router: the same JSON
+/// body, request id and security headers as every other refusal, one access-log line and
+/// the request counter.
+fn headers_too_large<B>(
+    state: &AppState,
+    request: &Request<B>,
+    size: usize,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let id_header = request
+        .headers()
+        .get("x-request-id")
+        .filter(|value| value.to_str().is_ok_and(crate::request::is_well_formed_id))
+        .cloned()
+        .or_else(|| {
+            let mut buffer = [0u8; ulid::ULID_LEN];
+            HeaderValue::from_str(ulid::Ulid::new().array_to_str(&mut buffer)).ok()
+        });
+    let id: Arc<str> = Arc::from(
+        id_header
+            .as_ref()
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("-"),
+    );
+    let mut response = REQUEST_ID.sync_scope(Arc::clone(&id), || {
+        ApiError::HeadersTooLarge.into_response()
+    });
+    let headers = response.headers_mut();
+    if let Some(value) = id_header {
+        headers.insert("x-request-id", value);
+    }
+    state.security_headers.decorate(
+        headers,
+        crate::security_headers::is_private(request.uri().path()),
+    );
+    if request.version() < Version::HTTP_2 {
+        // The rest of what this client sends cannot be trusted to be framed as it thinks.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let method = method_label(request.method());
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            route: "unmatched",
+            method,
+            status: 431,
+        })
+        .inc();
+    let client = crate::client_ip::resolve(
+        peer,
+        request.headers(),
+        &state.config.server.trusted_proxies,
+    );
+    tracing::info!(
+        target: "rampart::access",
+        request_id = %id,
+        client = %client,
+        method,
+        route = "unmatched",
+        status = 431,
+        head_bytes = size,
+        micros = 0u64,
+    );
+    response
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-connection deadlines
+
+/// What a connection is doing, for its deadline. Times are milliseconds after `started`.
+#[derive(Debug)]
+struct Activity {
+    started: Instant,
+    /// Requests being served (HTTP/2: open streams).
+    in_flight: AtomicUsize,
+    /// Whether any request head was ever complete.
+    served: AtomicBool,
+    http2: AtomicBool,
+    /// Since when no request has been in flight.
+    idle_since: AtomicU64,
+    /// When the first byte arrived since the connection went idle, plus one; 0 for none.
+    head_since: AtomicU64,
+    /// When a write found the socket full, plus one; 0 while writes go through.
+    write_blocked_since: AtomicU64,
+    /// When a handler found no request body bytes to read, plus one; 0 otherwise.
+    body_waiting_since: AtomicU64,
+    /// Wakes the connection's watchdog when its deadline may have moved earlier.
+    changed: Notify,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Expired {
+    /// No request for `idle_timeout`.
+    Idle,
+    /// A head (or the TLS handshake and first head) not complete in time.
+    Head,
+    /// The client stopped reading.
+    Write,
+    /// The client stopped sending a request body.
+    Body,
+}
+
+impl Expired {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle_timeout",
+            Self::Head => "header_read_timeout",
+            Self::Write => "client stopped reading (idle_timeout)",
+            Self::Body => "request body stalled (idle_timeout)",
+        }
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            write_blocked_since: AtomicU64::new(0),
+            body_waiting_since: AtomicU64::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
+    }
+
+    /// A request head is complete; the guard ends it when its response is done.
+    fn begin(self: &Arc<Self>, http2: bool) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(0, Ordering::Release);
+        if !self.served.load(Ordering::Relaxed) {
+            self.served.store(true, Ordering::Release);
+        }
+        if http2 && !self.http2.load(Ordering::Relaxed) {
+            self.http2.store(true, Ordering::Release);
+        }
+        InFlight(Arc::clone(self))
+    }
+
+    fn on_read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Acquire) == 0
+            && self.served.load(Ordering::Relaxed)
+        {
+            self.head_since.store(self.now() + 1, Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+
+    fn on_write(&self, blocked: bool) {
+        self.mark(&self.write_blocked_since, blocked);
+    }
+
+    fn on_body(&self, waiting: bool) {
+        self.mark(&self.body_waiting_since, waiting);
+    }
+
+    /// Starts (or clears) a "since" clock.
+    fn mark(&self, clock: &AtomicU64, stuck: bool) {
+        let since = clock.load(Ordering::Relaxed);
+        if stuck && since == 0 {
+            clock.store(self.now() + 1, Ordering::Relaxed);
+            self.changed.notify_one();
+        } else if !stuck && since != 0 {
+            clock.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The time the connection is closed at unless something happens, and why.
+    fn next(&self, limits: &Limits) -> Option<(u64, Expired)> {
+        let millis =
+            |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX / 4);
+        let read = if self.in_flight.load(Ordering::Acquire) > 0 {
+            None
+        } else if !self.served.load(Ordering::Acquire) {
+            Some((millis(limits.header_read_timeout), Expired::Head))
+        } else {
+            match self.head_since.load(Ordering::Acquire) {
+                since if since != 0 && !self.http2.load(Ordering::Relaxed) => Some((
+                    since - 1 + millis(limits.header_read_timeout),
+                    Expired::Head,
+                )),
+                _ => Some((
+                    self.idle_since.load(Ordering::Acquire) + millis(limits.idle_timeout),
+                    Expired::Idle,
+                )),
+            }
+        };
+        let stalled = |clock: &AtomicU64, why: Expired| match clock.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some((since - 1 + millis(limits.idle_timeout), why)),
+        };
+        [
+            read,
+            stalled(&self.write_blocked_since, Expired::Write),
+            stalled(&self.body_waiting_since, Expired::Body),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at)
+    }
+
+    fn deadline(&self, limits: &Limits) -> Option<Duration> {
+        self.next(limits).map(|(at, _)| Duration::from_millis(at))
+    }
+
+    fn expired(&self, limits: &Limits) -> Option<Expired> {
+        self.next(limits)
+            .filter(|(at, _)| *at <= self.now())
+            .map(|(_, why)| why)
+    }
+}
+
+/// A request in flight; dropped with its response body.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            activity.idle_since.store(activity.now(), Ordering::Release);
+            activity.changed.notify_one();
+        }
+    }
+}
+
+/// A response body that holds its request's place until it is sent (or dropped).
+struct Counted {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl HttpBody for Counted {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that reports when its handler waits for bytes the client does not send.
+struct Watched {
+    body: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl HttpBody for Watched {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let result = Pin::new(&mut self.body).poll_frame(cx);
+        self.activity.on_body(result.is_pending());
+        result
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.activity.on_body(false);
+    }
+}
+
+/// The socket, reporting reads and stalled writes to the connection's [`Activity`].
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.on_write(result.is_pending());
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.on_write(result.is_pending());
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10,
+            max_header_bytes: 32 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn head_size_is_the_head_as_written_on_the_wire() {
+        let request = Request::get("/orders?id=7")
+            .header("host", "example.com")
+            .header("x-a", "1")
+            .body(())
+            .unwrap();
+        let wire = "GET /orders?id=7 HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\n\r\n";
+        assert_eq!(head_size(&request), wire.len());
+    }
+
+    #[test]
+    fn the_parser_holds_more_than_the_limit_but_not_without_bound() {
+        assert_eq!(parser_limit(32 * 1024), 64 * 1024);
+        assert_eq!(parser_limit(1024), 17 * 1024);
+        assert_eq!(parser_limit(1024 * 1024), 2 * 1024 * 1024);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_the_connection() {
+        let limits = limits();
+        let activity = Arc::new(Activity::new());
+        // A fresh connection must bring its first head within header_read_timeout.
+        assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(10)));
+        let guard = activity.begin(false);
+        assert_eq!(
+            activity.deadline(&limits),
+            None,
+            "in flight: no read deadline"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(guard);
+        assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(65)));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        activity.on_read();
+        assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(35)));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(matches!(activity.expired(&limits), Some(Expired::Head)));
+        // A stalled write counts from when it stalled.
+        let activity = Arc::new(Activity::new());
+        let _guard = activity.begin(true);
+        activity.on_write(true);
+        assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(60)));
+        activity.on_write(false);
+        assert_eq!(activity.deadline(&limits), None);
+        // So does a request body the handler waits on.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        activity.on_body(true);
+        assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(63)));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(matches!(activity.expired(&limits), Some(Expired::Body)));
+        activity.on_body(false);
+        assert_eq!(activity.expired(&limits).map(Expired::as_str), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_bytes_between_streams_do_not_start_a_head_deadline() {
+        let limits = limits();
+        let activity = Arc::new(Activity::new());
+        drop(activity.begin(true));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        activity.on_read();
+        assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn per_connection_accept_errors_are_told_apart_from_exhaustion() {
+        assert!(is_connection_error(&io::Error::from(
+            io::ErrorKind::ConnectionAborted
+        )));
+        // EMFILE
+        assert!(!is_connection_error(&io::Error::from_raw_os_error(24)));
+    }
+}
