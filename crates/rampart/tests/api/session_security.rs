@@ -144,12 +144,12 @@ async fn wrong_confirmations_lock_the_account(backend: Backend) {
     let Some(app) = spawn_app_with(backend, confirmation_setup()).await else {
         return;
     };
-    app.register("admin_1").await;
+    let admin = app.user("admin_1").await;
     let session = app.user("alice_1").await;
     let change =
         |current: &str| json!({ "current_password": current, "new_password": NEW_PASSWORD });
-    // Password change and deletion both count.
-    for attempt in 0..3 {
+    // Password change and deletion both count; the third wrong one spends the allowance.
+    for attempt in 0..2 {
         let response = if attempt == 1 {
             app.send_with(
                 Method::DELETE,
@@ -169,7 +169,36 @@ async fn wrong_confirmations_lock_the_account(backend: Backend) {
         };
         assert_error(response, 400, "invalid_request").await;
     }
-    // The right password no longer gets checked: the account is locked out.
+    let response = app
+        .send_with(
+            Method::PUT,
+            "/users/me/password",
+            &session.access_token,
+            Some(change(WRONG)),
+        )
+        .await;
+    let seconds = retry_after(&response);
+    assert!((3500..=3600).contains(&seconds), "{seconds}");
+    assert_error(response, 429, "locked_out").await;
+    // Guessing burned the login it guessed with.
+    assert_eq!(
+        app.get_with("/users/me", &session.access_token)
+            .await
+            .status(),
+        401
+    );
+    let refresh = app
+        .post(
+            "/auth/refresh",
+            &json!({ "refresh_token": session.refresh_token }),
+        )
+        .await;
+    assert_eq!(refresh.status(), 401);
+    // Logging in is not locked: the owner gets back in, from anywhere.
+    let login = login_from(&app, "203.0.113.9", "alice_1", STRONG_PASSWORD).await;
+    assert_eq!(login.status(), 200);
+    // The confirmations stay locked, even with the right password, and each refused
+    // confirmation burns its login too.
     for (method, path, body) in [
         (Method::PUT, "/users/me/password", change(STRONG_PASSWORD)),
         (
@@ -178,24 +207,55 @@ async fn wrong_confirmations_lock_the_account(backend: Backend) {
             json!({ "password": STRONG_PASSWORD }),
         ),
     ] {
+        let fresh = app.login("alice_1").await;
         let response = app
-            .send_with(method, path, &session.access_token, Some(body))
+            .send_with(method, path, &fresh.access_token, Some(body))
             .await;
         let seconds = retry_after(&response);
         assert!((3500..=3600).contains(&seconds), "{seconds}");
         assert_error(response, 429, "locked_out").await;
+        assert_eq!(
+            app.get_with("/users/me", &fresh.access_token)
+                .await
+                .status(),
+            401
+        );
     }
-    // And so is logging in, from anywhere.
-    let login = login_from(&app, "203.0.113.9", "alice_1", STRONG_PASSWORD).await;
-    assert_error(login, 429, "locked_out").await;
-    // The account still exists with its password: nothing was changed.
+    let burned = audit_entries(&app, &admin, "logout").await;
+    assert!(
+        burned
+            .iter()
+            .filter(|entry| entry["details"]["reason"] == "confirmation_locked_out")
+            .count()
+            >= 3,
+        "{burned:?}"
+    );
+    let lockouts = audit_entries(&app, &admin, "locked_out").await;
+    assert!(
+        lockouts
+            .iter()
+            .any(|entry| entry["details"]["scope"] == "confirm"),
+        "{lockouts:?}"
+    );
+    // The password is unchanged; after the window, confirmations work again.
     app.clock.advance(Duration::from_secs(3601));
-    app.login("alice_1").await;
+    let session = app.login("alice_1").await;
+    let response = app
+        .send_with(
+            Method::PUT,
+            "/users/me/password",
+            &session.access_token,
+            Some(change(STRONG_PASSWORD)),
+        )
+        .await;
+    assert_eq!(response.status(), 204);
     let metrics = app.metrics().await;
     assert!(failed_login_metric(&metrics) >= 3.0, "{metrics}");
 }
 
-async fn failed_logins_lock_password_confirmation_too(backend: Backend) {
+/// Logins and confirmations count apart: failed logins never block the owner's password
+/// change, and a stolen session's wrong confirmations never lock the owner out of login.
+async fn logins_and_confirmations_count_apart(backend: Backend) {
     let Some(app) = spawn_app_with(backend, confirmation_setup()).await else {
         return;
     };
@@ -205,6 +265,9 @@ async fn failed_logins_lock_password_confirmation_too(backend: Backend) {
         let response = login_from(&app, &format!("198.51.100.{index}"), "alice_1", WRONG).await;
         assert_error(response, 401, "invalid_credentials").await;
     }
+    let locked = login_from(&app, "198.51.100.77", "alice_1", STRONG_PASSWORD).await;
+    assert_error(locked, 429, "locked_out").await;
+    // The account is locked out of logins; the password change still goes through.
     let response = app
         .send_with(
             Method::PUT,
@@ -213,10 +276,45 @@ async fn failed_logins_lock_password_confirmation_too(backend: Backend) {
             Some(json!({ "current_password": STRONG_PASSWORD, "new_password": NEW_PASSWORD })),
         )
         .await;
-    assert_error(response, 429, "locked_out").await;
+    assert_eq!(response.status(), 204);
+
+    // The other way round: a thief's session spends the confirmations...
+    app.register("bob_1").await;
+    let owner = app.login("bob_1").await;
+    let stolen = app.login("bob_1").await;
+    for _ in 0..3 {
+        let response = app
+            .send_with(
+                Method::DELETE,
+                "/users/me",
+                &stolen.access_token,
+                Some(json!({ "password": WRONG })),
+            )
+            .await;
+        assert!(
+            [400, 429].contains(&response.status().as_u16()),
+            "{}",
+            response.status()
+        );
+    }
+    // ...and the owner still logs in, and keeps the session they had.
+    let login = login_from(&app, "203.0.113.50", "bob_1", STRONG_PASSWORD).await;
+    assert_eq!(login.status(), 200);
+    assert_eq!(
+        app.get_with("/users/me", &owner.access_token)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.get_with("/users/me", &stolen.access_token)
+            .await
+            .status(),
+        401
+    );
 }
 
-async fn a_right_confirmation_clears_the_account_count(backend: Backend) {
+async fn a_right_confirmation_clears_the_confirmation_count(backend: Backend) {
     let Some(app) = spawn_app_with(backend, confirmation_setup()).await else {
         return;
     };
@@ -247,7 +345,7 @@ async fn a_right_confirmation_clears_the_account_count(backend: Backend) {
                 Some(json!({ "current_password": current, "new_password": new })),
             )
             .await;
-        assert_eq!(response.status(), 200, "round {round}");
+        assert_eq!(response.status(), 204, "round {round}");
     }
 }
 
@@ -484,15 +582,25 @@ async fn parallel_password_confirmations_run_at_most_the_limit(backend: Backend)
         error_code(response).await
     });
     let outcomes = futures::future::join_all(attempts).await;
-    let checked = outcomes.iter().filter(|(status, _)| *status == 400).count();
-    assert!(checked <= 3, "{checked} password checks: {outcomes:?}");
-    assert_eq!(
+    let checked = outcomes
+        .iter()
+        .filter(|(status, code)| *status == 400 || (*status == 429 && code == "locked_out"))
+        .count();
+    // Refused: 429, or 401 once the lockout has burned the login.
+    assert!(
         outcomes
             .iter()
-            .filter(|(status, code)| *status == 429 && code == "locked_out")
-            .count(),
-        12 - checked,
+            .all(|(status, _)| [400, 429, 401].contains(status)),
         "{outcomes:?}"
+    );
+    let wrong = outcomes.iter().filter(|(status, _)| *status == 400).count();
+    assert!(wrong <= 3, "{wrong} password checks: {outcomes:?}");
+    assert!(checked >= 1, "{outcomes:?}");
+    assert_eq!(
+        app.get_with("/users/me", &session.access_token)
+            .await
+            .status(),
+        401
     );
 }
 
@@ -612,7 +720,7 @@ async fn a_revocation_reaches_an_instance_whose_clock_runs_ahead(backend: Backen
     let all = second
         .send_with(Method::POST, "/auth/logout-all", &three.access_token, None)
         .await;
-    assert_eq!(all.status(), 200);
+    assert_eq!(all.status(), 204);
     refused_within(&first, &three.access_token, Duration::from_millis(1500)).await;
 }
 
@@ -729,7 +837,7 @@ async fn the_redis_index_of_logins_expires_and_is_pruned(backend: Backend) {
             Method::POST,
             "/auth/logout-all",
             &sessions[1].access_token,
-            None,
+            Some(json!({ "revoke_api_keys": false })),
         )
         .await;
     assert_eq!(response.status(), 200);
@@ -766,7 +874,7 @@ async fn logout_everywhere_revokes_many_logins_at_once(backend: Backend) {
             Method::POST,
             "/auth/logout-all",
             &sessions[0].access_token,
-            None,
+            Some(json!({ "revoke_api_keys": false })),
         )
         .await;
     assert_eq!(response.status(), 200);
@@ -989,12 +1097,31 @@ async fn logout_everywhere_keeps_api_keys_unless_asked(backend: Backend) {
     app.register("admin_1").await;
     let session = app.user("alice_1").await;
     let key = create_key(&app, &session, "bot").await;
+    // SPEC §2: 204 when the body does not name `revoke_api_keys`.
     let response = app
         .send_with(
             Method::POST,
             "/auth/logout-all",
             &session.access_token,
             None,
+        )
+        .await;
+    assert_eq!(response.status(), 204);
+    assert_eq!(
+        app.get_with("/users/me", &session.access_token)
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(key_works(&app, &key.key).await, 200);
+    // Naming it, even as `false`, asks for the report.
+    let session = app.login("alice_1").await;
+    let response = app
+        .send_with(
+            Method::POST,
+            "/auth/logout-all",
+            &session.access_token,
+            Some(json!({ "revoke_api_keys": false })),
         )
         .await;
     assert_eq!(response.status(), 200);
@@ -1081,7 +1208,7 @@ async fn a_password_change_can_revoke_api_keys(backend: Backend) {
             Method::PUT,
             "/users/me/password",
             &session.access_token,
-            Some(json!({ "current_password": STRONG_PASSWORD, "new_password": NEW_PASSWORD })),
+            Some(json!({ "current_password": STRONG_PASSWORD, "new_password": NEW_PASSWORD, "revoke_api_keys": false })),
         )
         .await;
     assert_eq!(response.status(), 200);
@@ -1114,8 +1241,8 @@ crate::on_session_stores!(
     an_ipv6_lockout_covers_the_whole_prefix,
     ipv4_lockouts_stay_per_address,
     wrong_confirmations_lock_the_account,
-    failed_logins_lock_password_confirmation_too,
-    a_right_confirmation_clears_the_account_count,
+    logins_and_confirmations_count_apart,
+    a_right_confirmation_clears_the_confirmation_count,
     api_keys_can_neither_change_the_password_nor_delete_the_account,
     refresh_never_extends_a_login,
     a_rotated_token_lives_at_most_refresh_ttl,
