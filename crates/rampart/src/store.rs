@@ -147,7 +147,9 @@ impl LockScope {
 /// attempt changes nothing (it is not counted). A failure moves one attempt from `pending`
 /// to `failures`; a success or an abandoned attempt only hands its own reservation back,
 /// and may clear confirmed `failures` (the IP scope after a successful login), never
-/// another client's reservation.
+/// another client's reservation. When a window has passed, the next reservation starts a
+/// new one with nothing counted (an attempt still in flight from the old window then counts
+/// its failure in the new one); a reservation never settled (a crash) is forgotten so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counter {
     /// Confirmed failures in the window.

@@ -370,6 +370,9 @@ pub async fn login(
     release(&state, &counters, true).await?;
     let sessions = &state.stores.sessions;
 
+    // Every login ends at a fixed time (SPEC §5: absolute lifetimes; rotation never moves
+    // it): a cookie session after 24 hours or, remembered, 30 days; a login without cookies
+    // `tokens.refresh_ttl` (7 days, SPEC §2) after it began, however often it refreshes.
     let lifetime = if body.cookie {
         if body.remember_me { 30 * DAY } else { DAY }
     } else {

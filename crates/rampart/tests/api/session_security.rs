@@ -1,5 +1,6 @@
 //! Session hardening: lockouts that hold under concurrency and per IPv6 prefix, password
-//! confirmation that counts like a login, absolute login lifetimes, revocations that reach
+//! confirmations counted apart from logins (and burning the session that guesses),
+//! successes that never forgive other attempts, fixed-size lockout keys, absolute login lifetimes, revocations that reach
 //! every instance whatever its clock, rotating CSRF tokens, and API keys across
 //! "log out everywhere".
 
@@ -238,6 +239,26 @@ async fn wrong_confirmations_lock_the_account(backend: Backend) {
             .any(|entry| entry["details"]["scope"] == "confirm"),
         "{lockouts:?}"
     );
+    // An admin's unlock lifts the confirmation lockout too.
+    let unlock = app
+        .send_with(
+            Method::POST,
+            &format!("/admin/users/{}/unlock", admin.user_id + 1),
+            &admin.access_token,
+            None,
+        )
+        .await;
+    assert_eq!(unlock.status(), 204);
+    let session = app.login("alice_1").await;
+    let response = app
+        .send_with(
+            Method::DELETE,
+            "/users/me",
+            &session.access_token,
+            Some(json!({ "password": WRONG })),
+        )
+        .await;
+    assert_error(response, 400, "invalid_request").await;
     // The password is unchanged; after the window, confirmations work again.
     app.clock.advance(Duration::from_secs(3601));
     let session = app.login("alice_1").await;
