@@ -1280,6 +1280,7 @@ crate::on_session_stores!(
     logout_everywhere_keeps_api_keys_unless_asked,
     a_password_change_can_revoke_api_keys,
     an_owners_login_hands_a_guesser_no_new_guesses,
+    racing_owner_logins_never_refill_the_guesses,
     in_flight_attempts_are_never_forgiven,
     overlong_usernames_are_refused_without_storing_them,
     a_new_instance_knows_every_revocation_before_serving,
@@ -1337,6 +1338,56 @@ async fn an_owners_login_hands_a_guesser_no_new_guesses(backend: Backend) {
         let response = login_from(&app, ip, "alice_1", STRONG_PASSWORD).await;
         assert_error(response, 429, "locked_out").await;
     }
+}
+
+/// Guesses and the owner's logins interleaved at random: however they race, no more than
+/// `max_failures_per_account` wrong passwords get checked in the window.
+async fn racing_owner_logins_never_refill_the_guesses(backend: Backend) {
+    let setup = Setup::default()
+        .env("RAMPART_SERVER__TRUSTED_PROXIES", "127.0.0.0/8")
+        .env("RAMPART_LOGIN__MAX_FAILURES_PER_ACCOUNT", "5");
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    app.register("admin_1").await;
+    app.register("alice_1").await;
+    let mut checked = 0;
+    for round in 0..3 {
+        let guesses = (0..6).map(|index| {
+            let app = &app;
+            async move {
+                let ip = format!("198.51.{round}.{index}");
+                login_from(app, &ip, "alice_1", WRONG)
+                    .await
+                    .status()
+                    .as_u16()
+            }
+        });
+        let owner = (0..6).map(|_| {
+            let app = &app;
+            async move {
+                login_from(app, "203.0.113.1", "alice_1", STRONG_PASSWORD)
+                    .await
+                    .status()
+                    .as_u16()
+            }
+        });
+        let (guesses, owner) = futures::future::join(
+            futures::future::join_all(guesses),
+            futures::future::join_all(owner),
+        )
+        .await;
+        assert!(
+            guesses.iter().all(|status| [401, 429].contains(status)),
+            "{guesses:?}"
+        );
+        assert!(
+            owner.iter().all(|status| [200, 429].contains(status)),
+            "{owner:?}"
+        );
+        checked += guesses.iter().filter(|status| **status == 401).count();
+    }
+    assert!(checked <= 5, "{checked} wrong passwords checked");
 }
 
 /// At the store: attempts in flight stay counted whatever a success clears, refused
