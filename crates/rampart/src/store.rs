@@ -554,3 +554,36 @@ pub(crate) const USER_OWNED_TABLES: &[&str] = &[
     "DELETE FROM api_keys WHERE user_id = $1",
     "DELETE FROM trading_accounts WHERE user_id = $1",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_attempt_changes_nothing() {
+        let mut counter = Counter::new(0);
+        assert_eq!(counter.reserve(0, 100, 1), Attempt::Allowed);
+        let before = counter;
+        assert_eq!(counter.reserve(10, 100, 1), Attempt::Locked(90));
+        assert_eq!(counter, before);
+    }
+
+    #[test]
+    fn a_success_hands_back_only_its_own_attempt() {
+        let mut counter = Counter::new(0);
+        for _ in 0..3 {
+            assert_eq!(counter.reserve(0, 100, 3), Attempt::Allowed);
+        }
+        counter.release(true);
+        assert_eq!(counter.pending, 2);
+        assert_eq!(counter.fail(1, 100, 3), None);
+        assert_eq!(counter.fail(1, 100, 3), None);
+        assert_eq!(counter.failures, 2);
+        assert_eq!(counter.reserve(2, 100, 3), Attempt::Allowed);
+        assert_eq!(counter.fail(2, 100, 3), Some(100));
+        assert_eq!(counter.reserve(50, 100, 3), Attempt::Locked(52));
+        // The lockout ends, and with it the window.
+        assert_eq!(counter.reserve(102, 100, 3), Attempt::Allowed);
+        assert_eq!((counter.failures, counter.pending), (0, 1));
+    }
+}
