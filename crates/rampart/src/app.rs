@@ -145,7 +145,12 @@ impl Application {
         let mut background = Vec::new();
         // Poll at half the allowed lag so a revocation elsewhere lands within it.
         let poll = (config.tokens.revocation_lag / 2).max(Duration::from_millis(100));
-        background.push(revocations.spawn_refresher(sessions.clone(), clock.clone(), poll));
+        // Every revocation so far is known before the first request is served.
+        let loaded = revocations
+            .load(&*sessions, &clock)
+            .await
+            .map_err(|error| anyhow::anyhow!("reading the revocation log: {error}"))?;
+        background.push(revocations.spawn_refresher(sessions.clone(), clock.clone(), poll, loaded));
         {
             let database = database.clone();
             let clock = clock.clone();

@@ -60,6 +60,23 @@ pub struct Principal {
     pub signed: bool,
 }
 
+impl Principal {
+    /// Refuses API keys (403): a key (a program's credential, perhaps stolen) never reaches
+    /// session management, its own keys, the password, MFA or the account's deletion
+    /// (SPEC §11), so a leaked key can neither make itself permanent nor lock the owner out.
+    ///
+    /// # Errors
+    /// 403 `forbidden` for an API key.
+    pub fn require_session(&self) -> Result<(), ApiError> {
+        if self.credential == Credential::ApiKey {
+            return Err(ApiError::Forbidden(
+                "This needs a login session, not an API key".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why credentials that were presented are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -154,7 +171,11 @@ async fn confirm_csrf(
     if principal.credential != Credential::Cookie || !is_unsafe(method) {
         return Ok(authentication);
     }
-    let Some(family) = state.stores.sessions.family(&principal.family_id).await? else {
+    let family = state.stores.sessions.family(&principal.family_id).await?;
+    // The login must still be live: the revocation cache may lag, the store does not.
+    let Some(family) =
+        family.filter(|family| family.revoked_at.is_none() && family.expires_at > state.now())
+    else {
         return Ok(Authentication::Refused(Refusal::InvalidToken));
     };
     let presented = headers

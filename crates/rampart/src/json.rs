@@ -18,35 +18,68 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .is_some_and(|mime| {
-                let mime = mime.trim();
-                mime.eq_ignore_ascii_case("application/json")
-                    || (mime.starts_with("application/") && mime.ends_with("+json"))
-            });
-        if !is_json {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge
-                } else {
-                    ApiError::invalid("Could not read the request body")
-                }
-            })?;
-        // Every body is an object: serde would otherwise fill a struct from an array, by
-        // field order (`["old", "new"]` as a password change).
-        if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::invalid("The body must be a JSON object"));
-        }
-        parse(&bytes).map(ApiJson)
+        read(request, state, false)
+            .await?
+            .ok_or_else(|| ApiError::invalid("The body must be a JSON object"))
+            .map(ApiJson)
     }
+}
+
+/// An optional JSON body: none at all gives `T::default()`; any body at all is held to
+/// every rule of [`ApiJson`] (415, 413, an object, 400).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(OptionalJson(
+            read(request, state, true).await?.unwrap_or_default(),
+        ))
+    }
+}
+
+/// Reads a JSON object body, parsed once; `None` for an empty body when `optional`.
+async fn read<S: Send + Sync, T: DeserializeOwned>(
+    request: Request,
+    state: &S,
+    optional: bool,
+) -> Result<Option<T>, ApiError> {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
+    if !optional && !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes = Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::invalid("Could not read the request body")
+            }
+        })?;
+    if optional && bytes.is_empty() {
+        return Ok(None);
+    }
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    // Every body is an object: serde would otherwise fill a struct from an array, by
+    // field order (`["old", "new"]` as a password change).
+    if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("The body must be a JSON object"));
+    }
+    parse(&bytes).map(Some)
 }
 
 /// Parses JSON, naming the path of the first problem.

@@ -114,13 +114,17 @@ pub enum Rotation {
     Invalid,
 }
 
-/// Which counter a failed login counts against.
+/// Which counter a password check counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockScope {
-    /// Per client IP.
+    /// Logins per client IP (an IPv6 prefix); a successful login clears its failures.
     Ip,
-    /// Per account (lower-cased username).
+    /// Logins per account, keyed on a fixed-size digest of the lower-cased username; a
+    /// success never clears it.
     Account,
+    /// Password confirmations (`PUT /users/me/password`, `DELETE /users/me`) per user id;
+    /// independent of both login counters in either direction.
+    Confirm,
 }
 
 impl LockScope {
@@ -129,6 +133,75 @@ impl LockScope {
         match self {
             Self::Ip => "ip",
             Self::Account => "account",
+            Self::Confirm => "confirm",
+        }
+    }
+}
+
+/// One lockout counter, as every session store keeps it. The transitions below are the
+/// whole semantics; the SQL store applies them to a locked row, the Redis store runs the
+/// same steps in Lua.
+///
+/// `failures` are confirmed failures of the window, `pending` the attempts reserved and
+/// not yet settled. An attempt is allowed while `failures + pending < max`; a refused
+/// attempt changes nothing (it is not counted). A failure moves one attempt from `pending`
+/// to `failures`; a success or an abandoned attempt only hands its own reservation back,
+/// and may clear confirmed `failures` (the IP scope after a successful login), never
+/// another client's reservation. When a window has passed, the next reservation starts a
+/// new one with nothing counted (an attempt still in flight from the old window then counts
+/// its failure in the new one); a reservation never settled (a crash) is forgotten so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counter {
+    /// Confirmed failures in the window.
+    pub failures: i64,
+    /// Attempts reserved and not settled.
+    pub pending: i64,
+    /// Unix seconds the window started.
+    pub window_start: i64,
+    /// Unix seconds a lockout ends.
+    pub locked_until: Option<i64>,
+}
+
+impl Counter {
+    /// A fresh counter whose window starts `now`.
+    pub fn new(now: i64) -> Self {
+        Self {
+            window_start: now,
+            ..Self::default()
+        }
+    }
+
+    /// Reserves an attempt, or says how long the key is refused.
+    pub fn reserve(&mut self, now: i64, window: i64, max: u32) -> Attempt {
+        if let Some(until) = self.locked_until.filter(|until| *until > now) {
+            return Attempt::Locked(until - now);
+        }
+        if self.window_start <= now - window {
+            *self = Self::new(now);
+        }
+        if self.failures + self.pending >= i64::from(max) {
+            return Attempt::Locked((self.window_start + window - now).max(1));
+        }
+        self.pending += 1;
+        Attempt::Allowed
+    }
+
+    /// Settles a reserved attempt as failed; the lockout's length if it started one.
+    pub fn fail(&mut self, now: i64, window: i64, max: u32) -> Option<i64> {
+        self.pending = (self.pending - 1).max(0);
+        self.failures += 1;
+        if self.failures >= i64::from(max) && self.locked_until.is_none_or(|until| until <= now) {
+            self.locked_until = Some(now + window);
+            return Some(window);
+        }
+        None
+    }
+
+    /// Hands a reserved attempt back; `forget_failures` also clears the confirmed ones.
+    pub fn release(&mut self, forget_failures: bool) {
+        self.pending = (self.pending - 1).max(0);
+        if forget_failures {
+            self.failures = 0;
         }
     }
 }
@@ -270,8 +343,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_users(&self, limit: i64, offset: i64) -> StoreResult<(Vec<User>, i64)>;
     /// Replaces a password hash without an audit entry (transparent rehash on login).
     async fn upgrade_password_hash(&self, id: i64, old: &str, new: &str) -> StoreResult<()>;
-    /// Replaces a password hash, with its audit entry.
-    async fn change_password(&self, id: i64, hash: &str, audit: NewAuditEntry) -> StoreResult<()>;
+    /// Replaces a password hash, with its audit entry; with `revoke_api_keys`, deletes every
+    /// API key of the user in the same transaction, with that audit entry (its details get
+    /// the deleted ids as `api_key_ids`). Returns the deleted keys' ids.
+    async fn change_password(
+        &self,
+        id: i64,
+        hash: &str,
+        audit: NewAuditEntry,
+        revoke_api_keys: Option<NewAuditEntry>,
+    ) -> StoreResult<Vec<i64>>;
     /// Applies an admin's change; refuses to demote or disable the last active admin.
     async fn update_user(
         &self,
@@ -311,6 +392,11 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::NotFound`] when the user has no key with this id.
     async fn delete_api_key(&self, user_id: i64, id: i64, audit: NewAuditEntry) -> StoreResult<()>;
+    /// Deletes every API key of a user in one statement, a key created meanwhile included,
+    /// with one audit entry (its details get the deleted ids as `api_key_ids`) unless none
+    /// was deleted. Returns the deleted keys' ids.
+    async fn delete_api_keys_of(&self, user_id: i64, audit: NewAuditEntry)
+    -> StoreResult<Vec<i64>>;
 
     /// Stores a trading account unless the owner already has `max`; its id joins the audit
     /// details as `account_id`.
@@ -384,8 +470,9 @@ pub trait SessionStore: Send + Sync + 'static {
         expires_at: i64,
         csrf_hash: Option<&str>,
     ) -> StoreResult<Rotation>;
-    /// Replaces the CSRF token hash of a live family.
-    async fn set_csrf_hash(&self, family_id: &str, csrf_hash: &str) -> StoreResult<()>;
+    /// Replaces the CSRF token hash of a live family (neither revoked nor expired at
+    /// `now`); `false` when there is none.
+    async fn set_csrf_hash(&self, family_id: &str, csrf_hash: &str, now: i64) -> StoreResult<bool>;
     /// A family by id.
     async fn family(&self, id: &str) -> StoreResult<Option<Family>>;
     /// Every family of a user that is neither revoked nor expired.
@@ -404,14 +491,17 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The log is ordered by the store (a row id, a stream id), never by any instance's
     /// clock; see [`crate::tokens::RevocationCache`] for how gaps are handled.
     async fn revocations_after(&self, cursor: &str) -> StoreResult<(Vec<String>, String)>;
+    /// Whether the log's newest position ever handed out is below `cursor`: the log went
+    /// backwards (a database restored, Redis restarted without persistence, the stream
+    /// deleted), so a reader must start over.
+    async fn revocation_log_rewound(&self, cursor: &str) -> StoreResult<bool>;
     /// Deletes every family and token of a user.
     async fn delete_user_sessions(&self, user_id: i64) -> StoreResult<()>;
 
-    /// Reserves one login attempt for `key`, atomically: counted first, so that parallel
-    /// attempts can never run more password checks than `max_failures` within the window.
-    /// A success then clears the count ([`Self::clear_failures`]), a failure is confirmed
-    /// with [`Self::record_failure`], and an attempt abandoned before its check is handed
-    /// back with [`Self::release_attempt`].
+    /// Reserves one password check for `key`, atomically ([`Counter::reserve`]): counted
+    /// before the check, so that parallel attempts never run more checks than `max_failures`
+    /// within the window. A refused attempt is not counted. Each allowed attempt is then
+    /// settled once: [`Self::record_failure`] or [`Self::release_attempt`].
     async fn reserve_attempt(
         &self,
         scope: LockScope,
@@ -420,10 +510,17 @@ pub trait SessionStore: Send + Sync + 'static {
         window: i64,
         now: i64,
     ) -> StoreResult<Attempt>;
-    /// Hands back an attempt reserved but never checked.
-    async fn release_attempt(&self, scope: LockScope, key: &str) -> StoreResult<()>;
-    /// Confirms a reserved attempt as failed; returns how long the key is locked out if
-    /// this failure started a lockout.
+    /// Hands back one reserved attempt (a success, or abandoned before its check); with
+    /// `forget_failures`, the confirmed failures go too ([`Counter::release`]). Other
+    /// attempts in flight stay counted.
+    async fn release_attempt(
+        &self,
+        scope: LockScope,
+        key: &str,
+        forget_failures: bool,
+    ) -> StoreResult<()>;
+    /// Settles a reserved attempt as failed ([`Counter::fail`]); returns how long the key
+    /// is locked out if this failure started a lockout.
     async fn record_failure(
         &self,
         scope: LockScope,
@@ -432,9 +529,7 @@ pub trait SessionStore: Send + Sync + 'static {
         window: i64,
         now: i64,
     ) -> StoreResult<Option<i64>>;
-    /// Seconds left of a lockout, if the key is locked out.
-    async fn lockout(&self, scope: LockScope, key: &str, now: i64) -> StoreResult<Option<i64>>;
-    /// Forgets a key's failures and lockout.
+    /// Forgets a key's counter entirely (an admin's unlock).
     async fn clear_failures(&self, scope: LockScope, key: &str) -> StoreResult<()>;
 
     /// Records a request nonce; `false` when it was already seen within its lifetime.
@@ -459,3 +554,36 @@ pub(crate) const USER_OWNED_TABLES: &[&str] = &[
     "DELETE FROM api_keys WHERE user_id = $1",
     "DELETE FROM trading_accounts WHERE user_id = $1",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_attempt_changes_nothing() {
+        let mut counter = Counter::new(0);
+        assert_eq!(counter.reserve(0, 100, 1), Attempt::Allowed);
+        let before = counter;
+        assert_eq!(counter.reserve(10, 100, 1), Attempt::Locked(90));
+        assert_eq!(counter, before);
+    }
+
+    #[test]
+    fn a_success_hands_back_only_its_own_attempt() {
+        let mut counter = Counter::new(0);
+        for _ in 0..3 {
+            assert_eq!(counter.reserve(0, 100, 3), Attempt::Allowed);
+        }
+        counter.release(true);
+        assert_eq!(counter.pending, 2);
+        assert_eq!(counter.fail(1, 100, 3), None);
+        assert_eq!(counter.fail(1, 100, 3), None);
+        assert_eq!(counter.failures, 2);
+        assert_eq!(counter.reserve(2, 100, 3), Attempt::Allowed);
+        assert_eq!(counter.fail(2, 100, 3), Some(100));
+        assert_eq!(counter.reserve(50, 100, 3), Attempt::Locked(52));
+        // The lockout ends, and with it the window.
+        assert_eq!(counter.reserve(102, 100, 3), Attempt::Allowed);
+        assert_eq!((counter.failures, counter.pending), (0, 1));
+    }
+}

@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 
 use crate::clock::SharedClock;
 use crate::config::{TokenAlgorithm, TokensConfig};
-use crate::store::{SessionStore, User};
+use crate::store::{Family, SessionStore, User};
 
 /// Leeway for `exp` and `nbf`.
 pub const LEEWAY_SECONDS: i64 = 30;
@@ -237,6 +237,32 @@ impl TokenService {
         family_id: &str,
         csrf_hash: Option<&str>,
     ) -> anyhow::Result<String> {
+        self.sign(user, family_id, csrf_hash, i64::MAX)
+    }
+
+    /// Signs an access token of a login: bound to its current CSRF hash, and expiring no
+    /// later than the login itself. Returns the token and its lifetime in seconds.
+    ///
+    /// # Errors
+    /// Signing failed.
+    pub fn issue_for(&self, user: &User, family: &Family) -> anyhow::Result<(String, i64)> {
+        let now = self.clock.unix();
+        let token = self.sign(
+            user,
+            &family.id,
+            family.csrf_hash.as_deref(),
+            family.expires_at,
+        )?;
+        Ok((token, (now + self.access_ttl).min(family.expires_at) - now))
+    }
+
+    fn sign(
+        &self,
+        user: &User,
+        family_id: &str,
+        csrf_hash: Option<&str>,
+        not_after: i64,
+    ) -> anyhow::Result<String> {
         let now = self.clock.unix();
         let claims = Claims {
             sub: user.id.to_string(),
@@ -246,7 +272,7 @@ impl TokenService {
             tier: user.tier.clone(),
             iat: now,
             nbf: Some(now),
-            exp: now + self.access_ttl,
+            exp: (now + self.access_ttl).min(not_after),
             jti: ulid::Ulid::new().to_string(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -423,18 +449,24 @@ impl RevocationCache {
     /// after taking its id is always seen (revoking transactions are single statements or
     /// a few, far shorter). Re-read entries are idempotent. Entries are timed by this
     /// instance's clock when learned, for pruning.
+    ///
+    /// `loaded` is the position [`Self::load`] reached. When a poll finds nothing new, the
+    /// store is asked whether its log went backwards (a restored database, a Redis that
+    /// restarted without persistence, a deleted stream): then the cursor starts over from
+    /// the beginning, with a warning.
     pub fn spawn_refresher(
         self: &Arc<Self>,
         sessions: Arc<dyn SessionStore>,
         clock: SharedClock,
         interval: Duration,
+        loaded: String,
     ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             // Positions reached by recent polls; the oldest one past `SETTLE` is `settled`.
             let mut settled = String::new();
             let mut recent: std::collections::VecDeque<(tokio::time::Instant, String)> =
-                std::collections::VecDeque::new();
+                std::collections::VecDeque::from([(tokio::time::Instant::now(), loaded)]);
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -444,8 +476,34 @@ impl RevocationCache {
                 let polled_at = tokio::time::Instant::now();
                 match read_log(&*sessions, &settled).await {
                     Ok((ids, reached)) => {
+                        let nothing_new = ids.is_empty();
                         cache.insert(ids.into_iter().map(|id| (id, now)));
                         cache.prune(now);
+                        // The furthest position any poll reached.
+                        let furthest = recent
+                            .back()
+                            .map_or_else(|| reached.clone(), |(_, position)| position.clone());
+                        if nothing_new && !furthest.is_empty() {
+                            match sessions.revocation_log_rewound(&furthest).await {
+                                Ok(true) => {
+                                    tracing::warn!(
+                                        cursor = %furthest,
+                                        "the revocation log went backwards; reading it again from the start"
+                                    );
+                                    settled.clear();
+                                    recent.clear();
+                                    if let Ok((ids, reached)) = read_log(&*sessions, "").await {
+                                        cache.insert(ids.into_iter().map(|id| (id, now)));
+                                        recent.push_back((polled_at, reached));
+                                    }
+                                    continue;
+                                }
+                                Ok(false) => {}
+                                Err(error) => {
+                                    tracing::warn!(error = %error, "revocation log check failed");
+                                }
+                            }
+                        }
                         recent.push_back((polled_at, reached));
                         while let Some((at, position)) = recent.front()
                             && at.elapsed() >= SETTLE
@@ -458,6 +516,22 @@ impl RevocationCache {
                 }
             }
         })
+    }
+
+    /// Reads the whole revocation log once, before the instance serves: a new instance
+    /// must not accept a token revoked before it started. Returns the position reached.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn load(
+        &self,
+        sessions: &dyn SessionStore,
+        clock: &SharedClock,
+    ) -> crate::store::StoreResult<String> {
+        let (ids, reached) = read_log(sessions, "").await?;
+        let now = clock.unix();
+        self.insert(ids.into_iter().map(|id| (id, now)));
+        Ok(reached)
     }
 }
 

@@ -14,3 +14,15 @@ WHEN NEW.revoked_at IS NOT NULL AND OLD.revoked_at IS NULL
 BEGIN
     INSERT INTO revocations (family_id, revoked_at) VALUES (NEW.id, NEW.revoked_at);
 END;
+
+-- Families revoked before this log existed: logged once, in the order they were revoked,
+-- so that instances following the log learn of them too.
+INSERT INTO revocations (family_id, revoked_at)
+SELECT id, revoked_at FROM token_families WHERE revoked_at IS NOT NULL
+ORDER BY revoked_at, id;
+
+-- Lockout counters: attempts in flight apart from confirmed failures, so that a success
+-- hands back only its own attempt. Account counters are now keyed on a digest of the
+-- username; the old rows (keyed on the name itself) are dropped.
+ALTER TABLE login_failures ADD COLUMN pending BIGINT NOT NULL DEFAULT 0;
+DELETE FROM login_failures WHERE scope = 'account';

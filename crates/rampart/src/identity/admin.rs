@@ -172,7 +172,7 @@ pub struct UnlockBody {
     pub ip: Option<String>,
 }
 
-/// Lifts the account's lockout (and an IP's, if given).
+/// Lifts the account's login and password-confirmation lockouts (and an IP's, if given).
 #[utoipa::path(post, path = "/admin/users/{id}/unlock", tag = "admin", security(("bearer" = [])), request_body(content = UnlockBody, description = "Optional"),
     params(("id" = i64, Path, description = "User id")),
     responses((status = 204, description = "Lockouts lifted"), (status = 400, body = crate::error::ErrorBody),
@@ -183,13 +183,8 @@ pub async fn unlock(
     Admin(admin): Admin,
     context: RequestContext,
     IdPath(id): IdPath,
-    body: axum::body::Bytes,
+    crate::json::OptionalJson(body): crate::json::OptionalJson<UnlockBody>,
 ) -> Result<Response, ApiError> {
-    let body: UnlockBody = if body.is_empty() {
-        UnlockBody::default()
-    } else {
-        crate::json::parse(&body)?
-    };
     let ip = match body.ip {
         Some(ip) => Some(
             ip.parse::<std::net::IpAddr>()
@@ -220,7 +215,13 @@ pub async fn unlock(
         .ok_or(ApiError::NotFound)?;
     let sessions = &state.stores.sessions;
     sessions
-        .clear_failures(LockScope::Account, &user.username.to_lowercase())
+        .clear_failures(
+            LockScope::Account,
+            &crate::identity::sessions::account_key(&user.username),
+        )
+        .await?;
+    sessions
+        .clear_failures(LockScope::Confirm, &user.id.to_string())
         .await?;
     if let Some(ip) = &ip_key {
         sessions.clear_failures(LockScope::Ip, ip).await?;

@@ -1,7 +1,7 @@
 //! The caller's API keys: create (key and secret shown once), list (metadata), delete.
 //!
-//! Only a login session (bearer token or cookie) manages keys: a key cannot mint or
-//! remove keys (403), so a leaked key cannot make itself permanent.
+//! Only a login session (bearer token or cookie) manages keys: a key can neither list,
+//! mint nor remove keys (403), so a leaked key cannot make itself permanent.
 
 use axum::Json;
 use axum::extract::State;
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::{NewAuditEntry, RequestContext};
-use crate::authentication::{Credential, Principal, api_key};
+use crate::authentication::{Principal, api_key};
 use crate::error::ApiError;
 use crate::identity::{Problems, check_label, users::current_user};
 use crate::json::{ApiJson, IdPath};
@@ -88,15 +88,6 @@ pub struct ApiKeyList {
     pub items: Vec<ApiKeyView>,
 }
 
-fn session_only(principal: &Principal) -> Result<(), ApiError> {
-    if principal.credential == Credential::ApiKey {
-        return Err(ApiError::Forbidden(
-            "API keys are managed from a login session, not with an API key".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// `POST /users/me/api-keys`.
 #[utoipa::path(post, path = "/users/me/api-keys", tag = "api-keys", security(("bearer" = [])),
     request_body = NewApiKey,
@@ -110,7 +101,7 @@ pub async fn create(
     context: RequestContext,
     ApiJson(body): ApiJson<NewApiKey>,
 ) -> Result<Response, ApiError> {
-    session_only(&principal)?;
+    principal.require_session()?;
     let mut problems = Problems::default();
     problems.extend("name", check_label(&body.name, 64));
     if body
@@ -169,11 +160,13 @@ pub async fn create(
 
 /// `GET /users/me/api-keys`.
 #[utoipa::path(get, path = "/users/me/api-keys", tag = "api-keys", security(("bearer" = [])),
-    responses((status = 200, body = ApiKeyList), (status = 401, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = ApiKeyList), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, description = "Called with an API key", body = crate::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<ApiKeyList>, ApiError> {
+    principal.require_session()?;
     let keys = state.stores.data.api_keys_of(principal.user_id).await?;
     Ok(Json(ApiKeyList {
         items: keys.iter().map(ApiKeyView::from).collect(),
@@ -192,7 +185,7 @@ pub async fn delete(
     context: RequestContext,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    session_only(&principal)?;
+    principal.require_session()?;
     state
         .stores
         .data

@@ -13,7 +13,7 @@ use crate::client_ip::ClientIp;
 use crate::error::ApiError;
 use crate::identity::api_keys::ApiKeyView;
 use crate::identity::{Problems, UserView, check_email, check_username};
-use crate::json::ApiJson;
+use crate::json::{ApiJson, OptionalJson};
 use crate::password::{self, Verified};
 use crate::state::AppState;
 use crate::store::{Attempt, Family, LockScope, NewUser, Rotation, User};
@@ -131,173 +131,140 @@ fn locked_out(seconds: i64) -> ApiError {
     }
 }
 
-/// Reserves one password check against the IP and the account: counted before the check,
-/// atomically, so that parallel guesses never run more checks than the limits allow.
-/// 429 `locked_out` if either is spent (the other's reservation is handed back).
-async fn reserve_attempt(state: &AppState, ip: &str, account: &str) -> Result<(), ApiError> {
+/// One counter a password check counts against.
+#[derive(Debug, Clone)]
+pub(crate) struct Counted {
+    scope: LockScope,
+    key: String,
+    max: u32,
+}
+
+impl Counted {
+    /// Logins from one IP (its IPv6 prefix).
+    fn ip(state: &AppState, ip: &str) -> Self {
+        Self {
+            scope: LockScope::Ip,
+            key: ip.to_owned(),
+            max: state.config.login.max_failures_per_ip,
+        }
+    }
+
+    /// Logins to one account, keyed on [`account_key`].
+    fn account(state: &AppState, username: &str) -> Self {
+        Self {
+            scope: LockScope::Account,
+            key: account_key(username),
+            max: state.config.login.max_failures_per_account,
+        }
+    }
+
+    /// Password confirmations of one user: its own counter, with the account's limit.
+    pub(crate) fn confirmation(state: &AppState, user: &User) -> Self {
+        Self {
+            scope: LockScope::Confirm,
+            key: user.id.to_string(),
+            max: state.config.login.max_failures_per_account,
+        }
+    }
+}
+
+/// The account counter's key: a fixed-size digest of the lower-cased username, whatever
+/// its length, and the same whether or not the account exists.
+pub(crate) fn account_key(username: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(username.to_lowercase().as_bytes()))
+}
+
+/// Reserves one password check against every counter, atomically each: counted before
+/// the check, so that parallel guesses never run more checks than the limits allow. 429
+/// `locked_out` if any is spent (the reservations already made are handed back).
+pub(crate) async fn reserve(state: &AppState, counters: &[Counted]) -> Result<(), ApiError> {
     let now = state.now();
     let window = seconds(state.config.login.failure_window);
     let sessions = &state.stores.sessions;
-    let login = &state.config.login;
-    if let Attempt::Locked(seconds) = sessions
-        .reserve_attempt(LockScope::Ip, ip, login.max_failures_per_ip, window, now)
-        .await?
-    {
-        return Err(locked_out(seconds));
-    }
-    match sessions
-        .reserve_attempt(
-            LockScope::Account,
-            account,
-            login.max_failures_per_account,
-            window,
-            now,
-        )
-        .await
-    {
-        Ok(Attempt::Allowed) => Ok(()),
-        Ok(Attempt::Locked(seconds)) => {
-            sessions.release_attempt(LockScope::Ip, ip).await?;
-            Err(locked_out(seconds))
+    for (index, counter) in counters.iter().enumerate() {
+        let outcome = sessions
+            .reserve_attempt(counter.scope, &counter.key, counter.max, window, now)
+            .await;
+        let refused = match outcome {
+            Ok(Attempt::Allowed) => continue,
+            Ok(Attempt::Locked(seconds)) => locked_out(seconds),
+            Err(error) => error.into(),
+        };
+        for earlier in &counters[..index] {
+            sessions
+                .release_attempt(earlier.scope, &earlier.key, false)
+                .await?;
         }
-        Err(error) => {
-            sessions.release_attempt(LockScope::Ip, ip).await?;
-            Err(error.into())
-        }
-    }
-}
-
-/// Reserves one password confirmation (`PUT /users/me/password`, `DELETE /users/me`)
-/// against the account's login limit: wrong confirmations count like wrong logins, and an
-/// account locked out of logins is locked out of confirmations too.
-pub(crate) async fn reserve_confirmation(state: &AppState, user: &User) -> Result<(), ApiError> {
-    let now = state.now();
-    let window = seconds(state.config.login.failure_window);
-    match state
-        .stores
-        .sessions
-        .reserve_attempt(
-            LockScope::Account,
-            &user.username.to_lowercase(),
-            state.config.login.max_failures_per_account,
-            window,
-            now,
-        )
-        .await?
-    {
-        Attempt::Allowed => Ok(()),
-        Attempt::Locked(seconds) => Err(locked_out(seconds)),
-    }
-}
-
-/// Counts a wrong password confirmation against the account, as a failed login.
-pub(crate) async fn record_confirmation_failure(
-    state: &AppState,
-    context: &RequestContext,
-    user: &User,
-    during: &'static str,
-) -> Result<(), ApiError> {
-    state.metrics.failed_logins.inc();
-    let now = state.now();
-    let window = seconds(state.config.login.failure_window);
-    let locked = state
-        .stores
-        .sessions
-        .record_failure(
-            LockScope::Account,
-            &user.username.to_lowercase(),
-            state.config.login.max_failures_per_account,
-            window,
-            now,
-        )
-        .await?;
-    let data = &state.stores.data;
-    data.append_audit(NewAuditEntry::new(
-        now,
-        "login_failed",
-        Some(user.id),
-        json!({ "reason": "wrong_password", "during": during }),
-        context,
-    ))
-    .await?;
-    if locked.is_some() {
-        data.append_audit(NewAuditEntry::new(
-            now,
-            "locked_out",
-            Some(user.id),
-            json!({ "scope": "account", "seconds": window }),
-            context,
-        ))
-        .await?;
+        return Err(refused);
     }
     Ok(())
 }
 
-/// A correct password confirmation: the account's count starts over, as after a login.
-pub(crate) async fn clear_confirmation(state: &AppState, user: &User) -> Result<(), ApiError> {
-    state
-        .stores
-        .sessions
-        .clear_failures(LockScope::Account, &user.username.to_lowercase())
-        .await?;
+/// Hands the reservations back: a correct password, or a check that never ran. A success
+/// clears the IP's failures (SPEC §2) and the user's own confirmation failures (only the
+/// password's holder gets there, and the change or deletion that follows ends every other
+/// login); never the account's, which many parties share (a victim's bot logging in must
+/// not hand a guesser a new allowance): only its window or an admin clears it. No success
+/// forgives another attempt still in flight.
+pub(crate) async fn release(
+    state: &AppState,
+    counters: &[Counted],
+    succeeded: bool,
+) -> Result<(), ApiError> {
+    for counter in counters {
+        let forget = succeeded && counter.scope != LockScope::Account;
+        state
+            .stores
+            .sessions
+            .release_attempt(counter.scope, &counter.key, forget)
+            .await?;
+    }
     Ok(())
 }
 
-/// Confirms a reserved attempt as failed against the IP and the account, auditing a new
-/// lockout.
-async fn record_failure(
+/// Settles the reservations as a failed check: audits it (`login_failed` with `details`)
+/// and every lockout it started; returns the longest lockout started, if any.
+pub(crate) async fn record_failure(
     state: &AppState,
     context: &RequestContext,
-    ip: &str,
-    account: &str,
-    user: Option<&User>,
-    reason: &'static str,
-) -> Result<(), ApiError> {
+    counters: &[Counted],
+    user_id: Option<i64>,
+    details: serde_json::Value,
+) -> Result<Option<i64>, ApiError> {
     state.metrics.failed_logins.inc();
     let now = state.now();
     let window = seconds(state.config.login.failure_window);
     let sessions = &state.stores.sessions;
-    let ip_locked = sessions
-        .record_failure(
-            LockScope::Ip,
-            ip,
-            state.config.login.max_failures_per_ip,
-            window,
-            now,
-        )
-        .await?;
-    let account_locked = sessions
-        .record_failure(
-            LockScope::Account,
-            account,
-            state.config.login.max_failures_per_account,
-            window,
-            now,
-        )
-        .await?;
-    let user_id = user.map(|user| user.id);
+    let mut started = Vec::new();
+    for counter in counters {
+        if let Some(seconds) = sessions
+            .record_failure(counter.scope, &counter.key, counter.max, window, now)
+            .await?
+        {
+            started.push((counter.scope, seconds));
+        }
+    }
     let data = &state.stores.data;
     data.append_audit(NewAuditEntry::new(
         now,
         "login_failed",
         user_id,
-        json!({ "reason": reason }),
+        details,
         context,
     ))
     .await?;
-    for (scope, locked) in [("ip", ip_locked), ("account", account_locked)] {
-        if locked.is_some() {
-            data.append_audit(NewAuditEntry::new(
-                now,
-                "locked_out",
-                user_id,
-                json!({ "scope": scope, "seconds": window }),
-                context,
-            ))
-            .await?;
-        }
+    for (scope, seconds) in &started {
+        data.append_audit(NewAuditEntry::new(
+            now,
+            "locked_out",
+            user_id,
+            json!({ "scope": scope.as_str(), "seconds": seconds }),
+            context,
+        ))
+        .await?;
     }
-    Ok(())
+    Ok(started.iter().map(|(_, seconds)| *seconds).max())
 }
 
 /// Logs in with a username and password.
@@ -313,20 +280,34 @@ pub async fn login(
     context: RequestContext,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
-    let account = body.username.to_lowercase();
     // Lockouts key on the IPv6 prefix (a host owns a whole /64); the audit keeps the address.
     let ip = ip.parse::<std::net::IpAddr>().map_or(ip, |address| {
         crate::client_ip::bucket(address, state.config.rate_limits.ipv6_prefix).to_string()
     });
-    reserve_attempt(&state, &ip, &account).await?;
-    if body.password.len() > 4 * state.config.password.max_length || body.username.len() > 254 {
-        // Nothing this long was ever accepted at registration; refuse without hashing it.
+    // Nothing this long was ever accepted at registration: such a name has no account
+    // counter (no account can be locked by it, none can exist), only the IP's.
+    let too_long =
+        body.password.len() > 4 * state.config.password.max_length || body.username.len() > 254;
+    let mut counters = vec![Counted::ip(&state, &ip)];
+    if body.username.len() <= 254 {
+        counters.push(Counted::account(&state, &body.username));
+    }
+    reserve(&state, &counters).await?;
+    if too_long {
+        // Refused without hashing it, in the time a real check takes.
         state
             .hasher
             .verify_dummy(String::new())
             .await
             .map_err(ApiError::internal)?;
-        record_failure(&state, &context, &ip, &account, None, "too_long").await?;
+        record_failure(
+            &state,
+            &context,
+            &counters,
+            None,
+            json!({ "reason": "too_long" }),
+        )
+        .await?;
         return Err(ApiError::InvalidCredentials);
     }
     let user = state.stores.data.user_by_username(&body.username).await?;
@@ -337,7 +318,14 @@ pub async fn login(
             .verify_dummy(body.password)
             .await
             .map_err(ApiError::internal)?;
-        record_failure(&state, &context, &ip, &account, None, "unknown_user").await?;
+        record_failure(
+            &state,
+            &context,
+            &counters,
+            None,
+            json!({ "reason": "unknown_user" }),
+        )
+        .await?;
         return Err(ApiError::InvalidCredentials);
     };
     let verified = state
@@ -349,10 +337,9 @@ pub async fn login(
         record_failure(
             &state,
             &context,
-            &ip,
-            &account,
-            Some(&user),
-            "wrong_password",
+            &counters,
+            Some(user.id),
+            json!({ "reason": "wrong_password" }),
         )
         .await?;
         return Err(ApiError::InvalidCredentials);
@@ -365,12 +352,8 @@ pub async fn login(
             .await?;
     }
     if user.disabled {
-        // The password was right: this attempt is no failure.
-        let sessions = &state.stores.sessions;
-        sessions.release_attempt(LockScope::Ip, &ip).await?;
-        sessions
-            .release_attempt(LockScope::Account, &account)
-            .await?;
+        // The password was right: this attempt is no failure (nor a success).
+        release(&state, &counters, false).await?;
         state
             .stores
             .data
@@ -384,32 +367,28 @@ pub async fn login(
             .await?;
         return Err(ApiError::Disabled);
     }
+    release(&state, &counters, true).await?;
     let sessions = &state.stores.sessions;
-    sessions.clear_failures(LockScope::Ip, &ip).await?;
-    sessions
-        .clear_failures(LockScope::Account, &account)
-        .await?;
 
+    // Every login ends at a fixed time (SPEC §5: absolute lifetimes; rotation never moves
+    // it): a cookie session after 24 hours or, remembered, 30 days; a login without cookies
+    // `tokens.refresh_ttl` (7 days, SPEC §2) after it began, however often it refreshes.
     let lifetime = if body.cookie {
         if body.remember_me { 30 * DAY } else { DAY }
     } else {
         seconds(state.config.tokens.refresh_ttl)
     };
     let now = state.now();
+    // Cookie sessions get a CSRF token, stored (as a hash) with the family and carried (as
+    // the same hash) in each access token; every refresh replaces it.
+    let csrf_token = body.cookie.then(tokens::new_csrf_token);
     let family = Family {
         id: tokens::new_family_id(),
         user_id: user.id,
         created_at: now,
         expires_at: now + lifetime,
         revoked_at: None,
-        csrf_hash: None,
-    };
-    // Cookie sessions get a CSRF token, stored (as a hash) with the family and carried (as
-    // the same hash) in each access token; every refresh replaces it.
-    let csrf_token = body.cookie.then(tokens::new_csrf_token);
-    let family = Family {
         csrf_hash: csrf_token.as_deref().map(tokens::hash_csrf_token),
-        ..family
     };
     let refresh_token = format!("{}.{}", family.id, tokens::new_refresh_token());
     sessions
@@ -429,6 +408,19 @@ pub async fn login(
     issue(&state, &user, &family, refresh_token, lifetime, csrf_token)
 }
 
+/// The access cookie for a login, expiring with its token.
+pub(crate) fn access_cookie(
+    state: &AppState,
+    user: &User,
+    family: &Family,
+) -> Result<HeaderValue, ApiError> {
+    let (access_token, lifetime) = state
+        .tokens
+        .issue_for(user, family)
+        .map_err(ApiError::internal)?;
+    cookie_header(authentication::ACCESS_COOKIE, &access_token, "/", lifetime)
+}
+
 /// Builds the token response, with cookies when asked.
 fn issue(
     state: &AppState,
@@ -438,12 +430,11 @@ fn issue(
     refresh_lifetime: i64,
     csrf_token: Option<String>,
 ) -> Result<Response, ApiError> {
-    let csrf_hash = csrf_token.as_deref().map(tokens::hash_csrf_token);
-    let access_token = state
+    // Bound to the family's CSRF hash, and never outliving the login.
+    let (access_token, access_ttl) = state
         .tokens
-        .issue_with_csrf(user, &family.id, csrf_hash.as_deref())
+        .issue_for(user, family)
         .map_err(ApiError::internal)?;
-    let access_ttl = state.tokens.access_ttl();
     let mut headers = HeaderMap::new();
     if csrf_token.is_some() {
         headers.append(
@@ -526,20 +517,8 @@ pub async fn refresh(
     State(state): State<AppState>,
     context: RequestContext,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    OptionalJson(body): OptionalJson<RefreshBody>,
 ) -> Result<Response, ApiError> {
-    let body: RefreshBody = if body.is_empty() {
-        RefreshBody::default()
-    } else {
-        let is_json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| value.starts_with("application/json"));
-        if !is_json {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        crate::json::parse(&body)?
-    };
     let (token, from_cookie) = match body.refresh_token {
         Some(token) => (token, false),
         None => match authentication::cookie(&headers, REFRESH_COOKIE) {
@@ -571,8 +550,10 @@ pub async fn refresh(
             return Err(ApiError::CsrfFailed);
         }
     }
-    // A refresh through the cookie replaces the CSRF token: the previous one stops working.
-    let csrf_token = from_cookie.then(tokens::new_csrf_token);
+    // Every refresh of a cookie-born login replaces its CSRF token, whichever way the
+    // refresh token came: the previous one stops working, and the new access token
+    // carries the new one's hash.
+    let csrf_token = (from_cookie || existing.csrf_hash.is_some()).then(tokens::new_csrf_token);
     // The login ends when it was set to end at login; rotation never moves that. Each new
     // refresh token lives `refresh_ttl`, cut at the login's end.
     let expires_at = (now + seconds(state.config.tokens.refresh_ttl)).min(existing.expires_at);
@@ -634,19 +615,15 @@ pub async fn refresh(
 /// Revokes the current login.
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204, description = "The current login is revoked"),
-              (status = 400, description = "Called with an API key, which has no login", body = crate::error::ErrorBody),
-              (status = 401, body = crate::error::ErrorBody), (status = 403, description = "csrf_failed", body = crate::error::ErrorBody)))]
+              (status = 401, body = crate::error::ErrorBody),
+              (status = 403, description = "csrf_failed, or forbidden for API keys", body = crate::error::ErrorBody)))]
 pub async fn logout(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
 ) -> Result<Response, ApiError> {
     // An API key has no login to end; it is revoked by deleting it.
-    if principal.family_id.is_empty() {
-        return Err(ApiError::invalid(
-            "An API key has no session to log out of; delete the key to revoke it",
-        ));
-    }
+    principal.require_session()?;
     let now = state.now();
     state
         .stores
@@ -675,8 +652,9 @@ pub async fn logout(
 #[serde(deny_unknown_fields)]
 pub struct LogoutAllBody {
     /// Also revoke every API key of the user. Keys are for programs and survive by default.
+    /// Naming it (`true` or `false`) asks for the report (200) instead of 204.
     #[serde(default)]
-    pub revoke_api_keys: bool,
+    pub revoke_api_keys: Option<bool>,
 }
 
 /// What "log out everywhere" or a password change revoked, and the API keys that still work.
@@ -688,75 +666,46 @@ pub struct RevokedReport {
     pub revoked_api_keys: usize,
     /// The user's API keys that are still active (not expired, not revoked).
     pub active_api_keys: Vec<ApiKeyView>,
-    /// Cookie sessions: the new CSRF token of the login that made the change.
+    /// A login with a CSRF token: the new one, for the login that made the change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub csrf_token: Option<String>,
 }
 
-/// Revokes the user's API keys if asked (each audited), then lists the still-active ones.
-pub(crate) async fn settle_api_keys(
+/// The user's API keys that still work.
+pub(crate) async fn active_api_keys(
     state: &AppState,
     user_id: i64,
-    revoke: bool,
-    reason: &'static str,
-    context: &RequestContext,
-) -> Result<(usize, Vec<ApiKeyView>), ApiError> {
-    let data = &state.stores.data;
-    let mut revoked = 0;
-    if revoke {
-        for key in data.api_keys_of(user_id).await? {
-            let entry = NewAuditEntry::new(
-                state.now(),
-                "api_key_revoked",
-                Some(user_id),
-                json!({ "api_key_id": key.id, "reason": reason }),
-                context,
-            );
-            match data.delete_api_key(user_id, key.id, entry).await {
-                Ok(()) => revoked += 1,
-                // Deleted meanwhile by another request: gone either way.
-                Err(crate::store::StoreError::NotFound) => {}
-                Err(error) => return Err(error.into()),
-            }
-        }
-    }
+) -> Result<Vec<ApiKeyView>, ApiError> {
     let now = state.now();
-    let active = data
+    Ok(state
+        .stores
+        .data
         .api_keys_of(user_id)
         .await?
         .iter()
         .filter(|key| key.expires_at.is_none_or(|expires_at| expires_at > now))
         .map(ApiKeyView::from)
-        .collect();
-    Ok((revoked, active))
+        .collect())
 }
 
-/// Revokes every login of the user; with `{"revoke_api_keys": true}` every API key too.
+/// Revokes every login of the user; with `{"revoke_api_keys": true}` every API key too, in
+/// one statement (a key created meanwhile included), audited as one `api_key_revoked`.
 #[utoipa::path(post, path = "/auth/logout-all", tag = "auth", security(("bearer" = [])),
     request_body(content = LogoutAllBody, description = "Optional"),
-    responses((status = 200, description = "Every login of the user is revoked; the API keys still active are listed", body = RevokedReport),
+    responses((status = 204, description = "Every login of the user is revoked (no `revoke_api_keys` in the body)"),
+              (status = 200, description = "The body named `revoke_api_keys`: what was revoked, and the API keys still active", body = RevokedReport),
               (status = 400, body = crate::error::ErrorBody),
-              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+              (status = 401, body = crate::error::ErrorBody),
+              (status = 403, description = "csrf_failed, or forbidden for API keys", body = crate::error::ErrorBody),
+              (status = 415, body = crate::error::ErrorBody)))]
 pub async fn logout_all(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
-    body: axum::body::Bytes,
+    OptionalJson(body): OptionalJson<LogoutAllBody>,
 ) -> Result<Response, ApiError> {
-    let body: LogoutAllBody = if body.is_empty() {
-        LogoutAllBody::default()
-    } else {
-        // Only an object: serde would take `[true]` for the struct's fields in order.
-        if !crate::json::parse::<serde_json::Value>(&body)?.is_object() {
-            return Err(ApiError::invalid("The body must be a JSON object"));
-        }
-        crate::json::parse(&body)?
-    };
-    if body.revoke_api_keys && principal.credential == authentication::Credential::ApiKey {
-        return Err(ApiError::Forbidden(
-            "API keys are revoked from a login session, not with an API key".into(),
-        ));
-    }
+    principal.require_session()?;
+    let revoke_keys = body.revoke_api_keys.unwrap_or(false);
     let now = state.now();
     let revoked_sessions = revoke_user(&state, principal.user_id, None).await?;
     state
@@ -766,22 +715,36 @@ pub async fn logout_all(
             now,
             "logout",
             Some(principal.user_id),
-            json!({ "all": true, "revoke_api_keys": body.revoke_api_keys }),
+            json!({ "all": true, "revoke_api_keys": revoke_keys }),
             &context,
         ))
         .await?;
-    let (revoked_api_keys, active_api_keys) = settle_api_keys(
-        &state,
-        principal.user_id,
-        body.revoke_api_keys,
-        "logout_all",
-        &context,
-    )
-    .await?;
+    let revoked_api_keys = if revoke_keys {
+        state
+            .stores
+            .data
+            .delete_api_keys_of(
+                principal.user_id,
+                NewAuditEntry::new(
+                    state.now(),
+                    "api_key_revoked",
+                    Some(principal.user_id),
+                    json!({ "reason": "logout_all" }),
+                    &context,
+                ),
+            )
+            .await?
+            .len()
+    } else {
+        0
+    };
+    if body.revoke_api_keys.is_none() {
+        return Ok((StatusCode::NO_CONTENT, clearing_cookies()).into_response());
+    }
     let report = RevokedReport {
         revoked_sessions,
         revoked_api_keys,
-        active_api_keys,
+        active_api_keys: active_api_keys(&state, principal.user_id).await?,
         csrf_token: None,
     };
     Ok((StatusCode::OK, clearing_cookies(), Json(report)).into_response())

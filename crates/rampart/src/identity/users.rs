@@ -17,7 +17,7 @@ use crate::identity::{Admin, Problems, UserView};
 use crate::json::{ApiJson, IdPath};
 use crate::password::{self, Verified};
 use crate::state::AppState;
-use crate::store::{AuditFilter, User};
+use crate::store::{AuditFilter, Family, User};
 use crate::tokens;
 
 /// `PUT /users/me/password`.
@@ -29,8 +29,9 @@ pub struct PasswordChange {
     /// The new password; must meet the policy.
     pub new_password: String,
     /// Also revoke every API key of the user. Keys are for programs and survive by default.
+    /// Naming it (`true` or `false`) asks for the report (200) instead of 204.
     #[serde(default)]
-    pub revoke_api_keys: bool,
+    pub revoke_api_keys: Option<bool>,
 }
 
 /// `DELETE /users/me`.
@@ -85,58 +86,124 @@ pub async fn by_id(
     Ok(Json(UserView::from(&user)))
 }
 
-/// Refuses API keys: a key (a program's credential, perhaps stolen) never confirms the
-/// password, so it can neither change it nor delete the account.
-fn session_only(principal: &Principal) -> Result<(), ApiError> {
-    if principal.credential == Credential::ApiKey {
-        return Err(ApiError::Forbidden(
-            "This needs a login session, not an API key".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks the caller's password; 400 naming `field` when wrong. Each check is counted
-/// against the account like a login (the account lockout applies: 429 `locked_out`), so a
-/// stolen token cannot guess the password at the request rate.
+/// Checks the caller's password; 400 naming `field` when wrong. Each check counts against
+/// the user's own confirmation counter (the account's limit and window, independent of the
+/// login counters in both directions). When it is spent, the check is refused with 429
+/// `locked_out` and the calling login is revoked: guessing with a stolen session burns it.
 async fn confirm_password(
     state: &AppState,
+    principal: &Principal,
     context: &RequestContext,
     user: &User,
     password: String,
     field: &str,
     during: &'static str,
 ) -> Result<(), ApiError> {
-    sessions::reserve_confirmation(state, user).await?;
-    let verified = state
+    let counters = [sessions::Counted::confirmation(state, user)];
+    if let Err(error) = sessions::reserve(state, &counters).await {
+        if matches!(error, ApiError::LockedOut { .. }) {
+            burn_session(state, principal, context, during).await?;
+        }
+        return Err(error);
+    }
+    let verified = match state
         .hasher
         .verify(password, user.password_hash.clone())
         .await
-        .map_err(ApiError::internal)?;
+    {
+        Ok(verified) => verified,
+        Err(error) => {
+            sessions::release(state, &counters, false).await?;
+            return Err(ApiError::internal(error));
+        }
+    };
     if verified == Verified::No {
-        sessions::record_confirmation_failure(state, context, user, during).await?;
+        let locked = sessions::record_failure(
+            state,
+            context,
+            &counters,
+            Some(user.id),
+            json!({ "reason": "wrong_password", "during": during }),
+        )
+        .await?;
+        if let Some(seconds) = locked {
+            burn_session(state, principal, context, during).await?;
+            return Err(ApiError::LockedOut {
+                retry_after: std::time::Duration::from_secs(
+                    u64::try_from(seconds.max(1)).unwrap_or(1),
+                ),
+            });
+        }
         let mut problems = Problems::default();
         problems.add(field, "is incorrect");
         return problems.finish();
     }
-    sessions::clear_confirmation(state, user).await
+    sessions::release(state, &counters, true).await
+}
+
+/// Revokes the calling login after its confirmations ran out, audited.
+async fn burn_session(
+    state: &AppState,
+    principal: &Principal,
+    context: &RequestContext,
+    during: &'static str,
+) -> Result<(), ApiError> {
+    let now = state.now();
+    state
+        .stores
+        .sessions
+        .revoke_family(&principal.family_id, now)
+        .await?;
+    state
+        .revocations
+        .insert([(principal.family_id.to_string(), now)]);
+    state
+        .stores
+        .data
+        .append_audit(NewAuditEntry::new(
+            now,
+            "logout",
+            Some(principal.user_id),
+            json!({ "all": false, "reason": "confirmation_locked_out", "during": during }),
+            context,
+        ))
+        .await?;
+    Ok(())
+}
+
+/// The caller's login as the store has it: refused (401) when revoked or ended, whatever
+/// the revocation cache says yet.
+async fn live_family(state: &AppState, principal: &Principal) -> Result<Family, ApiError> {
+    state
+        .stores
+        .sessions
+        .family(&principal.family_id)
+        .await?
+        .filter(|family| {
+            family.user_id == principal.user_id
+                && family.revoked_at.is_none()
+                && family.expires_at > state.now()
+        })
+        .ok_or_else(ApiError::invalid_token)
 }
 
 /// `PUT /users/me/password`: every other login is revoked; API keys too if asked.
 #[utoipa::path(put, path = "/users/me/password", tag = "users", security(("bearer" = [])), request_body = PasswordChange,
-    responses((status = 200, description = "Changed; every other login is revoked; the API keys still active are listed", body = RevokedReport),
+    responses((status = 204, description = "Changed; every other login is revoked (no `revoke_api_keys` named, no CSRF token to replace)"),
+              (status = 200, description = "Changed; the body named `revoke_api_keys`, or the login has a CSRF token and gets a new one (`csrf_token`)", body = RevokedReport),
               (status = 400, description = "Wrong current password or a weak new one", body = crate::error::ErrorBody),
               (status = 401, body = crate::error::ErrorBody),
               (status = 403, description = "forbidden for API keys", body = crate::error::ErrorBody),
-              (status = 429, description = "locked_out: too many wrong passwords", body = crate::error::ErrorBody)))]
+              (status = 429, description = "locked_out: too many wrong passwords; the calling login is revoked", body = crate::error::ErrorBody)))]
 pub async fn change_password(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
     ApiJson(body): ApiJson<PasswordChange>,
 ) -> Result<Response, ApiError> {
-    session_only(&principal)?;
+    principal.require_session()?;
     let user = current_user(&state, &principal).await?;
+    let family = live_family(&state, &principal).await?;
     let mut problems = Problems::default();
     problems.extend(
         "new_password",
@@ -148,6 +215,7 @@ pub async fn change_password(
     problems.finish()?;
     confirm_password(
         &state,
+        &principal,
         &context,
         &user,
         body.current_password,
@@ -160,7 +228,8 @@ pub async fn change_password(
         .hash(body.new_password)
         .await
         .map_err(ApiError::internal)?;
-    state
+    let revoke_keys = body.revoke_api_keys.unwrap_or(false);
+    let revoked_api_keys = state
         .stores
         .data
         .change_password(
@@ -170,53 +239,54 @@ pub async fn change_password(
                 state.now(),
                 "password_changed",
                 Some(user.id),
-                json!({ "revoke_api_keys": body.revoke_api_keys }),
+                json!({ "revoke_api_keys": revoke_keys }),
                 &context,
             ),
+            revoke_keys.then(|| {
+                NewAuditEntry::new(
+                    state.now(),
+                    "api_key_revoked",
+                    Some(user.id),
+                    json!({ "reason": "password_changed" }),
+                    &context,
+                )
+            }),
         )
-        .await?;
-    let keep = (!principal.family_id.is_empty()).then_some(&*principal.family_id);
-    let revoked_sessions = revoke_user(&state, user.id, keep).await?;
-    let (revoked_api_keys, active_api_keys) = sessions::settle_api_keys(
-        &state,
-        user.id,
-        body.revoke_api_keys,
-        "password_changed",
-        &context,
-    )
-    .await?;
-    // The login that survives gets a new CSRF token (and, carrying its hash, a new access
-    // cookie): the one from before the change stops working.
+        .await?
+        .len();
+    let revoked_sessions = revoke_user(&state, user.id, Some(&family.id)).await?;
+    // A login with a CSRF token (cookie-born, whichever way this request came) gets a new
+    // one, and a new access cookie carrying its hash: the one from before the change stops
+    // working. Only while the login is still live; its end never moves.
     let mut headers = http::HeaderMap::new();
-    let csrf_token = if principal.credential == Credential::Cookie {
-        let csrf_token = tokens::new_csrf_token();
-        let csrf_hash = tokens::hash_csrf_token(&csrf_token);
-        state
+    let mut csrf_token = None;
+    if family.csrf_hash.is_some() || principal.credential == Credential::Cookie {
+        let token = tokens::new_csrf_token();
+        let csrf_hash = tokens::hash_csrf_token(&token);
+        if state
             .stores
             .sessions
-            .set_csrf_hash(&principal.family_id, &csrf_hash)
-            .await?;
-        let access_token = state
-            .tokens
-            .issue_with_csrf(&user, &principal.family_id, Some(&csrf_hash))
-            .map_err(ApiError::internal)?;
-        headers.append(
-            http::header::SET_COOKIE,
-            sessions::cookie_header(
-                crate::authentication::ACCESS_COOKIE,
-                &access_token,
-                "/",
-                state.tokens.access_ttl(),
-            )?,
-        );
-        Some(csrf_token)
-    } else {
-        None
-    };
+            .set_csrf_hash(&family.id, &csrf_hash, state.now())
+            .await?
+        {
+            let family = Family {
+                csrf_hash: Some(csrf_hash),
+                ..family
+            };
+            headers.append(
+                http::header::SET_COOKIE,
+                sessions::access_cookie(&state, &user, &family)?,
+            );
+            csrf_token = Some(token);
+        }
+    }
+    if body.revoke_api_keys.is_none() && csrf_token.is_none() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let report = RevokedReport {
         revoked_sessions,
         revoked_api_keys,
-        active_api_keys,
+        active_api_keys: sessions::active_api_keys(&state, user.id).await?,
         csrf_token,
     };
     Ok((StatusCode::OK, headers, Json(report)).into_response())
@@ -312,7 +382,7 @@ pub async fn export(
               (status = 400, description = "Wrong password", body = crate::error::ErrorBody),
               (status = 401, body = crate::error::ErrorBody),
               (status = 403, description = "forbidden for API keys", body = crate::error::ErrorBody),
-              (status = 429, description = "locked_out: too many wrong passwords", body = crate::error::ErrorBody),
+              (status = 429, description = "locked_out: too many wrong passwords; the calling login is revoked", body = crate::error::ErrorBody),
               (status = 409, description = "The last admin cannot delete itself", body = crate::error::ErrorBody)))]
 pub async fn delete_me(
     State(state): State<AppState>,
@@ -320,10 +390,12 @@ pub async fn delete_me(
     context: RequestContext,
     ApiJson(body): ApiJson<DeleteBody>,
 ) -> Result<Response, ApiError> {
-    session_only(&principal)?;
+    principal.require_session()?;
     let user = current_user(&state, &principal).await?;
+    live_family(&state, &principal).await?;
     confirm_password(
         &state,
+        &principal,
         &context,
         &user,
         body.password,

@@ -27,6 +27,7 @@ pub struct RedisSessionStore {
     reserve: redis::Script,
     record: redis::Script,
     release: redis::Script,
+    set_csrf: redis::Script,
 }
 
 impl std::fmt::Debug for RedisSessionStore {
@@ -117,53 +118,96 @@ if revoke(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then return 1 
 return 0
 ";
 
-/// Counts an attempt before the password is checked; refuses once `max` attempts of the
-/// window are spent (in flight or failed). Returns {allowed, seconds}.
+/// Loads a lockout counter ([`crate::store::Counter`]): the same fields and transitions as
+/// the SQL store's row.
+const COUNTER: &str = r"
+local function load(key)
+  local fields = redis.call('HMGET', key, 'start', 'failures', 'pending', 'locked_until')
+  return tonumber(fields[1] or '0'), tonumber(fields[2] or '0'), tonumber(fields[3] or '0'),
+    tonumber(fields[4] or '0')
+end
+";
+
+/// `Counter::reserve`: returns {allowed, seconds}; a refused attempt changes nothing.
 const RESERVE: &str = r"
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local max = tonumber(ARGV[3])
-local fields = redis.call('HMGET', KEYS[1], 'start', 'failures', 'locked_until')
-local start = tonumber(fields[1] or '0')
-local failures = tonumber(fields[2] or '0')
-local locked = tonumber(fields[3] or '0')
+local start, failures, pending, locked = load(KEYS[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then start = now end
 if locked > now then return {0, locked - now} end
 if start <= now - window then
-  failures = 0
-  start = now
+  start, failures, pending, locked = now, 0, 0, 0
   redis.call('HDEL', KEYS[1], 'locked_until')
 end
-if failures >= max then
+redis.call('HSET', KEYS[1], 'start', start, 'failures', failures, 'pending', pending)
+redis.call('EXPIRE', KEYS[1], window * 2 + 60)
+if failures + pending >= max then
   return {0, math.max(start + window - now, 1)}
 end
-redis.call('HSET', KEYS[1], 'start', start, 'failures', failures + 1)
-redis.call('EXPIRE', KEYS[1], window * 2 + 60)
+redis.call('HSET', KEYS[1], 'pending', pending + 1)
 return {1, 0}
 ";
 
-/// A reserved attempt failed: lock the key once the window's failures reach `max`.
+/// `Counter::fail`: returns 1 when this failure started a lockout.
 const RECORD: &str = r"
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local max = tonumber(ARGV[3])
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'start', now, 'failures', 1)
-end
-redis.call('EXPIRE', KEYS[1], window * 2 + 60)
-local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
-local locked = tonumber(redis.call('HGET', KEYS[1], 'locked_until') or '0')
+local start, failures, pending, locked = load(KEYS[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then start = now end
+failures = failures + 1
+redis.call('HSET', KEYS[1], 'start', start, 'failures', failures,
+  'pending', math.max(pending - 1, 0))
+local started = 0
 if failures >= max and locked <= now then
   redis.call('HSET', KEYS[1], 'locked_until', now + window)
-  return 1
+  locked = now + window
+  started = 1
 end
+redis.call('EXPIRE', KEYS[1], window * 2 + 60)
+return started
+";
+
+/// `Counter::release`: hands back one reservation; ARGV[1] = '1' clears the failures too.
+const RELEASE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local _, _, pending = load(KEYS[1])
+redis.call('HSET', KEYS[1], 'pending', math.max(pending - 1, 0))
+if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'failures', 0) end
 return 0
 ";
 
-const RELEASE: &str = r"
-local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
-if failures > 0 then redis.call('HSET', KEYS[1], 'failures', failures - 1) end
-return 0
+/// Copies the revocation index of earlier versions (a sorted set scored by revocation
+/// time) into the log once, oldest first, then drops it: running it again finds nothing.
+const MIGRATE_REVOKED: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local since = tonumber(redis.call('TIME')[1]) - tonumber(ARGV[1])
+local copied = 0
+for _, family in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf')) do
+  redis.call('XADD', KEYS[2], '*', 'family', family)
+  copied = copied + 1
+end
+redis.call('DEL', KEYS[1])
+return copied
 ";
+
+/// Sets a live family's CSRF hash: 1 when set.
+const SET_CSRF: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'revoked_at') == 1 then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '0') <= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'csrf_hash', ARGV[1])
+return 1
+";
+
+/// A stream id (`<ms>-<seq>`) as numbers, for comparing.
+fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
 
 fn unavailable(error: redis::RedisError) -> StoreError {
     StoreError::Unavailable(error.into())
@@ -181,17 +225,39 @@ impl RedisSessionStore {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
         let connection = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self {
+        let store = Self {
             connection,
             prefix: prefix.into(),
             rotate: redis::Script::new(&format!("{REVOKE_ONE}{ROTATE}")),
             create: redis::Script::new(CREATE),
             revoke_user: redis::Script::new(&format!("{REVOKE_ONE}{REVOKE_USER}")),
             revoke_family: redis::Script::new(&format!("{REVOKE_ONE}{REVOKE_FAMILY}")),
-            reserve: redis::Script::new(RESERVE),
-            record: redis::Script::new(RECORD),
-            release: redis::Script::new(RELEASE),
-        })
+            reserve: redis::Script::new(&format!("{COUNTER}{RESERVE}")),
+            record: redis::Script::new(&format!("{COUNTER}{RECORD}")),
+            release: redis::Script::new(&format!("{COUNTER}{RELEASE}")),
+            set_csrf: redis::Script::new(SET_CSRF),
+        };
+        store.migrate_revoked().await?;
+        Ok(store)
+    }
+
+    /// Earlier versions kept revocations in a sorted set; its recent entries join the log
+    /// (once: the set is dropped in the same step) so that no instance forgets them.
+    async fn migrate_revoked(&self) -> anyhow::Result<()> {
+        let mut connection = self.connection.clone();
+        let copied: i64 = redis::Script::new(MIGRATE_REVOKED)
+            .key(self.key(&["revoked"]))
+            .key(self.key(&["revocations"]))
+            .arg(KEEP_REVOKED)
+            .invoke_async(&mut connection)
+            .await?;
+        if copied > 0 {
+            tracing::info!(
+                copied,
+                "revocations of the earlier index copied into the log"
+            );
+        }
+        Ok(())
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -277,20 +343,18 @@ impl SessionStore for RedisSessionStore {
         })
     }
 
-    async fn set_csrf_hash(&self, family_id: &str, csrf_hash: &str) -> StoreResult<()> {
+    async fn set_csrf_hash(&self, family_id: &str, csrf_hash: &str, now: i64) -> StoreResult<bool> {
         let mut connection = self.connection.clone();
-        let family_key = self.family_key(family_id);
-        // Only an existing family: a bare HSET would resurrect an expired one without TTL.
-        let _: i64 = redis::Script::new(
-            "if redis.call('EXISTS', KEYS[1]) == 1 then \
-               redis.call('HSET', KEYS[1], 'csrf_hash', ARGV[1]) end return 0",
-        )
-        .key(family_key)
-        .arg(csrf_hash)
-        .invoke_async(&mut connection)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        // Only a live family: a bare HSET would resurrect an expired one without TTL.
+        let set: i64 = self
+            .set_csrf
+            .key(self.family_key(family_id))
+            .arg(csrf_hash)
+            .arg(now)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(set == 1)
     }
 
     async fn family(&self, id: &str) -> StoreResult<Option<Family>> {
@@ -382,6 +446,29 @@ impl SessionStore for RedisSessionStore {
         ))
     }
 
+    async fn revocation_log_rewound(&self, cursor: &str) -> StoreResult<bool> {
+        let Some(cursor) = stream_id(cursor) else {
+            return Ok(false);
+        };
+        let mut connection = self.connection.clone();
+        // The newest entry: trimming keeps it (it is the one just added), so only a lost or
+        // deleted stream moves it back.
+        let last: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
+            .arg(self.key(&["revocations"]))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        let head = last
+            .first()
+            .and_then(|(id, _)| stream_id(id))
+            .unwrap_or((0, 0));
+        Ok(head < cursor)
+    }
+
     async fn delete_user_sessions(&self, user_id: i64) -> StoreResult<()> {
         // Families stay (revoked) until they expire so that every instance's revocation
         // cache sees them; the user's index goes.
@@ -418,11 +505,17 @@ impl SessionStore for RedisSessionStore {
         })
     }
 
-    async fn release_attempt(&self, scope: LockScope, key: &str) -> StoreResult<()> {
+    async fn release_attempt(
+        &self,
+        scope: LockScope,
+        key: &str,
+        forget_failures: bool,
+    ) -> StoreResult<()> {
         let mut connection = self.connection.clone();
         let _: i64 = self
             .release
             .key(self.key(&["lock", scope.as_str(), key]))
+            .arg(if forget_failures { "1" } else { "0" })
             .invoke_async(&mut connection)
             .await
             .map_err(unavailable)?;
@@ -448,15 +541,6 @@ impl SessionStore for RedisSessionStore {
             .await
             .map_err(unavailable)?;
         Ok((locked == 1).then_some(window))
-    }
-
-    async fn lockout(&self, scope: LockScope, key: &str, now: i64) -> StoreResult<Option<i64>> {
-        let mut connection = self.connection.clone();
-        let until: Option<i64> = connection
-            .hget(self.key(&["lock", scope.as_str(), key]), "locked_until")
-            .await
-            .map_err(unavailable)?;
-        Ok(until.filter(|until| *until > now).map(|until| until - now))
     }
 
     async fn clear_failures(&self, scope: LockScope, key: &str) -> StoreResult<()> {

@@ -14,8 +14,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::audit::{self, AuditRecord, GENESIS, NewAuditEntry};
 use crate::store::{
-    AccountPatch, ApiKey, Attempt, AuditFilter, Family, LockScope, NewUser, Rotation, SealedKind,
-    SealedValue, SessionStore, Store, StoreError, StoreResult, TradingAccount, User, UserPatch,
+    AccountPatch, ApiKey, Attempt, AuditFilter, Counter, Family, LockScope, NewUser, Rotation,
+    SealedKind, SealedValue, SessionStore, Store, StoreError, StoreResult, TradingAccount, User,
+    UserPatch,
 };
 
 /// The embedded store: one SQLite file (or memory), one connection.
@@ -252,7 +253,13 @@ const AUDIT_COLUMNS: &str = "id, at, user_id, action, details, ip_address, user_
 /// Implements both traits for one backend. `$lock_audit` serialises audit appends (the
 /// chain needs the previous hash); `$for_update` locks selected rows where the backend can.
 macro_rules! sql_store {
-    ($store:ty, $db:ty, lock_audit = $lock_audit:expr, for_update = $for_update:expr) => {
+    (
+        $store:ty,
+        $db:ty,
+        lock_audit = $lock_audit:expr,
+        for_update = $for_update:expr,
+        log_head = $log_head:expr
+    ) => {
         impl $store {
             async fn insert_audit(
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -299,6 +306,84 @@ macro_rules! sql_store {
                 .fetch_optional(&mut **tx)
                 .await?;
                 Ok(row.map(user_from))
+            }
+
+            /// Deletes every API key of a user in one statement, audited (with the ids)
+            /// unless there was none.
+            async fn delete_keys_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                user_id: i64,
+                mut audit: NewAuditEntry,
+            ) -> Row<Vec<i64>> {
+                let mut ids: Vec<i64> =
+                    sqlx::query_scalar("DELETE FROM api_keys WHERE user_id = $1 RETURNING id")
+                        .bind(user_id)
+                        .fetch_all(&mut **tx)
+                        .await?;
+                ids.sort_unstable();
+                if !ids.is_empty() {
+                    if let serde_json::Value::Object(details) = &mut audit.details {
+                        details.insert("api_key_ids".into(), serde_json::json!(ids));
+                    }
+                    Self::insert_audit(tx, &audit).await?;
+                }
+                Ok(ids)
+            }
+
+            /// Applies one [`Counter`] transition to a key's row, locked for the transaction
+            /// (PostgreSQL: the row lock; SQLite: the single connection).
+            async fn with_counter<T>(
+                &self,
+                scope: LockScope,
+                key: &str,
+                now: i64,
+                step: impl FnOnce(&mut Counter) -> T + Send,
+            ) -> StoreResult<T> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                sqlx::query(
+                    "INSERT INTO login_failures \
+                     (scope, key, failures, pending, window_start, locked_until) \
+                     VALUES ($1, $2, 0, 0, $3, NULL) ON CONFLICT (scope, key) DO NOTHING",
+                )
+                .bind(scope.as_str())
+                .bind(key)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let (failures, pending, window_start, locked_until): (i64, i64, i64, Option<i64>) =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT failures, pending, window_start, locked_until \
+                         FROM login_failures WHERE scope = $1 AND key = $2{}",
+                        $for_update
+                    )))
+                    .bind(scope.as_str())
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                let mut counter = Counter {
+                    failures,
+                    pending,
+                    window_start,
+                    locked_until,
+                };
+                let outcome = step(&mut counter);
+                sqlx::query(
+                    "UPDATE login_failures SET failures = $3, pending = $4, window_start = $5, \
+                     locked_until = $6 WHERE scope = $1 AND key = $2",
+                )
+                .bind(scope.as_str())
+                .bind(key)
+                .bind(counter.failures)
+                .bind(counter.pending)
+                .bind(counter.window_start)
+                .bind(counter.locked_until)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(outcome)
             }
 
             /// Locks the active admins and counts them.
@@ -434,7 +519,8 @@ macro_rules! sql_store {
                 id: i64,
                 hash: &str,
                 audit: NewAuditEntry,
-            ) -> StoreResult<()> {
+                revoke_api_keys: Option<NewAuditEntry>,
+            ) -> StoreResult<Vec<i64>> {
                 let mut tx = self.pool.begin().await.map_err(classify)?;
                 let changed = sqlx::query(
                     "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3",
@@ -450,8 +536,27 @@ macro_rules! sql_store {
                     return Err(StoreError::NotFound);
                 }
                 Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                let revoked = match revoke_api_keys {
+                    Some(entry) => Self::delete_keys_in(&mut tx, id, entry)
+                        .await
+                        .map_err(classify)?,
+                    None => Vec::new(),
+                };
                 tx.commit().await.map_err(classify)?;
-                Ok(())
+                Ok(revoked)
+            }
+
+            async fn delete_api_keys_of(
+                &self,
+                user_id: i64,
+                audit: NewAuditEntry,
+            ) -> StoreResult<Vec<i64>> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let revoked = Self::delete_keys_in(&mut tx, user_id, audit)
+                    .await
+                    .map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(revoked)
             }
 
             async fn update_user(
@@ -988,16 +1093,24 @@ macro_rules! sql_store {
                 Ok(family.map_or(Rotation::Invalid, Rotation::Reused))
             }
 
-            async fn set_csrf_hash(&self, family_id: &str, csrf_hash: &str) -> StoreResult<()> {
-                sqlx::query(
-                    "UPDATE token_families SET csrf_hash = $1 WHERE id = $2 AND revoked_at IS NULL",
+            async fn set_csrf_hash(
+                &self,
+                family_id: &str,
+                csrf_hash: &str,
+                now: i64,
+            ) -> StoreResult<bool> {
+                let updated = sqlx::query(
+                    "UPDATE token_families SET csrf_hash = $1 \
+                     WHERE id = $2 AND revoked_at IS NULL AND expires_at > $3",
                 )
                 .bind(csrf_hash)
                 .bind(family_id)
+                .bind(now)
                 .execute(&self.pool)
                 .await
-                .map_err(classify)?;
-                Ok(())
+                .map_err(classify)?
+                .rows_affected();
+                Ok(updated == 1)
             }
 
             async fn family(&self, id: &str) -> StoreResult<Option<Family>> {
@@ -1079,6 +1192,19 @@ macro_rules! sql_store {
                 ))
             }
 
+            async fn revocation_log_rewound(&self, cursor: &str) -> StoreResult<bool> {
+                let Ok(cursor) = cursor.parse::<i64>() else {
+                    return Ok(false);
+                };
+                // The id sequence, not the rows: the sweep deletes old rows, a restore
+                // winds the sequence back too.
+                let head: Option<i64> = sqlx::query_scalar($log_head)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                Ok(head.unwrap_or(0) < cursor)
+            }
+
             async fn delete_user_sessions(&self, user_id: i64) -> StoreResult<()> {
                 // Revoked first so that other instances' caches learn of it, then deleted
                 // by the expiry sweep; the tokens themselves go now.
@@ -1101,53 +1227,27 @@ macro_rules! sql_store {
                 window: i64,
                 now: i64,
             ) -> StoreResult<Attempt> {
-                // One statement, so the row lock (PostgreSQL) or the single writer (SQLite)
-                // makes count-and-decide atomic. The count stops at `max + 1`: at most
-                // `max` attempts in one window are ever allowed to check a password. All
-                // right-hand sides read the row as it was before the update.
-                let (failures, window_start, locked_until): (i64, i64, Option<i64>) =
-                    sqlx::query_as(
-                        "INSERT INTO login_failures (scope, key, failures, window_start, locked_until) \
-                         VALUES ($1, $2, 1, $3, NULL) \
-                         ON CONFLICT (scope, key) DO UPDATE SET \
-                           failures = CASE \
-                             WHEN login_failures.locked_until > $3 THEN login_failures.failures \
-                             WHEN login_failures.window_start <= $3 - $4 THEN 1 \
-                             WHEN login_failures.failures > $5 THEN login_failures.failures \
-                             ELSE login_failures.failures + 1 END, \
-                           window_start = CASE \
-                             WHEN login_failures.locked_until > $3 THEN login_failures.window_start \
-                             WHEN login_failures.window_start <= $3 - $4 THEN $3 \
-                             ELSE login_failures.window_start END, \
-                           locked_until = CASE \
-                             WHEN login_failures.locked_until > $3 THEN login_failures.locked_until \
-                             ELSE NULL END \
-                         RETURNING failures, window_start, locked_until",
-                    )
-                    .bind(scope.as_str())
-                    .bind(key)
-                    .bind(now)
-                    .bind(window)
-                    .bind(i64::from(max_failures))
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(classify)?;
-                if let Some(until) = locked_until.filter(|until| *until > now) {
-                    return Ok(Attempt::Locked(until - now));
-                }
-                if failures > i64::from(max_failures) {
-                    return Ok(Attempt::Locked((window_start + window - now).max(1)));
-                }
-                Ok(Attempt::Allowed)
+                self.with_counter(scope, key, now, |counter| {
+                    counter.reserve(now, window, max_failures)
+                })
+                .await
             }
 
-            async fn release_attempt(&self, scope: LockScope, key: &str) -> StoreResult<()> {
+            async fn release_attempt(
+                &self,
+                scope: LockScope,
+                key: &str,
+                forget_failures: bool,
+            ) -> StoreResult<()> {
                 sqlx::query(
-                    "UPDATE login_failures SET failures = failures - 1 \
-                     WHERE scope = $1 AND key = $2 AND failures > 0",
+                    "UPDATE login_failures SET \
+                       pending = CASE WHEN pending > 0 THEN pending - 1 ELSE 0 END, \
+                       failures = CASE WHEN $3 THEN 0 ELSE failures END \
+                     WHERE scope = $1 AND key = $2",
                 )
                 .bind(scope.as_str())
                 .bind(key)
+                .bind(forget_failures)
                 .execute(&self.pool)
                 .await
                 .map_err(classify)?;
@@ -1162,48 +1262,10 @@ macro_rules! sql_store {
                 window: i64,
                 now: i64,
             ) -> StoreResult<Option<i64>> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                // The attempt was counted when reserved; a success in between may have
-                // cleared the row, then this failure starts a new count.
-                sqlx::query(
-                    "INSERT INTO login_failures (scope, key, failures, window_start, locked_until) \
-                     VALUES ($1, $2, 1, $3, NULL) ON CONFLICT (scope, key) DO NOTHING",
-                )
-                .bind(scope.as_str())
-                .bind(key)
-                .bind(now)
-                .execute(&mut *tx)
+                self.with_counter(scope, key, now, |counter| {
+                    counter.fail(now, window, max_failures)
+                })
                 .await
-                .map_err(classify)?;
-                let locked = sqlx::query(
-                    "UPDATE login_failures SET locked_until = $3 + $4 \
-                     WHERE scope = $1 AND key = $2 AND failures >= $5 \
-                     AND (locked_until IS NULL OR locked_until <= $3)",
-                )
-                .bind(scope.as_str())
-                .bind(key)
-                .bind(now)
-                .bind(window)
-                .bind(i64::from(max_failures))
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?
-                .rows_affected()
-                    == 1;
-                tx.commit().await.map_err(classify)?;
-                Ok(locked.then_some(window))
-            }
-
-            async fn lockout(&self, scope: LockScope, key: &str, now: i64) -> StoreResult<Option<i64>> {
-                let until: Option<Option<i64>> = sqlx::query_scalar(
-                    "SELECT locked_until FROM login_failures WHERE scope = $1 AND key = $2",
-                )
-                .bind(scope.as_str())
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(classify)?;
-                Ok(until.flatten().filter(|until| *until > now).map(|until| until - now))
             }
 
             async fn clear_failures(&self, scope: LockScope, key: &str) -> StoreResult<()> {
@@ -1277,11 +1339,13 @@ sql_store!(
     SqliteStore,
     sqlx::Sqlite,
     lock_audit = None::<&str>,
-    for_update = ""
+    for_update = "",
+    log_head = "SELECT CAST(seq AS BIGINT) FROM sqlite_sequence WHERE name = 'revocations'"
 );
 sql_store!(
     PostgresStore,
     sqlx::Postgres,
     lock_audit = Some("SELECT pg_advisory_xact_lock(7260001)"),
-    for_update = " FOR UPDATE"
+    for_update = " FOR UPDATE",
+    log_head = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM revocations_id_seq"
 );

@@ -406,9 +406,26 @@ async fn keys_are_managed_only_from_a_login_session(backend: Backend) {
     )
     .await;
     assert_error(removed, 403, "forbidden").await;
-    // A key has no login to log out of; nothing is revoked.
+    // Nor list them (SPEC §11: keys never reach /users/me/api-keys).
+    let listed = with_key(&app, Method::GET, "/users/me/api-keys", &key.key).await;
+    assert_error(listed, 403, "forbidden").await;
+    // A key reaches no session management: no logout, no logout everywhere, whatever the
+    // body; nothing is revoked.
     let logout = with_key(&app, Method::POST, "/auth/logout", &key.key).await;
-    assert_error(logout, 400, "invalid_request").await;
+    assert_error(logout, 403, "forbidden").await;
+    let everywhere = with_key(&app, Method::POST, "/auth/logout-all", &key.key).await;
+    assert_error(everywhere, 403, "forbidden").await;
+    for body in [json!({}), json!({ "revoke_api_keys": false })] {
+        let everywhere = app
+            .client
+            .post(app.url("/auth/logout-all"))
+            .header("x-api-key", &key.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_error(everywhere, 403, "forbidden").await;
+    }
     assert_eq!(
         app.get_with("/users/me", &alice.access_token)
             .await
