@@ -234,7 +234,47 @@ async fn the_audit_trail_exports_as_jsonl_and_csv(backend: Backend) {
     assert_error(refused, 403, "forbidden").await;
 }
 
+async fn csv_export_neutralises_every_formula_spelling(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let admin = app.user("admin_1").await;
+    // A user agent is whatever the client sent; these reach the audit trail as written.
+    let agents = [
+        "\t=cmd|' /C calc'!A0",
+        "\r=1+1",
+        " =HYPERLINK(\"x\")",
+        "\u{FF1D}1+1",
+        "@SUM(1)",
+    ];
+    for agent in agents {
+        let entry = rampart::audit::NewAuditEntry::new(
+            1,
+            "suspicious_request",
+            None,
+            json!({}),
+            &rampart::audit::RequestContext {
+                ip: Some("127.0.0.1".into()),
+                user_agent: Some(agent.into()),
+                request_id: "r".into(),
+            },
+        );
+        app.state.stores.data.append_audit(entry).await.unwrap();
+    }
+    let text = app
+        .get_with("/admin/audit/export?format=csv", &admin.access_token)
+        .await
+        .text()
+        .await
+        .unwrap();
+    for agent in agents {
+        let quoted = format!(",\"'{}\",", agent.replace('"', "\"\""));
+        assert!(text.contains(&quoted), "{agent:?} not neutralised: {text}");
+    }
+}
+
 crate::on_databases!(
+    csv_export_neutralises_every_formula_spelling,
     security_events_are_audited_with_ip_and_request_id,
     the_audit_log_filters_and_pages_with_a_cursor,
     verify_names_the_first_edited_row,
