@@ -357,6 +357,40 @@ async fn host_urls_that_break_the_policy_are_refused_before_anything_is_stored(b
     assert!(error["fields"]["host_url"].is_array());
 }
 
+async fn an_internal_name_and_a_missing_name_are_refused_alike(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, Setup::toml("[accounts]\nallow_http = true\n")).await
+    else {
+        return;
+    };
+    let alice = app.user("alice_1").await;
+    let mut answers = Vec::new();
+    for url in [
+        "http://localhost",
+        "http://127.0.0.1",
+        "http://10.0.0.1",
+        "http://no-such-host.invalid",
+        "http://intranet.invalid:8443",
+    ] {
+        let response = app
+            .send_with(
+                Method::POST,
+                "/accounts",
+                &alice.access_token,
+                Some(json!({ "name": "main", "broker": "zerodha", "host_url": url, "api_key": "abcdefghijklmnop" })),
+            )
+            .await;
+        let error = assert_error(response, 400, "invalid_request").await;
+        answers.push((url, error["fields"].clone()));
+    }
+    for (url, fields) in &answers {
+        assert_eq!(
+            fields,
+            &json!({ "host_url": [rampart::ssrf::NOT_PUBLIC] }),
+            "{url}: a refusal must not tell a private address from a name that does not resolve"
+        );
+    }
+}
+
 async fn bad_account_fields_are_refused(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
@@ -655,6 +689,7 @@ async fn rotation_reseals_every_secret_and_reports_what_does_not_open(backend: B
 }
 
 crate::on_databases!(
+    an_internal_name_and_a_missing_name_are_refused_alike,
     accounts_belong_to_their_owner_alone,
     the_broker_key_is_never_stored_or_shown_in_the_clear,
     host_urls_that_break_the_policy_are_refused_before_anything_is_stored,
