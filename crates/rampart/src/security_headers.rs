@@ -42,12 +42,19 @@ impl SecurityHeaders {
     }
 }
 
-/// Whether responses on this path must never be cached.
+/// Whether responses on this path carry personal or account data and must never be cached,
+/// whatever the upstream says. Compared without regard to case, as routes may be.
 fn is_private(path: &str) -> bool {
-    ["/auth", "/users", "/admin"].iter().any(|prefix| {
-        path.strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    })
+    ["/auth", "/users", "/admin", "/accounts"]
+        .iter()
+        .any(
+            |prefix| match (path.get(..prefix.len()), path.get(prefix.len()..)) {
+                (Some(head), Some(rest)) => {
+                    head.eq_ignore_ascii_case(prefix) && (rest.is_empty() || rest.starts_with('/'))
+                }
+                _ => false,
+            },
+        )
 }
 
 /// Adds the security headers to the response.
@@ -75,7 +82,10 @@ pub async fn apply(State(state): State<AppState>, request: Request, next: Next) 
             HeaderValue::from_static(policy),
         );
     }
-    if private {
+    // Private paths are never cached, whatever a handler or upstream said; elsewhere an
+    // upstream's own caching policy stands, and a response without one (a refusal, an
+    // error, a backend that did not say) is not stored either.
+    if private || !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     headers.remove(header::SERVER);
@@ -89,10 +99,26 @@ mod tests {
 
     #[test]
     fn identity_paths_are_private_and_lookalikes_are_not() {
-        for path in ["/auth/login", "/users/me", "/admin/users", "/auth"] {
+        for path in [
+            "/auth/login",
+            "/users/me",
+            "/admin/users",
+            "/auth",
+            "/accounts",
+            "/accounts/7/refresh",
+            "/Users/me",
+            "/ACCOUNTS",
+        ] {
             assert!(is_private(path), "{path}");
         }
-        for path in ["/orders", "/authority", "/usersfoo", "/"] {
+        for path in [
+            "/orders",
+            "/authority",
+            "/usersfoo",
+            "/accountsx",
+            "/",
+            "/a",
+        ] {
             assert!(!is_private(path), "{path}");
         }
     }
