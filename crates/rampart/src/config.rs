@@ -1168,6 +1168,19 @@ impl RawConfig {
                         .into(),
                 );
             }
+            if let Some(reason) = self
+                .tokens
+                .secret
+                .as_deref()
+                .and_then(crate::secrets::weakness)
+            {
+                bad(
+                    "tokens.secret",
+                    format!(
+                        "RAMPART_ENV=production refuses a weak secret: {reason} (see `rampart keygen`)"
+                    ),
+                );
+            }
             if encryption_keys.is_empty() {
                 bad(
                     "encryption.keys",
@@ -1508,6 +1521,42 @@ mod tests {
         ] {
             assert!(text.contains(key), "{key} missing from {text}");
         }
+    }
+
+    #[test]
+    fn production_refuses_a_trivial_jwt_secret_and_takes_a_generated_one() {
+        let production = |secret: &str| {
+            load(
+                "[database]\nurl = \"postgres://db/rampart\"\n[server]\nbehind_tls = true\n",
+                &[
+                    ("RAMPART_ENV", "production"),
+                    ("RAMPART_TOKENS__SECRET", secret),
+                    (
+                        "RAMPART_ENCRYPTION__KEYS",
+                        &crate::secrets::generate_key_entry("k1"),
+                    ),
+                ],
+            )
+        };
+        for secret in [
+            "a".repeat(64),
+            "0123456789abcdef".repeat(2),
+            "changeme-changeme-changeme-changeme".to_owned(),
+            "bench-secret-bench-secret-bench-secret-0123".to_owned(),
+        ] {
+            let error = production(&secret).unwrap_err().to_string();
+            assert!(
+                error.contains("tokens.secret") && error.contains("weak"),
+                "{secret}: {error}"
+            );
+            assert!(
+                !error.contains(&secret),
+                "the value itself is not echoed: {error}"
+            );
+        }
+        assert!(production(&crate::secrets::generate_token_secret()).is_ok());
+        // Outside production the same value only needs its length.
+        assert!(load(&format!("[tokens]\nsecret = \"{}\"\n", "a".repeat(64)), &[]).is_ok());
     }
 
     #[test]

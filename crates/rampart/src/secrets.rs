@@ -63,6 +63,82 @@ pub fn generate_key_entry(id: &str) -> String {
     format!("{id}:{}", STANDARD.encode(random_bytes::<32>()))
 }
 
+/// Words that mark a placeholder or example value rather than a generated secret. Six
+/// letters or more, so that a random base64 or hex secret contains one by chance with a
+/// probability far below one in a million.
+const PLACEHOLDER_WORDS: [&str; 14] = [
+    "changeme",
+    "changethis",
+    "replaceme",
+    "example",
+    "secret",
+    "password",
+    "passwd",
+    "placeholder",
+    "default",
+    "insecure",
+    "qwerty",
+    "123456",
+    "dummy1",
+    "letmein",
+];
+
+/// The least estimated entropy, in bits, a JWT secret must carry in production: well
+/// above what a person types, below what 32 random hex characters give.
+const MIN_ENTROPY_BITS: f64 = 96.0;
+
+/// Why `secret` looks trivial, or `None` when it looks generated: a known placeholder word
+/// or example value, too little Shannon entropy over its bytes (`aaaa…`), a repeated
+/// pattern (`abcabc…`, few distinct three-byte windows) or a run of neighbouring
+/// characters (`abcdef…`, `123456…`). A heuristic: it refuses the values people type,
+/// never proves a value random.
+pub fn weakness(secret: &str) -> Option<&'static str> {
+    let bytes = secret.as_bytes();
+    if bytes.is_empty() {
+        return Some("it is empty");
+    }
+    let folded: String = secret
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if secret.contains('…')
+        || secret.contains("...")
+        || PLACEHOLDER_WORDS.iter().any(|word| folded.contains(word))
+    {
+        return Some("it is a placeholder or example value");
+    }
+    let mut counts = [0u32; 256];
+    for &byte in bytes {
+        counts[usize::from(byte)] += 1;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let length = bytes.len() as f64;
+    let bits: f64 = counts
+        .iter()
+        .filter(|&&count| count > 0)
+        .map(|&count| {
+            let p = f64::from(count) / length;
+            -p * p.log2() * length
+        })
+        .sum();
+    if bits < MIN_ENTROPY_BITS {
+        return Some("it has too little entropy");
+    }
+    let windows: std::collections::HashSet<&[u8]> = bytes.windows(3).collect();
+    if bytes.len() >= 6 && windows.len() * 4 < (bytes.len() - 2) * 3 {
+        return Some("it repeats a pattern");
+    }
+    let neighbours = bytes
+        .windows(2)
+        .filter(|pair| pair[0].abs_diff(pair[1]) <= 1)
+        .count();
+    if neighbours * 2 > bytes.len() - 1 {
+        return Some("it is a run of neighbouring characters");
+    }
+    None
+}
+
 /// Fills in secrets the configuration left out, from `<data_dir>/secrets.toml`,
 /// generating that file first if it does not exist.
 ///
@@ -154,5 +230,36 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn trivial_secrets_are_weak_and_generated_ones_are_not() {
+        let trivial = [
+            "a".repeat(64),
+            "A".repeat(32),
+            "ab".repeat(32),
+            "abc123".repeat(8),
+            "0123456789abcdef".repeat(4),
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".to_owned(),
+            "0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ".to_owned(),
+            "bench-secret-bench-secret-bench-secret-0123".to_owned(),
+            "changeme-changeme-changeme-changeme".to_owned(),
+            "CHANGE_ME_this_is_a_32_byte_string_ok".to_owned(),
+            "my-jwt-Secret-for-production-use-only".to_owned(),
+            "replace-me-with-the-output-of-keygen".to_owned(),
+            "…".to_owned(),
+            "your-256-bit-secret-goes-here-please...".to_owned(),
+            format!("{}b", "a".repeat(40)),
+            "aaaaaaaabbbbbbbbccccccccdddddddd".to_owned(),
+        ];
+        for secret in &trivial {
+            assert!(weakness(secret).is_some(), "{secret:?} passed");
+        }
+        for _ in 0..2000 {
+            let secret = generate_token_secret();
+            assert_eq!(weakness(&secret), None, "{secret}");
+            let hex = hex::encode(random_bytes::<32>());
+            assert_eq!(weakness(&hex), None, "{hex}");
+        }
     }
 }
