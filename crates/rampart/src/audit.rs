@@ -173,6 +173,56 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
+/// Actions anyone can cause on an account without being its owner (a guessed password, a
+/// stolen refresh token): the IP and user agent on them may be someone else's.
+const ATTEMPTED_BY_ANYONE: [&str; 3] = ["login_failed", "locked_out", "token_reused"];
+
+/// Keys of `details` that describe the subject of a row, kept when someone else caused it.
+const ABOUT_THE_SUBJECT: [&str; 13] = [
+    "action",
+    "from",
+    "to",
+    "role",
+    "tier",
+    "disabled",
+    "order_limits",
+    "reason",
+    "scope",
+    "seconds",
+    "family",
+    "account_id",
+    "api_key_id",
+];
+
+/// `record` as exported to `subject` (GDPR portability): whole when the subject caused it;
+/// otherwise only what it says about the subject (action, time, details about them), with
+/// no IP, user agent or identity of whoever caused it (an admin, or a stranger guessing a
+/// password), as that is another person's data.
+pub fn for_subject(record: &AuditRecord, subject: i64) -> Value {
+    let details: Value = serde_json::from_str(&record.details).unwrap_or(Value::Null);
+    let by_another = details
+        .get("by")
+        .is_some_and(|by| by.as_i64() != Some(subject));
+    if !by_another && !ATTEMPTED_BY_ANYONE.contains(&record.action.as_str()) {
+        return serde_json::to_value(record).unwrap_or(Value::Null);
+    }
+    let about: serde_json::Map<String, Value> = match details {
+        Value::Object(fields) => fields
+            .into_iter()
+            .filter(|(key, _)| ABOUT_THE_SUBJECT.contains(&key.as_str()))
+            .collect(),
+        _ => serde_json::Map::new(),
+    };
+    serde_json::json!({
+        "id": record.id,
+        "at": crate::time_format::rfc3339(record.at),
+        "user_id": record.user_id,
+        "action": record.action,
+        "details": about,
+        "caused_by_subject": false,
+    })
+}
+
 /// Replaces the values of secret-looking keys with [`REDACTED`], at any depth.
 pub fn redact(value: Value) -> Value {
     match value {
