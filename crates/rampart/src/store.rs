@@ -238,6 +238,8 @@ pub struct SealedValue {
     pub id: i64,
     /// The row's binding (`prefix` or `uid`).
     pub binding: String,
+    /// The broker host a trading account's key is bound to; `None` for other kinds.
+    pub host_url: Option<String>,
     /// The stored ciphertext.
     pub sealed: String,
 }

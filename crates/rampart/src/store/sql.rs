@@ -238,6 +238,14 @@ fn sealed_columns(kind: SealedKind) -> (&'static str, &'static str, &'static str
     }
 }
 
+/// The column a sealed value's host binding is read from, as SQL.
+fn sealed_host_column(kind: SealedKind) -> &'static str {
+    match kind {
+        SealedKind::ApiKeySecret => "CAST(NULL AS TEXT)",
+        SealedKind::AccountKey => "host_url",
+    }
+}
+
 /// Adds the new row's id to an audit entry's details.
 fn with_id(mut audit: NewAuditEntry, field: &str, id: i64) -> NewAuditEntry {
     if let serde_json::Value::Object(details) = &mut audit.details {
@@ -794,9 +802,10 @@ macro_rules! sql_store {
                 limit: i64,
             ) -> StoreResult<Vec<SealedValue>> {
                 let (table, binding, column) = sealed_columns(kind);
-                let rows: Vec<(i64, String, String)> =
+                let host = sealed_host_column(kind);
+                let rows: Vec<(i64, String, String, Option<String>)> =
                     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                        "SELECT id, {binding}, {column} FROM {table} WHERE id > $1 \
+                        "SELECT id, {binding}, {column}, {host} FROM {table} WHERE id > $1 \
                          ORDER BY id LIMIT $2"
                     )))
                     .bind(after_id)
@@ -806,10 +815,11 @@ macro_rules! sql_store {
                     .map_err(classify)?;
                 Ok(rows
                     .into_iter()
-                    .map(|(id, binding, sealed)| SealedValue {
+                    .map(|(id, binding, sealed, host_url)| SealedValue {
                         id,
                         binding,
                         sealed,
+                        host_url,
                     })
                     .collect())
             }
