@@ -309,12 +309,15 @@ impl Default for RawIntrusion {
 #[allow(missing_docs)]
 pub struct RawAudit {
     pub retention: String,
+    /// Key of the audit chain's HMAC; absent: generated into `secrets.toml`.
+    pub chain_key: Option<String>,
 }
 
 impl Default for RawAudit {
     fn default() -> Self {
         Self {
             retention: "365d".into(),
+            chain_key: None,
         }
     }
 }
@@ -635,6 +638,9 @@ pub struct Config {
     pub metrics_allowed_networks: Vec<IpNet>,
     pub intrusion: IntrusionMode,
     pub audit_retention: Duration,
+    /// `audit.chain_key`: keys the audit chain's HMAC. Filled from `secrets.toml` when
+    /// absent, outside production.
+    pub audit_chain_key: Option<Secret>,
     pub headers: HeadersConfig,
     pub routes: Vec<RawRoute>,
     pub upstreams: BTreeMap<String, RawUpstream>,
@@ -873,6 +879,14 @@ impl RawConfig {
             bad(
                 "tokens.secret",
                 format!("must be at least 32 bytes (is {})", secret.len()),
+            );
+        }
+        if let Some(key) = &self.audit.chain_key
+            && key.len() < 32
+        {
+            bad(
+                "audit.chain_key",
+                format!("must be at least 32 bytes (is {})", key.len()),
             );
         }
         let mut duration = |key: &str, text: &str| {
@@ -1187,6 +1201,24 @@ impl RawConfig {
                     "RAMPART_ENV=production needs configured keys (see `rampart keygen`)".into(),
                 );
             }
+            match self
+                .audit
+                .chain_key
+                .as_deref()
+                .map(crate::secrets::weakness)
+            {
+                None => bad(
+                    "audit.chain_key",
+                    "RAMPART_ENV=production needs a configured key (see `rampart keygen`)".into(),
+                ),
+                Some(Some(reason)) => bad(
+                    "audit.chain_key",
+                    format!(
+                        "RAMPART_ENV=production refuses a weak key: {reason} (see `rampart keygen`)"
+                    ),
+                ),
+                Some(None) => {}
+            }
         }
 
         if !problems.is_empty() {
@@ -1243,6 +1275,7 @@ impl RawConfig {
             metrics_allowed_networks,
             intrusion,
             audit_retention,
+            audit_chain_key: self.audit.chain_key.map(Secret::new),
             headers: HeadersConfig {
                 x_xss_protection: self.headers.x_xss_protection,
             },
@@ -1518,9 +1551,30 @@ mod tests {
             "server.behind_tls",
             "tokens.secret",
             "encryption.keys",
+            "audit.chain_key",
         ] {
             assert!(text.contains(key), "{key} missing from {text}");
         }
+        let weak = load(
+            "",
+            &[
+                ("RAMPART_ENV", "production"),
+                ("RAMPART_AUDIT__CHAIN_KEY", &"k".repeat(40)),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            weak.contains("audit.chain_key: RAMPART_ENV=production refuses a weak key"),
+            "{weak}"
+        );
+        let short = load("[audit]\nchain_key = \"short\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            short.contains("audit.chain_key: must be at least 32 bytes"),
+            "{short}"
+        );
     }
 
     #[test]
@@ -1534,6 +1588,10 @@ mod tests {
                     (
                         "RAMPART_ENCRYPTION__KEYS",
                         &crate::secrets::generate_key_entry("k1"),
+                    ),
+                    (
+                        "RAMPART_AUDIT__CHAIN_KEY",
+                        &crate::secrets::generate_token_secret(),
                     ),
                 ],
             )

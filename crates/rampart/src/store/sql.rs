@@ -12,22 +12,27 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-use crate::audit::{self, AuditRecord, GENESIS, NewAuditEntry};
+use std::sync::Arc;
+
+use crate::audit::{self, AuditRecord, ChainKey, GENESIS, NewAuditEntry};
 use crate::store::{
-    AccountPatch, ApiKey, AuditFilter, Family, LockScope, NewUser, Rotation, SealedKind,
-    SealedValue, SessionStore, Store, StoreError, StoreResult, TradingAccount, User, UserPatch,
+    AccountPatch, ApiKey, AuditFilter, ChainRecord, Family, LockScope, NewUser, Rotation,
+    SealedKind, SealedValue, SessionStore, Store, StoreError, StoreResult, TradingAccount, User,
+    UserPatch,
 };
 
 /// The embedded store: one SQLite file (or memory), one connection.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    audit_key: Option<Arc<ChainKey>>,
 }
 
 /// The production store: a PostgreSQL connection pool.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    audit_key: Option<Arc<ChainKey>>,
 }
 
 impl SqliteStore {
@@ -54,7 +59,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            audit_key: None,
+        })
     }
 }
 
@@ -71,7 +79,10 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            audit_key: None,
+        })
     }
 }
 
@@ -262,23 +273,75 @@ const AUDIT_COLUMNS: &str = "id, at, user_id, action, details, ip_address, user_
 macro_rules! sql_store {
     ($store:ty, $db:ty, lock_audit = $lock_audit:expr, for_update = $for_update:expr) => {
         impl $store {
-            async fn insert_audit(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                entry: &NewAuditEntry,
-            ) -> Row<()> {
+            /// Keys the audit chain with `key` and seals the switch-over records the
+            /// migration left unsealed (the first start after the chain was keyed).
+            ///
+            /// # Errors
+            /// The database fails.
+            pub async fn with_audit_key(mut self, key: ChainKey) -> anyhow::Result<Self> {
+                let unsealed: Vec<(String, i64, String)> = sqlx::query_as(
+                    "SELECT name, row_id, hash FROM audit_chain WHERE mac IS NULL",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                for (name, row_id, hash) in unsealed {
+                    sqlx::query("UPDATE audit_chain SET mac = $1 WHERE name = $2 AND mac IS NULL")
+                        .bind(key.seal_record(&name, row_id, &hash))
+                        .bind(&name)
+                        .execute(&self.pool)
+                        .await?;
+                }
+                self.audit_key = Some(Arc::new(key));
+                Ok(self)
+            }
+
+            async fn lock_audit(tx: &mut sqlx::Transaction<'_, $db>) -> Row<()> {
                 if let Some(lock) = $lock_audit {
                     sqlx::query(lock).execute(&mut **tx).await?;
                 }
-                let prev: Option<String> =
+                Ok(())
+            }
+
+            /// The hash the next row links to: the sealed head's, else (before the first
+            /// keyed row) the last row's.
+            async fn chain_tip(tx: &mut sqlx::Transaction<'_, $db>) -> Row<String> {
+                let head: Option<String> =
+                    sqlx::query_scalar("SELECT hash FROM audit_chain WHERE name = 'head'")
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                if let Some(head) = head {
+                    return Ok(head);
+                }
+                let last: Option<String> =
                     sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
                         .fetch_optional(&mut **tx)
                         .await?;
-                let prev = prev.unwrap_or_else(|| GENESIS.to_owned());
-                let sealed = audit::seal(entry, &prev);
-                sqlx::query(
+                Ok(last.unwrap_or_else(|| GENESIS.to_owned()))
+            }
+
+            async fn insert_audit(
+                &self,
+                tx: &mut sqlx::Transaction<'_, $db>,
+                entry: &NewAuditEntry,
+            ) -> Row<()> {
+                Self::lock_audit(tx).await?;
+                self.insert_audit_locked(tx, entry).await
+            }
+
+            async fn insert_audit_locked(
+                &self,
+                tx: &mut sqlx::Transaction<'_, $db>,
+                entry: &NewAuditEntry,
+            ) -> Row<()> {
+                let key = self.audit_key.as_deref().ok_or_else(|| {
+                    sqlx::Error::Configuration("the audit chain key is not set".into())
+                })?;
+                let prev = Self::chain_tip(tx).await?;
+                let sealed = audit::seal(entry, &prev, key);
+                let id: i64 = sqlx::query_scalar(
                     "INSERT INTO audit_log (at, user_id, action, details, ip_address, \
                      user_agent, request_id, pii_salt, pii_digest, prev_hash, hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
                 )
                 .bind(entry.at)
                 .bind(entry.user_id)
@@ -291,6 +354,17 @@ macro_rules! sql_store {
                 .bind(&sealed.pii_digest)
                 .bind(&prev)
                 .bind(&sealed.hash)
+                .fetch_one(&mut **tx)
+                .await?;
+                // The head moves with the row, in the same transaction.
+                sqlx::query(
+                    "INSERT INTO audit_chain (name, row_id, hash, mac) VALUES ('head', $1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET row_id = excluded.row_id, \
+                     hash = excluded.hash, mac = excluded.mac",
+                )
+                .bind(id)
+                .bind(&sealed.hash)
+                .bind(key.seal_record(audit::HEAD, id, &sealed.hash))
                 .execute(&mut **tx)
                 .await?;
                 Ok(())
@@ -379,7 +453,7 @@ macro_rules! sql_store {
                 if let serde_json::Value::Object(details) = &mut audit.details {
                     details.insert("role".into(), serde_json::Value::String(role));
                 }
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(created)
             }
@@ -457,7 +531,7 @@ macro_rules! sql_store {
                 if changed == 0 {
                     return Err(StoreError::NotFound);
                 }
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(())
             }
@@ -497,7 +571,7 @@ macro_rules! sql_store {
                 .await
                 .map_err(classify)?;
                 for entry in &audit {
-                    Self::insert_audit(&mut tx, entry).await.map_err(classify)?;
+                    self.insert_audit(&mut tx, entry).await.map_err(classify)?;
                 }
                 let updated = Self::user_in(&mut tx, id)
                     .await
@@ -540,14 +614,14 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(())
             }
 
             async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()> {
                 let mut tx = self.pool.begin().await.map_err(classify)?;
-                Self::insert_audit(&mut tx, &entry).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &entry).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(())
             }
@@ -583,13 +657,59 @@ macro_rules! sql_store {
                 Ok(rows.into_iter().map(audit_from).collect())
             }
 
-            async fn purge_audit(&self, before: i64) -> StoreResult<u64> {
-                let result = sqlx::query("DELETE FROM audit_log WHERE at < $1")
+            async fn purge_audit(&self, before: i64, mut audit: NewAuditEntry) -> StoreResult<u64> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                Self::lock_audit(&mut tx).await.map_err(classify)?;
+                // Only a prefix of the chain goes: every row before the first one that is
+                // not older than `before`. A row older than that which follows a newer one
+                // (clocks of several instances) waits for a later purge.
+                let removed = sqlx::query(
+                    "DELETE FROM audit_log WHERE id < COALESCE(\
+                     (SELECT MIN(id) FROM audit_log WHERE at >= $1), \
+                     (SELECT MAX(id) + 1 FROM audit_log))",
+                )
                     .bind(before)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?
+                    .rows_affected();
+                // The hash the purge cut at: what the first kept row links to, or, with
+                // nothing kept, what this entry will link to.
+                let first_kept: Option<String> =
+                    sqlx::query_scalar("SELECT prev_hash FROM audit_log ORDER BY id LIMIT 1")
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                let anchor = match first_kept {
+                    Some(anchor) => anchor,
+                    None => Self::chain_tip(&mut tx).await.map_err(classify)?,
+                };
+                if let serde_json::Value::Object(details) = &mut audit.details {
+                    details.insert("removed".into(), removed.into());
+                    details.insert("anchor".into(), anchor.into());
+                }
+                self.insert_audit_locked(&mut tx, &audit)
                     .await
                     .map_err(classify)?;
-                Ok(result.rows_affected())
+                tx.commit().await.map_err(classify)?;
+                Ok(removed)
+            }
+
+            async fn audit_chain(&self) -> StoreResult<Vec<ChainRecord>> {
+                let rows: Vec<(String, i64, String, Option<String>)> =
+                    sqlx::query_as("SELECT name, row_id, hash, mac FROM audit_chain ORDER BY name")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(classify)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(name, row_id, hash, mac)| ChainRecord {
+                        name,
+                        row_id,
+                        hash,
+                        mac,
+                    })
+                    .collect())
             }
 
             async fn create_api_key(
@@ -626,7 +746,7 @@ macro_rules! sql_store {
                 .map_err(classify)?;
                 let created = api_key_from(row);
                 let audit = with_id(audit, "api_key_id", created.id);
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(created)
             }
@@ -670,7 +790,7 @@ macro_rules! sql_store {
                 if deleted == 0 {
                     return Err(StoreError::NotFound);
                 }
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(())
             }
@@ -711,7 +831,7 @@ macro_rules! sql_store {
                 .map_err(classify)?;
                 let created = account_from(row);
                 let audit = with_id(audit, "account_id", created.id);
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(created)
             }
@@ -767,7 +887,7 @@ macro_rules! sql_store {
                 .await
                 .map_err(classify)?;
                 let updated = row.map(account_from).ok_or(StoreError::NotFound)?;
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(updated)
             }
@@ -790,7 +910,7 @@ macro_rules! sql_store {
                 if deleted == 0 {
                     return Err(StoreError::NotFound);
                 }
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(())
             }

@@ -689,7 +689,7 @@ async fn rotation_reseals_every_secret_and_reports_what_does_not_open(backend: B
 }
 
 /// Runs `sql` on the gateway's database behind its back.
-async fn execute_behind_the_gateway(app: &TestApp, sql: &str) {
+pub async fn execute_behind_the_gateway(app: &TestApp, sql: &str) {
     use sqlx::Connection;
     if app.database_url.starts_with("sqlite:") {
         let mut connection = sqlx::SqliteConnection::connect(&app.database_url)

@@ -246,9 +246,7 @@ async fn a_user_deletes_their_account_and_their_audit_is_pseudonymised(backend: 
     }
     assert!(
         matches!(
-            rampart::audit::verify(&*app.state.stores.data)
-                .await
-                .unwrap(),
+            crate::audit::verify(&app).await,
             rampart::audit::Verification::Intact { .. }
         ),
         "the chain still verifies after pseudonymisation"
