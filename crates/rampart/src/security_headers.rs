@@ -45,6 +45,37 @@ impl SecurityHeaders {
 /// Whether responses on this path carry personal or account data and must never be cached,
 /// whatever the upstream says. Compared without regard to case, as routes may be.
 fn is_private(path: &str) -> bool {
+    // Routes match the decoded path, so `/%61ccounts` is `/accounts` here too.
+    if path.contains('%') {
+        return is_private_decoded(&percent_decode(path));
+    }
+    is_private_decoded(path)
+}
+
+fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = bytes
+            .get(index + 1..index + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[index], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                index += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+fn is_private_decoded(path: &str) -> bool {
     ["/auth", "/users", "/admin", "/accounts"]
         .iter()
         .any(
@@ -108,6 +139,9 @@ mod tests {
             "/accounts/7/refresh",
             "/Users/me",
             "/ACCOUNTS",
+            "/%61ccounts",
+            "/%41DMIN/users",
+            "/users%2Fme",
         ] {
             assert!(is_private(path), "{path}");
         }

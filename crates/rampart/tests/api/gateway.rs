@@ -254,6 +254,19 @@ async fn responses_with_personal_data_are_never_cached_and_backends_choose_their
         .unwrap();
     assert_eq!(private.status(), 200);
     assert_eq!(cache_control(&private).as_deref(), Some("no-store"));
+    // A percent-encoded spelling of a private path, served or not, is private too.
+    let respelled = app
+        .client
+        .get(app.url("/%61dmin/reports/a?cacheable"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        cache_control(&respelled).as_deref(),
+        Some("no-store"),
+        "{}",
+        respelled.status()
+    );
     // Account and user data, answers and refusals alike.
     let answers = vec![
         app.get_with("/accounts", &alice.access_token).await,
