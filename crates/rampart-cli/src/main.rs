@@ -95,6 +95,10 @@ fn main() -> ExitCode {
             "RAMPART_ENCRYPTION__KEYS={}",
             rampart::secrets::generate_key_entry("k1")
         );
+        println!(
+            "RAMPART_AUDIT__CHAIN_KEY={}",
+            rampart::secrets::generate_token_secret()
+        );
         return ExitCode::SUCCESS;
     }
     let sources = if let Command::Demo = cli.command {
@@ -157,20 +161,45 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Demo => return demo(config).await,
         Command::Migrate => {
-            rampart::app::open_store(config.database_url.expose(), 4).await?;
+            rampart::app::open_store(config.database_url.expose(), 4, None).await?;
             println!("migrations applied");
         }
         Command::Users {
             command: UsersCommand::CreateAdmin { username, email },
         } => return create_admin(config, username, email).await,
         Command::Audit { command } => {
-            let store = rampart::app::open_store(config.database_url.expose(), 4)
+            let mut config = config;
+            // The chain key lives with the other secrets, as `serve` finds them.
+            rampart::secrets::fill_generated(&mut config)?;
+            let secret = config
+                .audit_chain_key
+                .clone()
+                .context("audit.chain_key is not set")?;
+            let store = rampart::app::open_store(config.database_url.expose(), 4, Some(&secret))
                 .await?
                 .data();
+            let key = rampart::audit::ChainKey::new(secret.expose());
             match command {
-                AuditCommand::Verify => match rampart::audit::verify(&*store).await? {
-                    Verification::Intact { rows } => {
+                AuditCommand::Verify => match rampart::audit::verify(&*store, &key).await? {
+                    Verification::Intact {
+                        rows,
+                        legacy_rows,
+                        anchor,
+                    } => {
                         println!("audit trail intact: {rows} rows verified");
+                        if legacy_rows > 0 {
+                            println!(
+                                "  {legacy_rows} of them were written before the chain was keyed \
+                                 and are checked with plain SHA-256 up to the recorded switch-over"
+                            );
+                        }
+                        match anchor {
+                            Some(id) => println!(
+                                "  checked from the anchor recorded by the purge at row {id} \
+                                 to the sealed head"
+                            ),
+                            None => println!("  checked from the chain's start to the sealed head"),
+                        }
                     }
                     Verification::Broken { id, reason } => {
                         eprintln!("audit trail broken at row {id}: {reason}");
@@ -185,7 +214,19 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     };
                     let now = time::OffsetDateTime::now_utc().unix_timestamp();
                     let cutoff = now - i64::try_from(age.as_secs()).unwrap_or(i64::MAX / 2);
-                    let removed = store.purge_audit(cutoff).await?;
+                    let context = RequestContext {
+                        ip: None,
+                        user_agent: Some("rampart audit purge".into()),
+                        request_id: "console".into(),
+                    };
+                    let entry = NewAuditEntry::new(
+                        now,
+                        rampart::audit::PURGED,
+                        None,
+                        serde_json::json!({ "older_than_seconds": age.as_secs(), "cutoff": cutoff }),
+                        &context,
+                    );
+                    let removed = store.purge_audit(cutoff, entry).await?;
                     println!(
                         "purged {removed} audit entries older than {}s",
                         age.as_secs()
@@ -250,9 +291,13 @@ async fn rotate_keys(mut config: Config) -> anyhow::Result<ExitCode> {
     // The embedded defaults keep their keys in data/secrets.toml, as `serve` does.
     rampart::secrets::fill_generated(&mut config)?;
     let ring = rampart::app::keyring(&config)?;
-    let store = rampart::app::open_store(config.database_url.expose(), 4)
-        .await?
-        .data();
+    let store = rampart::app::open_store(
+        config.database_url.expose(),
+        4,
+        config.audit_chain_key.as_ref(),
+    )
+    .await?
+    .data();
     let context = RequestContext {
         ip: None,
         user_agent: Some("rampart keys rotate".into()),
@@ -282,7 +327,13 @@ async fn rotate_keys(mut config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-async fn create_admin(config: Config, username: String, email: String) -> anyhow::Result<ExitCode> {
+async fn create_admin(
+    mut config: Config,
+    username: String,
+    email: String,
+) -> anyhow::Result<ExitCode> {
+    // The audit chain key lives with the other secrets, as `serve` finds them.
+    rampart::secrets::fill_generated(&mut config)?;
     let mut problems = Vec::new();
     for problem in rampart::identity::check_username(&username) {
         problems.push(format!("username {problem}"));
@@ -306,9 +357,13 @@ async fn create_admin(config: Config, username: String, email: String) -> anyhow
         }
         return Ok(ExitCode::from(2));
     }
-    let store = rampart::app::open_store(config.database_url.expose(), 4)
-        .await?
-        .data();
+    let store = rampart::app::open_store(
+        config.database_url.expose(),
+        4,
+        config.audit_chain_key.as_ref(),
+    )
+    .await?
+    .data();
     let hasher = rampart::password::Hasher::new(1);
     let hash = hasher.hash(password).await?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();

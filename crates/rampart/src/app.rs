@@ -62,19 +62,29 @@ pub struct Application {
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Opens the database named by `url` and applies its migrations.
+/// Opens the database named by `url`, applies its migrations and keys its audit chain
+/// with `audit_key` (without one, the store cannot write audit entries).
 ///
 /// # Errors
 /// The database cannot be opened or migrated.
-pub async fn open_store(url: &str, max_connections: u32) -> anyhow::Result<StoreHandle> {
+pub async fn open_store(
+    url: &str,
+    max_connections: u32,
+    audit_key: Option<&crate::secrets::Secret>,
+) -> anyhow::Result<StoreHandle> {
+    let key = audit_key.map(|secret| crate::audit::ChainKey::new(secret.expose()));
     if url.starts_with("sqlite:") {
-        Ok(StoreHandle::Sqlite(Arc::new(
-            SqliteStore::connect(url).await?,
-        )))
+        let mut store = SqliteStore::connect(url).await?;
+        if let Some(key) = key {
+            store = store.with_audit_key(key).await?;
+        }
+        Ok(StoreHandle::Sqlite(Arc::new(store)))
     } else {
-        Ok(StoreHandle::Postgres(Arc::new(
-            PostgresStore::connect(url, max_connections).await?,
-        )))
+        let mut store = PostgresStore::connect(url, max_connections).await?;
+        if let Some(key) = key {
+            store = store.with_audit_key(key).await?;
+        }
+        Ok(StoreHandle::Postgres(Arc::new(store)))
     }
 }
 
@@ -131,7 +141,12 @@ impl Application {
     /// Secrets, stores, keys or the listener cannot be set up.
     pub async fn build_with(mut config: Config, options: BuildOptions) -> anyhow::Result<Self> {
         crate::secrets::fill_generated(&mut config)?;
-        let database = open_store(config.database_url.expose(), options.max_db_connections).await?;
+        let database = open_store(
+            config.database_url.expose(),
+            options.max_db_connections,
+            config.audit_chain_key.as_ref(),
+        )
+        .await?;
         let sessions: Arc<dyn SessionStore> = match &config.tokens.store {
             StateStoreKind::Database => database.sessions(),
             StateStoreKind::Redis(url) => {

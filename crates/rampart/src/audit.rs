@@ -1,17 +1,25 @@
 //! The tamper-evident audit trail (SPEC §7).
 //!
 //! Every security event becomes one `audit_log` row, written in the same transaction as
-//! the change it records. Each row's `hash` covers its fields and the previous row's
-//! hash, so editing or deleting a row breaks the chain that `rampart audit verify` walks.
+//! the change it records. Each row's `hash` is an HMAC-SHA256, keyed by `audit.chain_key`,
+//! over its fields and the previous row's hash, so editing, deleting or recomputing rows
+//! without the key breaks the chain that `rampart audit verify` walks. Two sealed records
+//! bound the chain: the head (last id and hash, updated in the same transaction as each
+//! append, so cutting rows off the end shows) and, after a purge, the `audit_purged` row
+//! that names the hash the purge cut at (so cutting rows off the start shows).
+//! Rows written before the chain was keyed (plain SHA-256) are checked as before, up to
+//! the switch-over recorded when the key was first used.
 //! The client IP and user agent enter the hash through a salted digest: pseudonymising a
 //! deleted user's rows erases those fields and the salt but keeps the digest, so the
 //! chain still verifies while the personal data is gone.
 
+use hmac::{KeyInit, Mac};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
-use crate::store::{Store, StoreResult};
+use crate::store::{ChainRecord, Store, StoreResult};
 
 pub mod throttle;
 
@@ -173,6 +181,56 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
+/// Actions anyone can cause on an account without being its owner (a guessed password, a
+/// stolen refresh token): the IP and user agent on them may be someone else's.
+const ATTEMPTED_BY_ANYONE: [&str; 3] = ["login_failed", "locked_out", "token_reused"];
+
+/// Keys of `details` that describe the subject of a row, kept when someone else caused it.
+const ABOUT_THE_SUBJECT: [&str; 13] = [
+    "action",
+    "from",
+    "to",
+    "role",
+    "tier",
+    "disabled",
+    "order_limits",
+    "reason",
+    "scope",
+    "seconds",
+    "family",
+    "account_id",
+    "api_key_id",
+];
+
+/// `record` as exported to `subject` (GDPR portability): whole when the subject caused it;
+/// otherwise only what it says about the subject (action, time, details about them), with
+/// no IP, user agent or identity of whoever caused it (an admin, or a stranger guessing a
+/// password), as that is another person's data.
+pub fn for_subject(record: &AuditRecord, subject: i64) -> Value {
+    let details: Value = serde_json::from_str(&record.details).unwrap_or(Value::Null);
+    let by_another = details
+        .get("by")
+        .is_some_and(|by| by.as_i64() != Some(subject));
+    if !by_another && !ATTEMPTED_BY_ANYONE.contains(&record.action.as_str()) {
+        return serde_json::to_value(record).unwrap_or(Value::Null);
+    }
+    let about: serde_json::Map<String, Value> = match details {
+        Value::Object(fields) => fields
+            .into_iter()
+            .filter(|(key, _)| ABOUT_THE_SUBJECT.contains(&key.as_str()))
+            .collect(),
+        _ => serde_json::Map::new(),
+    };
+    serde_json::json!({
+        "id": record.id,
+        "at": crate::time_format::rfc3339(record.at),
+        "user_id": record.user_id,
+        "action": record.action,
+        "details": about,
+        "caused_by_subject": false,
+    })
+}
+
 /// Replaces the values of secret-looking keys with [`REDACTED`], at any depth.
 pub fn redact(value: Value) -> Value {
     match value {
@@ -225,7 +283,89 @@ pub fn pii_digest(salt: &str, ip: Option<&str>, user_agent: Option<&str>) -> Str
     hex::encode(hasher.finalize())
 }
 
-/// A row's hash: every field, length-prefixed, and the previous hash.
+/// The key of the audit chain's HMAC (`audit.chain_key`).
+#[derive(Clone)]
+pub struct ChainKey(Zeroizing<Vec<u8>>);
+
+impl ChainKey {
+    /// The key made of `secret`'s bytes.
+    pub fn new(secret: &str) -> Self {
+        Self(Zeroizing::new(secret.as_bytes().to_vec()))
+    }
+
+    fn mac(&self, message: &[u8]) -> String {
+        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes a key of any length");
+        mac.update(message);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// The seal of a chain record (`head`, `legacy_start`, `legacy_end`).
+    pub fn seal_record(&self, name: &str, row_id: i64, hash: &str) -> String {
+        self.mac(format!("audit_chain:{name}:{row_id}:{hash}").as_bytes())
+    }
+
+    /// Whether `record` carries its own seal.
+    pub fn record_is_sealed(&self, record: &ChainRecord) -> bool {
+        record.mac.as_deref().is_some_and(|mac| {
+            constant_time_eq(
+                mac.as_bytes(),
+                self.seal_record(&record.name, record.row_id, &record.hash)
+                    .as_bytes(),
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainKey(***)")
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The chain record that holds the last row's id and hash.
+pub const HEAD: &str = "head";
+/// The chain record that holds the first row (and the hash it links to) when the chain
+/// was keyed.
+pub const LEGACY_START: &str = "legacy_start";
+/// The chain record that holds the last row hashed without a key.
+pub const LEGACY_END: &str = "legacy_end";
+/// The action that records a purge and the hash it cut at.
+pub const PURGED: &str = "audit_purged";
+
+/// The bytes a row's hash covers: every field, length-prefixed, and the previous hash.
+#[allow(clippy::too_many_arguments)]
+fn row_message(
+    prev_hash: &str,
+    at: i64,
+    user_id: Option<i64>,
+    action: &str,
+    details: &str,
+    request_id: &str,
+    pii_digest: &str,
+) -> Vec<u8> {
+    let mut message = Vec::with_capacity(160 + details.len());
+    message.extend_from_slice(prev_hash.as_bytes());
+    message.extend_from_slice(&at.to_be_bytes());
+    match user_id {
+        Some(id) => {
+            message.push(1);
+            message.extend_from_slice(&id.to_be_bytes());
+        }
+        None => message.push(0),
+    }
+    for text in [action, details, request_id, pii_digest] {
+        message.extend_from_slice(&(text.len() as u64).to_be_bytes());
+        message.extend_from_slice(text.as_bytes());
+    }
+    message
+}
+
+/// A row's hash as written before the chain was keyed: plain SHA-256 of its fields.
 #[allow(clippy::too_many_arguments)]
 pub fn row_hash(
     prev_hash: &str,
@@ -236,21 +376,26 @@ pub fn row_hash(
     request_id: &str,
     pii_digest: &str,
 ) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(prev_hash.as_bytes());
-    hasher.update(at.to_be_bytes());
-    match user_id {
-        Some(id) => {
-            hasher.update([1]);
-            hasher.update(id.to_be_bytes());
-        }
-        None => hasher.update([0]),
-    }
-    for text in [action, details, request_id, pii_digest] {
-        hasher.update((text.len() as u64).to_be_bytes());
-        hasher.update(text.as_bytes());
-    }
-    hex::encode(hasher.finalize())
+    hex::encode(Sha256::digest(row_message(
+        prev_hash, at, user_id, action, details, request_id, pii_digest,
+    )))
+}
+
+/// A row's hash: HMAC-SHA256 under `key` of its fields and the previous hash.
+#[allow(clippy::too_many_arguments)]
+pub fn keyed_row_hash(
+    key: &ChainKey,
+    prev_hash: &str,
+    at: i64,
+    user_id: Option<i64>,
+    action: &str,
+    details: &str,
+    request_id: &str,
+    pii_digest: &str,
+) -> String {
+    key.mac(&row_message(
+        prev_hash, at, user_id, action, details, request_id, pii_digest,
+    ))
 }
 
 /// The fields a store writes for a new entry, given the previous row's hash.
@@ -267,7 +412,7 @@ pub struct SealedEntry {
 }
 
 /// Computes what a store writes for `entry` after a row whose hash is `prev_hash`.
-pub fn seal(entry: &NewAuditEntry, prev_hash: &str) -> SealedEntry {
+pub fn seal(entry: &NewAuditEntry, prev_hash: &str, key: &ChainKey) -> SealedEntry {
     let details = entry.details.to_string();
     let pii_salt = hex::encode(crate::secrets::random_bytes::<16>());
     let pii_digest = pii_digest(
@@ -275,7 +420,8 @@ pub fn seal(entry: &NewAuditEntry, prev_hash: &str) -> SealedEntry {
         entry.ip_address.as_deref(),
         entry.user_agent.as_deref(),
     );
-    let hash = row_hash(
+    let hash = keyed_row_hash(
+        key,
         prev_hash,
         entry.at,
         entry.user_id,
@@ -295,40 +441,70 @@ pub fn seal(entry: &NewAuditEntry, prev_hash: &str) -> SealedEntry {
 /// What `rampart audit verify` found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verification {
-    /// Every row checked out.
+    /// Every row checked out, from the chain's start (or the last purge's anchor) to the
+    /// sealed head.
     Intact {
         /// How many rows were checked.
         rows: u64,
+        /// How many of them predate the keyed chain and were checked with plain SHA-256
+        /// (a legacy row proves less: anyone can recompute it).
+        legacy_rows: u64,
+        /// The `audit_purged` row whose anchor the first row links to, if any.
+        anchor: Option<i64>,
     },
     /// The first row that does not check out.
     Broken {
-        /// Its id.
+        /// Its id (for a missing start or end, the row next to the gap; 0 for none).
         id: i64,
         /// Why.
         reason: &'static str,
     },
 }
 
-/// Walks the whole trail in id order and checks every hash and link.
-///
-/// The first remaining row's `prev_hash` is taken as given, since retention may have
-/// purged the rows before it.
+/// Walks the whole trail in id order and checks every hash and link, that the first row
+/// starts the chain (or links to the hash the last purge cut at), and that the last row is
+/// the sealed head.
 ///
 /// # Errors
 /// The store fails.
-pub async fn verify(store: &dyn Store) -> StoreResult<Verification> {
+pub async fn verify(store: &dyn Store, key: &ChainKey) -> StoreResult<Verification> {
+    let records = store.audit_chain().await?;
+    let mut head = None;
+    let mut legacy_start = None;
+    let mut legacy_end = None;
+    for record in records {
+        if !key.record_is_sealed(&record) {
+            return Ok(Verification::Broken {
+                id: record.row_id,
+                reason: "a chain record (head or switch-over) was edited or was sealed with another key",
+            });
+        }
+        match record.name.as_str() {
+            HEAD => head = Some(record),
+            LEGACY_START => legacy_start = Some(record),
+            LEGACY_END => legacy_end = Some(record),
+            _ => {}
+        }
+    }
+    let legacy_until = legacy_end.as_ref().map_or(0, |record| record.row_id);
     let mut after = 0;
-    let mut previous: Option<String> = None;
+    let mut first: Option<(i64, String)> = None;
+    let mut previous: Option<(i64, String)> = None;
+    let mut anchor: Option<(i64, String)> = None;
     let mut rows = 0u64;
+    let mut legacy_rows = 0u64;
     loop {
         let page = store.audit_page(after, 1000).await?;
         if page.is_empty() {
-            return Ok(Verification::Intact { rows });
+            break;
         }
         for record in page {
             after = record.id;
             rows += 1;
-            if let Some(previous) = &previous
+            if first.is_none() {
+                first = Some((record.id, record.prev_hash.clone()));
+            }
+            if let Some((_, previous)) = &previous
                 && *previous != record.prev_hash
             {
                 return Ok(Verification::Broken {
@@ -348,24 +524,98 @@ pub async fn verify(store: &dyn Store) -> StoreResult<Verification> {
                     reason: "its IP address or user agent was edited",
                 });
             }
-            let expected = row_hash(
-                &record.prev_hash,
-                record.at,
-                record.user_id,
-                &record.action,
-                &record.details,
-                &record.request_id,
-                &record.pii_digest,
-            );
-            if expected != record.hash {
+            let legacy = record.id <= legacy_until;
+            let expected = if legacy {
+                legacy_rows += 1;
+                row_hash(
+                    &record.prev_hash,
+                    record.at,
+                    record.user_id,
+                    &record.action,
+                    &record.details,
+                    &record.request_id,
+                    &record.pii_digest,
+                )
+            } else {
+                keyed_row_hash(
+                    key,
+                    &record.prev_hash,
+                    record.at,
+                    record.user_id,
+                    &record.action,
+                    &record.details,
+                    &record.request_id,
+                    &record.pii_digest,
+                )
+            };
+            if !constant_time_eq(expected.as_bytes(), record.hash.as_bytes()) {
                 return Ok(Verification::Broken {
                     id: record.id,
-                    reason: "its contents do not match its hash (the row was edited)",
+                    reason: "its contents do not match its hash (the row was edited, or hashed without the chain key)",
                 });
             }
-            previous = Some(record.hash);
+            if let Some(end) = &legacy_end
+                && record.id == end.row_id
+                && record.hash != end.hash
+            {
+                return Ok(Verification::Broken {
+                    id: record.id,
+                    reason: "the last row before the keyed chain is not the one recorded at the switch-over",
+                });
+            }
+            if !legacy && record.action == PURGED {
+                let cut = serde_json::from_str::<Value>(&record.details)
+                    .ok()
+                    .and_then(|details| details.get("anchor")?.as_str().map(str::to_owned));
+                if let Some(cut) = cut {
+                    anchor = Some((record.id, cut));
+                }
+            }
+            previous = Some((record.id, record.hash));
         }
     }
+
+    // The start: the first row opens the chain, or links to where the last purge cut, or
+    // is the first row recorded at the switch-over.
+    if let Some((id, prev)) = &first {
+        let starts = match &anchor {
+            Some((_, cut)) => prev == cut,
+            None => {
+                prev == GENESIS
+                    || legacy_start
+                        .as_ref()
+                        .is_some_and(|start| start.row_id == *id && start.hash == *prev)
+            }
+        };
+        if !starts {
+            return Ok(Verification::Broken {
+                id: *id,
+                reason: "the first row does not start the chain or link to the last purge's anchor (rows were removed from the start)",
+            });
+        }
+    }
+    // The end: the last row is the sealed head.
+    match (&head, &previous) {
+        (Some(head), Some((id, hash))) if head.row_id == *id && head.hash == *hash => {}
+        (Some(head), _) => {
+            return Ok(Verification::Broken {
+                id: head.row_id,
+                reason: "the last row is not the recorded head (rows were removed from the end)",
+            });
+        }
+        (None, Some((id, _))) if *id > legacy_until => {
+            return Ok(Verification::Broken {
+                id: *id,
+                reason: "the chain's head record is missing",
+            });
+        }
+        (None, _) => {}
+    }
+    Ok(Verification::Intact {
+        rows,
+        legacy_rows,
+        anchor: anchor.map(|(id, _)| id),
+    })
 }
 
 #[cfg(test)]
@@ -392,6 +642,30 @@ mod tests {
         assert_eq!(
             flags,
             json!({ "cookie": true, "api_key": null, "token": REDACTED })
+        );
+    }
+
+    #[test]
+    fn the_keyed_hash_needs_the_key() {
+        let key = ChainKey::new("k");
+        let keyed = keyed_row_hash(&key, GENESIS, 1, None, "a", "{}", "r", "d");
+        assert_ne!(keyed, row_hash(GENESIS, 1, None, "a", "{}", "r", "d"));
+        assert_ne!(
+            keyed,
+            keyed_row_hash(
+                &ChainKey::new("other"),
+                GENESIS,
+                1,
+                None,
+                "a",
+                "{}",
+                "r",
+                "d"
+            )
+        );
+        assert_eq!(
+            keyed,
+            keyed_row_hash(&key, GENESIS, 1, None, "a", "{}", "r", "d")
         );
     }
 

@@ -309,12 +309,15 @@ impl Default for RawIntrusion {
 #[allow(missing_docs)]
 pub struct RawAudit {
     pub retention: String,
+    /// Key of the audit chain's HMAC; absent: generated into `secrets.toml`.
+    pub chain_key: Option<String>,
 }
 
 impl Default for RawAudit {
     fn default() -> Self {
         Self {
             retention: "365d".into(),
+            chain_key: None,
         }
     }
 }
@@ -635,6 +638,9 @@ pub struct Config {
     pub metrics_allowed_networks: Vec<IpNet>,
     pub intrusion: IntrusionMode,
     pub audit_retention: Duration,
+    /// `audit.chain_key`: keys the audit chain's HMAC. Filled from `secrets.toml` when
+    /// absent, outside production.
+    pub audit_chain_key: Option<Secret>,
     pub headers: HeadersConfig,
     pub routes: Vec<RawRoute>,
     pub upstreams: BTreeMap<String, RawUpstream>,
@@ -873,6 +879,14 @@ impl RawConfig {
             bad(
                 "tokens.secret",
                 format!("must be at least 32 bytes (is {})", secret.len()),
+            );
+        }
+        if let Some(key) = &self.audit.chain_key
+            && key.len() < 32
+        {
+            bad(
+                "audit.chain_key",
+                format!("must be at least 32 bytes (is {})", key.len()),
             );
         }
         let mut duration = |key: &str, text: &str| {
@@ -1168,11 +1182,42 @@ impl RawConfig {
                         .into(),
                 );
             }
+            if let Some(reason) = self
+                .tokens
+                .secret
+                .as_deref()
+                .and_then(crate::secrets::weakness)
+            {
+                bad(
+                    "tokens.secret",
+                    format!(
+                        "RAMPART_ENV=production refuses a weak secret: {reason} (see `rampart keygen`)"
+                    ),
+                );
+            }
             if encryption_keys.is_empty() {
                 bad(
                     "encryption.keys",
                     "RAMPART_ENV=production needs configured keys (see `rampart keygen`)".into(),
                 );
+            }
+            match self
+                .audit
+                .chain_key
+                .as_deref()
+                .map(crate::secrets::weakness)
+            {
+                None => bad(
+                    "audit.chain_key",
+                    "RAMPART_ENV=production needs a configured key (see `rampart keygen`)".into(),
+                ),
+                Some(Some(reason)) => bad(
+                    "audit.chain_key",
+                    format!(
+                        "RAMPART_ENV=production refuses a weak key: {reason} (see `rampart keygen`)"
+                    ),
+                ),
+                Some(None) => {}
             }
         }
 
@@ -1230,6 +1275,7 @@ impl RawConfig {
             metrics_allowed_networks,
             intrusion,
             audit_retention,
+            audit_chain_key: self.audit.chain_key.map(Secret::new),
             headers: HeadersConfig {
                 x_xss_protection: self.headers.x_xss_protection,
             },
@@ -1505,9 +1551,70 @@ mod tests {
             "server.behind_tls",
             "tokens.secret",
             "encryption.keys",
+            "audit.chain_key",
         ] {
             assert!(text.contains(key), "{key} missing from {text}");
         }
+        let weak = load(
+            "",
+            &[
+                ("RAMPART_ENV", "production"),
+                ("RAMPART_AUDIT__CHAIN_KEY", &"k".repeat(40)),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            weak.contains("audit.chain_key: RAMPART_ENV=production refuses a weak key"),
+            "{weak}"
+        );
+        let short = load("[audit]\nchain_key = \"short\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            short.contains("audit.chain_key: must be at least 32 bytes"),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn production_refuses_a_trivial_jwt_secret_and_takes_a_generated_one() {
+        let production = |secret: &str| {
+            load(
+                "[database]\nurl = \"postgres://db/rampart\"\n[server]\nbehind_tls = true\n",
+                &[
+                    ("RAMPART_ENV", "production"),
+                    ("RAMPART_TOKENS__SECRET", secret),
+                    (
+                        "RAMPART_ENCRYPTION__KEYS",
+                        &crate::secrets::generate_key_entry("k1"),
+                    ),
+                    (
+                        "RAMPART_AUDIT__CHAIN_KEY",
+                        &crate::secrets::generate_token_secret(),
+                    ),
+                ],
+            )
+        };
+        for secret in [
+            "a".repeat(64),
+            "0123456789abcdef".repeat(2),
+            "changeme-changeme-changeme-changeme".to_owned(),
+            "bench-secret-bench-secret-bench-secret-0123".to_owned(),
+        ] {
+            let error = production(&secret).unwrap_err().to_string();
+            assert!(
+                error.contains("tokens.secret") && error.contains("weak"),
+                "{secret}: {error}"
+            );
+            assert!(
+                !error.contains(&secret),
+                "the value itself is not echoed: {error}"
+            );
+        }
+        assert!(production(&crate::secrets::generate_token_secret()).is_ok());
+        // Outside production the same value only needs its length.
+        assert!(load(&format!("[tokens]\nsecret = \"{}\"\n", "a".repeat(64)), &[]).is_ok());
     }
 
     #[test]

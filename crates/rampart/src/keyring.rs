@@ -272,6 +272,21 @@ impl KeyRing {
             .is_some_and(|rest| rest.starts_with(':'))
     }
 
+    /// Opens `stored` with `old_aad` and seals its plaintext with the primary key bound to
+    /// `new_aad`: moves a value to new associated data.
+    ///
+    /// # Errors
+    /// As [`KeyRing::decrypt`] with `old_aad`.
+    pub fn rebind(
+        &self,
+        stored: &str,
+        old_aad: &[u8],
+        new_aad: &[u8],
+    ) -> Result<String, DecryptError> {
+        let plaintext = self.decrypt(stored, old_aad)?;
+        Ok(self.encrypt(&plaintext, new_aad))
+    }
+
     /// Re-seals `stored` with the primary key: `None` when it already uses it.
     ///
     /// Rotating row by row with this is safe to interrupt and run again.

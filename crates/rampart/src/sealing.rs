@@ -6,8 +6,10 @@
 //! serves. A value that does not open is reported and left as it is.
 
 use crate::audit::{NewAuditEntry, RequestContext};
+use zeroize::Zeroizing;
+
 use crate::keyring::{DecryptError, KeyRing};
-use crate::store::{SealedKind, Store, StoreResult};
+use crate::store::{SealedKind, SealedValue, Store, StoreResult};
 
 /// Rows read per round trip while rotating.
 const PAGE: i64 = 200;
@@ -17,16 +19,126 @@ pub fn api_key_secret_aad(prefix: &str) -> Vec<u8> {
     format!("api_keys:{prefix}:secret").into_bytes()
 }
 
-/// The associated data of a trading account's broker key.
-pub fn account_key_aad(uid: &str) -> Vec<u8> {
+/// The associated data of a trading account's broker key: its row and the broker host it
+/// may be sent to, so that a key moved to another host (in the database, or copied to
+/// another row) no longer opens.
+pub fn account_key_aad(uid: &str, host_url: &str) -> Vec<u8> {
+    format!(
+        "trading_accounts:{uid}:api_key:{}",
+        canonical_host_url(host_url)
+    )
+    .into_bytes()
+}
+
+/// The associated data broker keys were sealed with before they were bound to their host.
+/// Such a value still opens, and is re-sealed with [`account_key_aad`] when it is next
+/// used or by `rampart keys rotate`.
+pub fn legacy_account_key_aad(uid: &str) -> Vec<u8> {
     format!("trading_accounts:{uid}:api_key").into_bytes()
 }
 
-/// The associated data of a sealed value of `kind` bound to `binding`.
-pub fn aad(kind: SealedKind, binding: &str) -> Vec<u8> {
+/// One spelling of a broker host URL: scheme and host lower-cased, the default port left
+/// out, trailing slashes of the path removed and percent escapes upper-cased. Two URLs
+/// with the same canonical form reach the same broker endpoint.
+pub fn canonical_host_url(host_url: &str) -> String {
+    let Ok(url) = url::Url::parse(host_url) else {
+        return host_url.to_ascii_lowercase();
+    };
+    let mut canonical = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+    if let Some(port) = url.port() {
+        canonical.push_str(&format!(":{port}"));
+    }
+    let path = url.path().trim_end_matches('/');
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        canonical.push(c);
+        if c == '%' {
+            for _ in 0..2 {
+                if let Some(hex) = chars.next() {
+                    canonical.push(hex.to_ascii_uppercase());
+                }
+            }
+        }
+    }
+    canonical
+}
+
+/// The associated data a stored value of `kind` is sealed with now.
+pub fn aad(kind: SealedKind, value: &SealedValue) -> Vec<u8> {
     match kind {
-        SealedKind::ApiKeySecret => api_key_secret_aad(binding),
-        SealedKind::AccountKey => account_key_aad(binding),
+        SealedKind::ApiKeySecret => api_key_secret_aad(&value.binding),
+        SealedKind::AccountKey => account_key_aad(
+            &value.binding,
+            value.host_url.as_deref().unwrap_or_default(),
+        ),
+    }
+}
+
+/// The associated data an older release sealed a value of `kind` with, if it differs.
+fn legacy_aad(kind: SealedKind, value: &SealedValue) -> Option<Vec<u8>> {
+    match kind {
+        SealedKind::ApiKeySecret => None,
+        SealedKind::AccountKey => Some(legacy_account_key_aad(&value.binding)),
+    }
+}
+
+/// A broker key, opened, and the value to store instead when it was sealed the legacy way.
+pub struct OpenedKey {
+    /// The plaintext key.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// The key re-sealed bound to its host, when the stored value was not yet.
+    pub rebound: Option<String>,
+}
+
+/// Opens a trading account's broker key, bound to `uid` and `host_url`; a value sealed
+/// before keys were bound to their host opens with the legacy associated data and comes
+/// back re-sealed for the caller to store.
+///
+/// # Errors
+/// As [`KeyRing::decrypt`]: [`DecryptError::Authentication`] when the value belongs to
+/// another row or another host.
+pub fn open_account_key(
+    ring: &KeyRing,
+    sealed: &str,
+    uid: &str,
+    host_url: &str,
+) -> Result<OpenedKey, DecryptError> {
+    let bound = account_key_aad(uid, host_url);
+    match ring.decrypt(sealed, &bound) {
+        Ok(plaintext) => Ok(OpenedKey {
+            plaintext,
+            rebound: None,
+        }),
+        Err(DecryptError::Authentication) => {
+            let plaintext = ring.decrypt(sealed, &legacy_account_key_aad(uid))?;
+            let rebound = Some(ring.encrypt(&plaintext, &bound));
+            Ok(OpenedKey { plaintext, rebound })
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Re-seals `value` with the primary key and its current associated data; `None` when
+/// it already is.
+fn reseal(
+    ring: &KeyRing,
+    kind: SealedKind,
+    value: &SealedValue,
+) -> Result<Option<String>, DecryptError> {
+    let bound = aad(kind, value);
+    let Some(legacy) = legacy_aad(kind, value) else {
+        return ring.rotate(&value.sealed, &bound);
+    };
+    // A value that may still carry legacy associated data is opened even when its key is
+    // current, so that rotation also moves it to the bound form.
+    match ring.decrypt(&value.sealed, &bound) {
+        Ok(plaintext) if ring.is_current(&value.sealed) => {
+            drop(plaintext);
+            Ok(None)
+        }
+        Ok(plaintext) => Ok(Some(ring.encrypt(&plaintext, &bound))),
+        Err(DecryptError::Authentication) => ring.rebind(&value.sealed, &legacy, &bound).map(Some),
+        Err(error) => Err(error),
     }
 }
 
@@ -75,7 +187,7 @@ pub async fn rotate_all(
             };
             after = last.id;
             for value in page {
-                match ring.rotate(&value.sealed, &aad(kind, &value.binding)) {
+                match reseal(ring, kind, &value) {
                     Ok(None) => report.current += 1,
                     Ok(Some(resealed)) => {
                         if store
@@ -141,15 +253,86 @@ mod tests {
         assert_eq!(mask(""), "***");
     }
 
+    fn value(binding: &str, host_url: &str) -> SealedValue {
+        SealedValue {
+            id: 1,
+            binding: binding.into(),
+            sealed: String::new(),
+            host_url: Some(host_url.into()),
+        }
+    }
+
     #[test]
-    fn each_row_and_kind_has_its_own_associated_data() {
+    fn each_row_host_and_kind_has_its_own_associated_data() {
+        let host = "https://broker.example.com";
         assert_ne!(
-            aad(SealedKind::AccountKey, "a"),
-            aad(SealedKind::AccountKey, "b")
+            aad(SealedKind::AccountKey, &value("a", host)),
+            aad(SealedKind::AccountKey, &value("b", host))
         );
         assert_ne!(
-            aad(SealedKind::AccountKey, "a"),
-            aad(SealedKind::ApiKeySecret, "a")
+            aad(SealedKind::AccountKey, &value("a", host)),
+            aad(
+                SealedKind::AccountKey,
+                &value("a", "https://evil.example.com")
+            )
         );
+        assert_ne!(
+            aad(SealedKind::AccountKey, &value("a", host)),
+            aad(SealedKind::ApiKeySecret, &value("a", host))
+        );
+        assert_ne!(account_key_aad("a", host), legacy_account_key_aad("a"));
+    }
+
+    #[test]
+    fn respellings_of_one_host_share_a_canonical_form_and_other_hosts_do_not() {
+        let canonical = canonical_host_url("https://broker.example.com/openalgo");
+        for spelling in [
+            "https://broker.example.com/openalgo/",
+            "HTTPS://Broker.Example.COM/openalgo",
+            "https://broker.example.com:443/openalgo//",
+        ] {
+            assert_eq!(canonical_host_url(spelling), canonical, "{spelling}");
+        }
+        assert_eq!(
+            canonical_host_url("https://b.example.com/a%2fb"),
+            canonical_host_url("https://b.example.com/a%2Fb")
+        );
+        for other in [
+            "http://broker.example.com/openalgo",
+            "https://broker.example.com:8443/openalgo",
+            "https://broker.example.com/OpenAlgo",
+            "https://broker.example.com",
+            "https://broker.example.co/openalgo",
+        ] {
+            assert_ne!(canonical_host_url(other), canonical, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_legacy_key_opens_once_and_comes_back_bound_to_its_host() {
+        let ring = KeyRing::parse(&[KeyRing::generate_entry("k1")]).unwrap();
+        let host = "https://broker.example.com";
+        let legacy = ring.encrypt(b"broker-key", &legacy_account_key_aad("u1"));
+        let opened = open_account_key(&ring, &legacy, "u1", host).unwrap();
+        assert_eq!(opened.plaintext.as_slice(), b"broker-key");
+        let bound = opened.rebound.unwrap();
+        let again = open_account_key(&ring, &bound, "u1", host).unwrap();
+        assert!(again.rebound.is_none());
+        assert_eq!(
+            open_account_key(&ring, &bound, "u1", "https://evil.example.com").err(),
+            Some(DecryptError::Authentication)
+        );
+        assert_eq!(
+            open_account_key(&ring, &bound, "u2", host).err(),
+            Some(DecryptError::Authentication)
+        );
+        // Rotation moves a legacy value sealed with the current key to the bound form.
+        let mut stored = value("u1", host);
+        stored.sealed = legacy;
+        let resealed = reseal(&ring, SealedKind::AccountKey, &stored)
+            .unwrap()
+            .unwrap();
+        stored.sealed = resealed;
+        assert_eq!(reseal(&ring, SealedKind::AccountKey, &stored), Ok(None));
     }
 }

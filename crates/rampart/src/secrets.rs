@@ -44,6 +44,9 @@ impl fmt::Debug for Secret {
 struct GeneratedSecrets {
     tokens_secret: String,
     encryption_keys: Vec<String>,
+    /// Added after the first release: a file written before has none until it is filled.
+    #[serde(default)]
+    audit_chain_key: Option<String>,
 }
 
 /// `n` random bytes from the operating system's generator.
@@ -63,6 +66,82 @@ pub fn generate_key_entry(id: &str) -> String {
     format!("{id}:{}", STANDARD.encode(random_bytes::<32>()))
 }
 
+/// Words that mark a placeholder or example value rather than a generated secret. Six
+/// letters or more, so that a random base64 or hex secret contains one by chance with a
+/// probability far below one in a million.
+const PLACEHOLDER_WORDS: [&str; 14] = [
+    "changeme",
+    "changethis",
+    "replaceme",
+    "example",
+    "secret",
+    "password",
+    "passwd",
+    "placeholder",
+    "default",
+    "insecure",
+    "qwerty",
+    "123456",
+    "dummy1",
+    "letmein",
+];
+
+/// The least estimated entropy, in bits, a JWT secret must carry in production: well
+/// above what a person types, below what 32 random hex characters give.
+const MIN_ENTROPY_BITS: f64 = 96.0;
+
+/// Why `secret` looks trivial, or `None` when it looks generated: a known placeholder word
+/// or example value, too little Shannon entropy over its bytes (`aaaa…`), a repeated
+/// pattern (`abcabc…`, few distinct three-byte windows) or a run of neighbouring
+/// characters (`abcdef…`, `123456…`). A heuristic: it refuses the values people type,
+/// never proves a value random.
+pub fn weakness(secret: &str) -> Option<&'static str> {
+    let bytes = secret.as_bytes();
+    if bytes.is_empty() {
+        return Some("it is empty");
+    }
+    let folded: String = secret
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if secret.contains('…')
+        || secret.contains("...")
+        || PLACEHOLDER_WORDS.iter().any(|word| folded.contains(word))
+    {
+        return Some("it is a placeholder or example value");
+    }
+    let mut counts = [0u32; 256];
+    for &byte in bytes {
+        counts[usize::from(byte)] += 1;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let length = bytes.len() as f64;
+    let bits: f64 = counts
+        .iter()
+        .filter(|&&count| count > 0)
+        .map(|&count| {
+            let p = f64::from(count) / length;
+            -p * p.log2() * length
+        })
+        .sum();
+    if bits < MIN_ENTROPY_BITS {
+        return Some("it has too little entropy");
+    }
+    let windows: std::collections::HashSet<&[u8]> = bytes.windows(3).collect();
+    if bytes.len() >= 6 && windows.len() * 4 < (bytes.len() - 2) * 3 {
+        return Some("it repeats a pattern");
+    }
+    let neighbours = bytes
+        .windows(2)
+        .filter(|pair| pair[0].abs_diff(pair[1]) <= 1)
+        .count();
+    if neighbours * 2 > bytes.len() - 1 {
+        return Some("it is a run of neighbouring characters");
+    }
+    None
+}
+
 /// Fills in secrets the configuration left out, from `<data_dir>/secrets.toml`,
 /// generating that file first if it does not exist.
 ///
@@ -72,7 +151,8 @@ pub fn fill_generated(config: &mut Config) -> anyhow::Result<()> {
     let needs_token_secret =
         config.tokens.algorithm == TokenAlgorithm::Hs256 && config.tokens.secret.is_none();
     let needs_keys = config.encryption_keys.is_empty();
-    if !needs_token_secret && !needs_keys {
+    let needs_chain_key = config.audit_chain_key.is_none();
+    if !needs_token_secret && !needs_keys && !needs_chain_key {
         return Ok(());
     }
     if config.production {
@@ -80,6 +160,11 @@ pub fn fill_generated(config: &mut Config) -> anyhow::Result<()> {
     }
     let path = config.data_dir.join("secrets.toml");
     let secrets = load_or_generate(&path)?;
+    if needs_chain_key {
+        config.audit_chain_key = Some(Secret::new(
+            secrets.audit_chain_key.clone().unwrap_or_default(),
+        ));
+    }
     if needs_token_secret {
         config.tokens.secret = Some(Secret::new(secrets.tokens_secret));
     }
@@ -97,8 +182,16 @@ fn load_or_generate(path: &Path) -> anyhow::Result<GeneratedSecrets> {
     if path.exists() {
         let text = std::fs::read_to_string(path)
             .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?;
-        return toml::from_str(&text)
-            .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.message()));
+        let mut secrets: GeneratedSecrets = toml::from_str(&text)
+            .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.message()))?;
+        if secrets.audit_chain_key.is_none() {
+            // Written by a release before the keyed audit chain: add its key once, keeping
+            // every other secret as it is.
+            secrets.audit_chain_key = Some(generate_token_secret());
+            write_secrets(path, &secrets, false)?;
+            tracing::warn!(path = %path.display(), "generated the audit chain key");
+        }
+        return Ok(secrets);
     }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
@@ -107,12 +200,31 @@ fn load_or_generate(path: &Path) -> anyhow::Result<GeneratedSecrets> {
     let secrets = GeneratedSecrets {
         tokens_secret: generate_token_secret(),
         encryption_keys: vec![generate_key_entry("k1")],
+        audit_chain_key: Some(generate_token_secret()),
     };
+    write_secrets(path, &secrets, true)?;
+    tracing::warn!(path = %path.display(), "generated secrets for the embedded defaults");
+    Ok(secrets)
+}
+
+/// Writes `secrets` to `path` with mode 0600: as a new file, or replacing the old one
+/// through a temporary file renamed over it, so a crash leaves one or the other whole.
+fn write_secrets(path: &Path, secrets: &GeneratedSecrets, new: bool) -> anyhow::Result<()> {
     let text = format!(
-        "# Generated by rampart on first start. Keep this file: it signs sessions and\n\
-         # decrypts stored secrets. Production configures secrets instead (rampart keygen).\n{}",
-        toml::to_string(&secrets)?
+        "# Generated by rampart on first start. Keep this file: it signs sessions,\n\
+         # decrypts stored secrets and keys the audit chain. Production configures secrets\n\
+         # instead (rampart keygen).\n{}",
+        toml::to_string(secrets)?
     );
+    let target = if new {
+        path.to_path_buf()
+    } else {
+        path.with_extension("toml.tmp")
+    };
+    if !new {
+        // A leftover of an interrupted write; created afresh so that it gets mode 0600.
+        let _ = std::fs::remove_file(&target);
+    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -121,12 +233,15 @@ fn load_or_generate(path: &Path) -> anyhow::Result<GeneratedSecrets> {
         options.mode(0o600);
     }
     let mut file = options
-        .open(path)
-        .map_err(|error| anyhow::anyhow!("creating {}: {error}", path.display()))?;
+        .open(&target)
+        .map_err(|error| anyhow::anyhow!("creating {}: {error}", target.display()))?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
-    tracing::warn!(path = %path.display(), "generated secrets for the embedded defaults");
-    Ok(secrets)
+    if !new {
+        std::fs::rename(&target, path)
+            .map_err(|error| anyhow::anyhow!("replacing {}: {error}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -137,6 +252,33 @@ mod tests {
     fn a_secret_never_prints_its_value() {
         let secret = Secret::new("hunter2-hunter2");
         assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_secrets_file_from_before_the_keyed_audit_chain_gains_a_stable_key() {
+        let dir = std::env::temp_dir().join(format!("rampart-secrets-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secrets.toml");
+        std::fs::write(
+            &path,
+            "tokens_secret = \"old-token\"\nencryption_keys = [\"k1:old\"]\n",
+        )
+        .unwrap();
+        let first = load_or_generate(&path).unwrap();
+        assert_eq!(first.tokens_secret, "old-token");
+        assert_eq!(first.encryption_keys, ["k1:old"]);
+        let key = first.audit_chain_key.unwrap();
+        assert_eq!(weakness(&key), None);
+        let second = load_or_generate(&path).unwrap();
+        assert_eq!(second.audit_chain_key.as_deref(), Some(key.as_str()));
+        assert_eq!(second.tokens_secret, "old-token");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -154,5 +296,36 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn trivial_secrets_are_weak_and_generated_ones_are_not() {
+        let trivial = [
+            "a".repeat(64),
+            "A".repeat(32),
+            "ab".repeat(32),
+            "abc123".repeat(8),
+            "0123456789abcdef".repeat(4),
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".to_owned(),
+            "0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ".to_owned(),
+            "bench-secret-bench-secret-bench-secret-0123".to_owned(),
+            "changeme-changeme-changeme-changeme".to_owned(),
+            "CHANGE_ME_this_is_a_32_byte_string_ok".to_owned(),
+            "my-jwt-Secret-for-production-use-only".to_owned(),
+            "replace-me-with-the-output-of-keygen".to_owned(),
+            "…".to_owned(),
+            "your-256-bit-secret-goes-here-please...".to_owned(),
+            format!("{}b", "a".repeat(40)),
+            "aaaaaaaabbbbbbbbccccccccdddddddd".to_owned(),
+        ];
+        for secret in &trivial {
+            assert!(weakness(secret).is_some(), "{secret:?} passed");
+        }
+        for _ in 0..2000 {
+            let secret = generate_token_secret();
+            assert_eq!(weakness(&secret), None, "{secret}");
+            let hex = hex::encode(random_bytes::<32>());
+            assert_eq!(weakness(&hex), None, "{hex}");
+        }
     }
 }

@@ -42,12 +42,50 @@ impl SecurityHeaders {
     }
 }
 
-/// Whether responses on this path must never be cached.
+/// Whether responses on this path carry personal or account data and must never be cached,
+/// whatever the upstream says. Compared without regard to case, as routes may be.
 pub fn is_private(path: &str) -> bool {
-    ["/auth", "/users", "/admin"].iter().any(|prefix| {
-        path.strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    })
+    // Routes match the decoded path, so `/%61ccounts` is `/accounts` here too.
+    if path.contains('%') {
+        return is_private_decoded(&percent_decode(path));
+    }
+    is_private_decoded(path)
+}
+
+fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = bytes
+            .get(index + 1..index + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[index], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                index += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+fn is_private_decoded(path: &str) -> bool {
+    ["/auth", "/users", "/admin", "/accounts"]
+        .iter()
+        .any(
+            |prefix| match (path.get(..prefix.len()), path.get(prefix.len()..)) {
+                (Some(head), Some(rest)) => {
+                    head.eq_ignore_ascii_case(prefix) && (rest.is_empty() || rest.starts_with('/'))
+                }
+                _ => false,
+            },
+        )
 }
 
 /// Adds the security headers to the response.
@@ -84,7 +122,10 @@ impl SecurityHeaders {
                 HeaderValue::from_static(policy),
             );
         }
-        if private {
+        // Private paths are never cached, whatever a handler or upstream said; elsewhere an
+        // upstream's own caching policy stands, and a response without one (a refusal, an
+        // error, a backend that did not say) is not stored either.
+        if private || !headers.contains_key(header::CACHE_CONTROL) {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
         headers.remove(header::SERVER);
@@ -98,10 +139,29 @@ mod tests {
 
     #[test]
     fn identity_paths_are_private_and_lookalikes_are_not() {
-        for path in ["/auth/login", "/users/me", "/admin/users", "/auth"] {
+        for path in [
+            "/auth/login",
+            "/users/me",
+            "/admin/users",
+            "/auth",
+            "/accounts",
+            "/accounts/7/refresh",
+            "/Users/me",
+            "/ACCOUNTS",
+            "/%61ccounts",
+            "/%41DMIN/users",
+            "/users%2Fme",
+        ] {
             assert!(is_private(path), "{path}");
         }
-        for path in ["/orders", "/authority", "/usersfoo", "/"] {
+        for path in [
+            "/orders",
+            "/authority",
+            "/usersfoo",
+            "/accountsx",
+            "/",
+            "/a",
+        ] {
             assert!(!is_private(path), "{path}");
         }
     }

@@ -36,6 +36,10 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// A boxed error, as hyper and tower pass them around.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What a client is told when the host is not public or does not resolve; one message for
+/// both, so that refusals do not map internal DNS.
+pub const NOT_PUBLIC: &str = "host must resolve to public addresses only";
+
 /// Why an outbound URL or address was refused. `Display` is safe to show to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SsrfError {
@@ -65,13 +69,15 @@ pub enum SsrfError {
     HostNotAllowed,
     /// The host is, or resolves to, an address that is not public. The address is kept for
     /// logs and left out of the message.
-    #[error("host is or resolves to an address that is not public")]
+    // The same message as `Unresolvable`: telling the two apart would let any user probe
+    // which internal names exist.
+    #[error("{NOT_PUBLIC}")]
     ForbiddenAddress {
         /// The refused address.
         address: IpAddr,
     },
-    /// The host name does not resolve.
-    #[error("host name could not be resolved")]
+    /// The host name does not resolve. Shown to clients exactly like `ForbiddenAddress`.
+    #[error("{NOT_PUBLIC}")]
     Unresolvable,
 }
 
@@ -963,6 +969,18 @@ mod tests {
         assert!(!error.to_string().contains("10.9.8.7"));
         let error = OutboundError::from(error);
         assert!(!error.to_string().contains("10.9.8.7"));
+    }
+
+    #[test]
+    fn a_private_address_and_an_unknown_name_are_refused_with_one_message() {
+        let private = SsrfError::ForbiddenAddress {
+            address: ip("10.0.0.1"),
+        };
+        assert_eq!(private.to_string(), SsrfError::Unresolvable.to_string());
+        assert_eq!(
+            OutboundError::from(private).to_string(),
+            OutboundError::from(SsrfError::Unresolvable).to_string()
+        );
     }
 
     #[tokio::test]

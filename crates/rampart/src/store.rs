@@ -313,6 +313,20 @@ impl SealedKind {
     }
 }
 
+/// One record of `audit_chain`: a row id and hash the audit chain is checked against,
+/// sealed with the chain key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainRecord {
+    /// `head`, `legacy_start` or `legacy_end`.
+    pub name: String,
+    /// The row it names.
+    pub row_id: i64,
+    /// That row's hash (for `legacy_start`, the hash the row links to).
+    pub hash: String,
+    /// HMAC of the above under the chain key; `None` until first sealed.
+    pub mac: Option<String>,
+}
+
 /// One sealed value and what it is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedValue {
@@ -320,6 +334,8 @@ pub struct SealedValue {
     pub id: i64,
     /// The row's binding (`prefix` or `uid`).
     pub binding: String,
+    /// The broker host a trading account's key is bound to; `None` for other kinds.
+    pub host_url: Option<String>,
     /// The stored ciphertext.
     pub sealed: String,
 }
@@ -370,8 +386,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
     /// Audit entries in id order after `after_id`, for verification and export.
     async fn audit_page(&self, after_id: i64, limit: i64) -> StoreResult<Vec<AuditRecord>>;
-    /// Deletes audit entries older than `before` (unix seconds); returns how many.
-    async fn purge_audit(&self, before: i64) -> StoreResult<u64>;
+    /// Deletes audit entries older than `before` (unix seconds) and, in the same
+    /// transaction, appends `audit` (an `audit_purged` entry) with the count and the hash
+    /// the purge cut at (`removed`, `anchor`); returns how many were deleted.
+    async fn purge_audit(&self, before: i64, audit: NewAuditEntry) -> StoreResult<u64>;
+    /// The audit chain's records (head and switch-over).
+    async fn audit_chain(&self) -> StoreResult<Vec<ChainRecord>>;
     /// Stores an API key unless the owner already has `max` keys; its id joins the audit
     /// details as `api_key_id`.
     ///

@@ -1,7 +1,9 @@
 //! The caller's trading accounts (broker connections), and fetching their funds.
 //!
 //! Only the owner sees an account: anyone else, admins included, gets 404. The broker's
-//! API key is sealed by the key ring, bound to the row, and only ever shown masked.
+//! API key is sealed by the key ring, bound to the row and to the broker host it may be
+//! sent to, and only ever shown masked. Moving an account to another host takes the key
+//! again in the same request.
 //! `host_url` must pass the `[accounts]` outbound policy (400 `fields.host_url`).
 
 use axum::Json;
@@ -17,10 +19,11 @@ use crate::circuit_breaker::Transition;
 use crate::error::ApiError;
 use crate::identity::{Problems, check_label, users::current_user};
 use crate::json::{ApiJson, IdPath};
+use crate::keyring::DecryptError;
 use crate::metrics::UpstreamLabel;
-use crate::sealing::{account_key_aad, mask};
+use crate::sealing::{account_key_aad, canonical_host_url, mask, open_account_key};
 use crate::state::AppState;
-use crate::store::{AccountPatch, TradingAccount};
+use crate::store::{AccountPatch, SealedKind, TradingAccount};
 use crate::time_format::rfc3339;
 
 /// Most trading accounts one user may hold.
@@ -146,9 +149,10 @@ pub async fn create(
     let user = current_user(&state, &principal).await?;
     let now = state.now();
     let uid = ulid::Ulid::new().to_string();
-    let sealed = state
-        .keyring
-        .encrypt(body.api_key.as_bytes(), &account_key_aad(&uid));
+    let sealed = state.keyring.encrypt(
+        body.api_key.as_bytes(),
+        &account_key_aad(&uid, &body.host_url),
+    );
     let created = state
         .stores
         .data
@@ -222,7 +226,8 @@ pub async fn get(
 /// `PATCH /accounts/{id}`.
 #[utoipa::path(patch, path = "/accounts/{id}", tag = "accounts", security(("bearer" = [])),
     params(("id" = i64, Path, description = "Account id")), request_body = AccountChange,
-    responses((status = 200, body = AccountView), (status = 400, body = crate::error::ErrorBody),
+    responses((status = 200, body = AccountView),
+              (status = 400, description = "Invalid fields; a new host_url without api_key", body = crate::error::ErrorBody),
               (status = 401, body = crate::error::ErrorBody),
               (status = 404, description = "No such account of the caller", body = crate::error::ErrorBody)))]
 pub async fn patch(
@@ -255,14 +260,28 @@ pub async fn patch(
             "Nothing to change: give name, broker, host_url or api_key",
         ));
     }
-    problems.finish()?;
     let account = owned(&state, &principal, id).await?;
-    let api_key = body.api_key.map(|key| {
+    // The stored key was given for one broker; sending it to another takes the owner
+    // giving it again. A respelling of the same host (case, trailing slash, default port)
+    // is not a move.
+    let moves = body
+        .host_url
+        .as_deref()
+        .is_some_and(|url| canonical_host_url(url) != canonical_host_url(&account.host_url));
+    if moves && body.api_key.is_none() {
+        problems.add(
+            "api_key",
+            "required when host_url changes: the stored key is never sent to a new host",
+        );
+    }
+    problems.finish()?;
+    let host_url = body.host_url.as_deref().unwrap_or(&account.host_url);
+    let api_key = body.api_key.as_ref().map(|key| {
         (
             state
                 .keyring
-                .encrypt(key.as_bytes(), &account_key_aad(&account.uid)),
-            mask(&key),
+                .encrypt(key.as_bytes(), &account_key_aad(&account.uid, host_url)),
+            mask(key),
         )
     });
     let updated = state
@@ -325,6 +344,7 @@ pub async fn delete(
     responses((status = 200, body = Funds, description = "The broker's `data`"),
               (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
               (status = 404, description = "No such account of the caller", body = crate::error::ErrorBody),
+              (status = 409, description = "The stored key is sealed for another row or host; nothing was sent", body = crate::error::ErrorBody),
               (status = 502, description = "Broker unreachable or answered with an error", body = crate::error::ErrorBody),
               (status = 503, description = "The broker host's circuit is open (Retry-After)", body = crate::error::ErrorBody),
               (status = 504, description = "The broker did not answer in time", body = crate::error::ErrorBody)))]
@@ -335,16 +355,44 @@ pub async fn refresh(
     IdPath(id): IdPath,
 ) -> Result<Json<Funds>, ApiError> {
     let account = owned(&state, &principal, id).await?;
-    let key = state
-        .keyring
-        .decrypt(&account.api_key, &account_key_aad(&account.uid))
-        .map_err(|error| {
-            ApiError::internal(anyhow::anyhow!(
-                "the broker key of account {} cannot be opened: {error}",
-                account.id
-            ))
-        })?;
-    let key = std::str::from_utf8(&key).map_err(|_| {
+    let opened = open_account_key(
+        &state.keyring,
+        &account.api_key,
+        &account.uid,
+        &account.host_url,
+    )
+    .map_err(|error| match error {
+        // Sealed for another row or another host: nothing is sent anywhere.
+        DecryptError::Authentication => {
+            tracing::warn!(
+                account_id = account.id,
+                "the broker key does not belong to this account's host; not sent"
+            );
+            ApiError::Conflict(
+                "The stored broker key does not belong to this account's host; \
+                 set api_key again"
+                    .into(),
+            )
+        }
+        error => ApiError::internal(anyhow::anyhow!(
+            "the broker key of account {} cannot be opened: {error}",
+            account.id
+        )),
+    })?;
+    if let Some(rebound) = &opened.rebound {
+        // Sealed before keys were bound to their host: store it bound from now on.
+        state
+            .stores
+            .data
+            .reseal(
+                SealedKind::AccountKey,
+                account.id,
+                &account.api_key,
+                rebound,
+            )
+            .await?;
+    }
+    let key = std::str::from_utf8(&opened.plaintext).map_err(|_| {
         ApiError::internal(anyhow::anyhow!(
             "the broker key of account {} is not text",
             account.id

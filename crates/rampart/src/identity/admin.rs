@@ -339,9 +339,27 @@ pub struct ExportQuery {
     pub until: Option<String>,
 }
 
+/// Whether a spreadsheet could read `text` as a formula (OWASP CSV injection): it starts
+/// with `=`, `+`, `-`, `@`, a tab or a carriage return, or, after leading whitespace or
+/// control characters that some spreadsheets skip, with one of the formula characters
+/// (full-width forms included).
+fn is_formula_like(text: &str) -> bool {
+    if text.starts_with(['\t', '\r', '\n']) {
+        return true;
+    }
+    text.chars()
+        .find(|c| !c.is_whitespace() && !c.is_control())
+        .is_some_and(|c| {
+            matches!(
+                c,
+                '=' | '+' | '-' | '@' | '\u{FF1D}' | '\u{FF0B}' | '\u{FF0D}' | '\u{FF20}'
+            )
+        })
+}
+
 fn csv_field(text: &str) -> String {
-    // Quote every field; neutralise spreadsheet formulas.
-    let text = if text.starts_with(['=', '+', '-', '@']) {
+    // Quote every field; neutralise spreadsheet formulas with a leading apostrophe.
+    let text = if is_formula_like(text) {
         format!("'{text}")
     } else {
         text.to_owned()
@@ -461,4 +479,34 @@ fn async_stream(
         }
     });
     futures::StreamExt::chain(first, pages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_that_a_spreadsheet_would_evaluate_are_neutralised() {
+        for text in [
+            "=1+1",
+            "+1",
+            "-1",
+            "@SUM(A1)",
+            "\t=cmd",
+            "\tplain",
+            "\r=cmd",
+            "\rplain",
+            "\n=cmd",
+            " =cmd",
+            "  \u{a0}+cmd",
+            "\u{FF1D}cmd",
+        ] {
+            let field = csv_field(text);
+            assert!(field.starts_with("\"'"), "{text:?} became {field:?}");
+        }
+        for text in ["", "plain", "a=b", "{k:1}", "1.2.3.4", " plain"] {
+            assert_eq!(csv_field(text), format!("\"{text}\""), "{text:?}");
+        }
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
 }

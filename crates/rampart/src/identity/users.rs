@@ -371,7 +371,10 @@ pub async fn export(
         "trading_accounts": accounts,
         "api_keys": api_keys,
         "sessions": sessions,
-        "audit": audit,
+        "audit": audit
+            .iter()
+            .map(|record| crate::audit::for_subject(record, user.id))
+            .collect::<Vec<_>>(),
     });
     Ok(Json(document))
 }

@@ -12,9 +12,12 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-use crate::audit::{self, AuditRecord, GENESIS, NewAuditEntry};
+use std::sync::Arc;
+
+use crate::audit::{self, AuditRecord, ChainKey, GENESIS, NewAuditEntry};
 use crate::store::{
-    AccountPatch, ApiKey, Attempt, AuditFilter, Counter, Family, LockScope, NewUser, Rotation,
+    AccountPatch, ApiKey, Attempt, AuditFilter, ChainRecord, Counter, Family, LockScope, NewUser,
+    Rotation,
     SealedKind, SealedValue, SessionStore, Store, StoreError, StoreResult, TradingAccount, User,
     UserPatch,
 };
@@ -23,12 +26,14 @@ use crate::store::{
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    audit_key: Option<Arc<ChainKey>>,
 }
 
 /// The production store: a PostgreSQL connection pool.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    audit_key: Option<Arc<ChainKey>>,
 }
 
 impl SqliteStore {
@@ -55,7 +60,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            audit_key: None,
+        })
     }
 }
 
@@ -72,7 +80,10 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            audit_key: None,
+        })
     }
 }
 
@@ -239,6 +250,14 @@ fn sealed_columns(kind: SealedKind) -> (&'static str, &'static str, &'static str
     }
 }
 
+/// The column a sealed value's host binding is read from, as SQL.
+fn sealed_host_column(kind: SealedKind) -> &'static str {
+    match kind {
+        SealedKind::ApiKeySecret => "CAST(NULL AS TEXT)",
+        SealedKind::AccountKey => "host_url",
+    }
+}
+
 /// Adds the new row's id to an audit entry's details.
 fn with_id(mut audit: NewAuditEntry, field: &str, id: i64) -> NewAuditEntry {
     if let serde_json::Value::Object(details) = &mut audit.details {
@@ -261,23 +280,75 @@ macro_rules! sql_store {
         log_head = $log_head:expr
     ) => {
         impl $store {
-            async fn insert_audit(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                entry: &NewAuditEntry,
-            ) -> Row<()> {
+            /// Keys the audit chain with `key` and seals the switch-over records the
+            /// migration left unsealed (the first start after the chain was keyed).
+            ///
+            /// # Errors
+            /// The database fails.
+            pub async fn with_audit_key(mut self, key: ChainKey) -> anyhow::Result<Self> {
+                let unsealed: Vec<(String, i64, String)> = sqlx::query_as(
+                    "SELECT name, row_id, hash FROM audit_chain WHERE mac IS NULL",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                for (name, row_id, hash) in unsealed {
+                    sqlx::query("UPDATE audit_chain SET mac = $1 WHERE name = $2 AND mac IS NULL")
+                        .bind(key.seal_record(&name, row_id, &hash))
+                        .bind(&name)
+                        .execute(&self.pool)
+                        .await?;
+                }
+                self.audit_key = Some(Arc::new(key));
+                Ok(self)
+            }
+
+            async fn lock_audit(tx: &mut sqlx::Transaction<'_, $db>) -> Row<()> {
                 if let Some(lock) = $lock_audit {
                     sqlx::query(lock).execute(&mut **tx).await?;
                 }
-                let prev: Option<String> =
+                Ok(())
+            }
+
+            /// The hash the next row links to: the sealed head's, else (before the first
+            /// keyed row) the last row's.
+            async fn chain_tip(tx: &mut sqlx::Transaction<'_, $db>) -> Row<String> {
+                let head: Option<String> =
+                    sqlx::query_scalar("SELECT hash FROM audit_chain WHERE name = 'head'")
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                if let Some(head) = head {
+                    return Ok(head);
+                }
+                let last: Option<String> =
                     sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
                         .fetch_optional(&mut **tx)
                         .await?;
-                let prev = prev.unwrap_or_else(|| GENESIS.to_owned());
-                let sealed = audit::seal(entry, &prev);
-                sqlx::query(
+                Ok(last.unwrap_or_else(|| GENESIS.to_owned()))
+            }
+
+            async fn insert_audit(
+                &self,
+                tx: &mut sqlx::Transaction<'_, $db>,
+                entry: &NewAuditEntry,
+            ) -> Row<()> {
+                Self::lock_audit(tx).await?;
+                self.insert_audit_locked(tx, entry).await
+            }
+
+            async fn insert_audit_locked(
+                &self,
+                tx: &mut sqlx::Transaction<'_, $db>,
+                entry: &NewAuditEntry,
+            ) -> Row<()> {
+                let key = self.audit_key.as_deref().ok_or_else(|| {
+                    sqlx::Error::Configuration("the audit chain key is not set".into())
+                })?;
+                let prev = Self::chain_tip(tx).await?;
+                let sealed = audit::seal(entry, &prev, key);
+                let id: i64 = sqlx::query_scalar(
                     "INSERT INTO audit_log (at, user_id, action, details, ip_address, \
                      user_agent, request_id, pii_salt, pii_digest, prev_hash, hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
                 )
                 .bind(entry.at)
                 .bind(entry.user_id)
@@ -290,6 +361,17 @@ macro_rules! sql_store {
                 .bind(&sealed.pii_digest)
                 .bind(&prev)
                 .bind(&sealed.hash)
+                .fetch_one(&mut **tx)
+                .await?;
+                // The head moves with the row, in the same transaction.
+                sqlx::query(
+                    "INSERT INTO audit_chain (name, row_id, hash, mac) VALUES ('head', $1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET row_id = excluded.row_id, \
+                     hash = excluded.hash, mac = excluded.mac",
+                )
+                .bind(id)
+                .bind(&sealed.hash)
+                .bind(key.seal_record(audit::HEAD, id, &sealed.hash))
                 .execute(&mut **tx)
                 .await?;
                 Ok(())
@@ -311,6 +393,7 @@ macro_rules! sql_store {
             /// Deletes every API key of a user in one statement, audited (with the ids)
             /// unless there was none.
             async fn delete_keys_in(
+                &self,
                 tx: &mut sqlx::Transaction<'_, $db>,
                 user_id: i64,
                 mut audit: NewAuditEntry,
@@ -325,7 +408,7 @@ macro_rules! sql_store {
                     if let serde_json::Value::Object(details) = &mut audit.details {
                         details.insert("api_key_ids".into(), serde_json::json!(ids));
                     }
-                    Self::insert_audit(tx, &audit).await?;
+                    self.insert_audit(tx, &audit).await?;
                 }
                 Ok(ids)
             }
@@ -456,7 +539,7 @@ macro_rules! sql_store {
                 if let serde_json::Value::Object(details) = &mut audit.details {
                     details.insert("role".into(), serde_json::Value::String(role));
                 }
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(created)
             }
@@ -535,9 +618,9 @@ macro_rules! sql_store {
                 if changed == 0 {
                     return Err(StoreError::NotFound);
                 }
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 let revoked = match revoke_api_keys {
-                    Some(entry) => Self::delete_keys_in(&mut tx, id, entry)
+                    Some(entry) => self.delete_keys_in(&mut tx, id, entry)
                         .await
                         .map_err(classify)?,
                     None => Vec::new(),
@@ -552,7 +635,7 @@ macro_rules! sql_store {
                 audit: NewAuditEntry,
             ) -> StoreResult<Vec<i64>> {
                 let mut tx = self.pool.begin().await.map_err(classify)?;
-                let revoked = Self::delete_keys_in(&mut tx, user_id, audit)
+                let revoked = self.delete_keys_in(&mut tx, user_id, audit)
                     .await
                     .map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
@@ -594,7 +677,7 @@ macro_rules! sql_store {
                 .await
                 .map_err(classify)?;
                 for entry in &audit {
-                    Self::insert_audit(&mut tx, entry).await.map_err(classify)?;
+                    self.insert_audit(&mut tx, entry).await.map_err(classify)?;
                 }
                 let updated = Self::user_in(&mut tx, id)
                     .await
@@ -637,14 +720,14 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(())
             }
 
             async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()> {
                 let mut tx = self.pool.begin().await.map_err(classify)?;
-                Self::insert_audit(&mut tx, &entry).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &entry).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(())
             }
@@ -680,13 +763,59 @@ macro_rules! sql_store {
                 Ok(rows.into_iter().map(audit_from).collect())
             }
 
-            async fn purge_audit(&self, before: i64) -> StoreResult<u64> {
-                let result = sqlx::query("DELETE FROM audit_log WHERE at < $1")
+            async fn purge_audit(&self, before: i64, mut audit: NewAuditEntry) -> StoreResult<u64> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                Self::lock_audit(&mut tx).await.map_err(classify)?;
+                // Only a prefix of the chain goes: every row before the first one that is
+                // not older than `before`. A row older than that which follows a newer one
+                // (clocks of several instances) waits for a later purge.
+                let removed = sqlx::query(
+                    "DELETE FROM audit_log WHERE id < COALESCE(\
+                     (SELECT MIN(id) FROM audit_log WHERE at >= $1), \
+                     (SELECT MAX(id) + 1 FROM audit_log))",
+                )
                     .bind(before)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?
+                    .rows_affected();
+                // The hash the purge cut at: what the first kept row links to, or, with
+                // nothing kept, what this entry will link to.
+                let first_kept: Option<String> =
+                    sqlx::query_scalar("SELECT prev_hash FROM audit_log ORDER BY id LIMIT 1")
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                let anchor = match first_kept {
+                    Some(anchor) => anchor,
+                    None => Self::chain_tip(&mut tx).await.map_err(classify)?,
+                };
+                if let serde_json::Value::Object(details) = &mut audit.details {
+                    details.insert("removed".into(), removed.into());
+                    details.insert("anchor".into(), anchor.into());
+                }
+                self.insert_audit_locked(&mut tx, &audit)
                     .await
                     .map_err(classify)?;
-                Ok(result.rows_affected())
+                tx.commit().await.map_err(classify)?;
+                Ok(removed)
+            }
+
+            async fn audit_chain(&self) -> StoreResult<Vec<ChainRecord>> {
+                let rows: Vec<(String, i64, String, Option<String>)> =
+                    sqlx::query_as("SELECT name, row_id, hash, mac FROM audit_chain ORDER BY name")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(classify)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(name, row_id, hash, mac)| ChainRecord {
+                        name,
+                        row_id,
+                        hash,
+                        mac,
+                    })
+                    .collect())
             }
 
             async fn create_api_key(
@@ -723,7 +852,7 @@ macro_rules! sql_store {
                 .map_err(classify)?;
                 let created = api_key_from(row);
                 let audit = with_id(audit, "api_key_id", created.id);
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(created)
             }
@@ -767,7 +896,7 @@ macro_rules! sql_store {
                 if deleted == 0 {
                     return Err(StoreError::NotFound);
                 }
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(())
             }
@@ -808,7 +937,7 @@ macro_rules! sql_store {
                 .map_err(classify)?;
                 let created = account_from(row);
                 let audit = with_id(audit, "account_id", created.id);
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(created)
             }
@@ -864,7 +993,7 @@ macro_rules! sql_store {
                 .await
                 .map_err(classify)?;
                 let updated = row.map(account_from).ok_or(StoreError::NotFound)?;
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(updated)
             }
@@ -887,7 +1016,7 @@ macro_rules! sql_store {
                 if deleted == 0 {
                     return Err(StoreError::NotFound);
                 }
-                Self::insert_audit(&mut tx, &audit).await.map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(())
             }
@@ -899,9 +1028,10 @@ macro_rules! sql_store {
                 limit: i64,
             ) -> StoreResult<Vec<SealedValue>> {
                 let (table, binding, column) = sealed_columns(kind);
-                let rows: Vec<(i64, String, String)> =
+                let host = sealed_host_column(kind);
+                let rows: Vec<(i64, String, String, Option<String>)> =
                     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                        "SELECT id, {binding}, {column} FROM {table} WHERE id > $1 \
+                        "SELECT id, {binding}, {column}, {host} FROM {table} WHERE id > $1 \
                          ORDER BY id LIMIT $2"
                     )))
                     .bind(after_id)
@@ -911,10 +1041,11 @@ macro_rules! sql_store {
                     .map_err(classify)?;
                 Ok(rows
                     .into_iter()
-                    .map(|(id, binding, sealed)| SealedValue {
+                    .map(|(id, binding, sealed, host_url)| SealedValue {
                         id,
                         binding,
                         sealed,
+                        host_url,
                     })
                     .collect())
             }

@@ -357,6 +357,40 @@ async fn host_urls_that_break_the_policy_are_refused_before_anything_is_stored(b
     assert!(error["fields"]["host_url"].is_array());
 }
 
+async fn an_internal_name_and_a_missing_name_are_refused_alike(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, Setup::toml("[accounts]\nallow_http = true\n")).await
+    else {
+        return;
+    };
+    let alice = app.user("alice_1").await;
+    let mut answers = Vec::new();
+    for url in [
+        "http://localhost",
+        "http://127.0.0.1",
+        "http://10.0.0.1",
+        "http://no-such-host.invalid",
+        "http://intranet.invalid:8443",
+    ] {
+        let response = app
+            .send_with(
+                Method::POST,
+                "/accounts",
+                &alice.access_token,
+                Some(json!({ "name": "main", "broker": "zerodha", "host_url": url, "api_key": "abcdefghijklmnop" })),
+            )
+            .await;
+        let error = assert_error(response, 400, "invalid_request").await;
+        answers.push((url, error["fields"].clone()));
+    }
+    for (url, fields) in &answers {
+        assert_eq!(
+            fields,
+            &json!({ "host_url": [rampart::ssrf::NOT_PUBLIC] }),
+            "{url}: a refusal must not tell a private address from a name that does not resolve"
+        );
+    }
+}
+
 async fn bad_account_fields_are_refused(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
@@ -654,7 +688,317 @@ async fn rotation_reseals_every_secret_and_reports_what_does_not_open(backend: B
     assert_error(failed, 500, "internal").await;
 }
 
+/// Runs `sql` on the gateway's database behind its back.
+pub async fn execute_behind_the_gateway(app: &TestApp, sql: &str) {
+    use sqlx::Connection;
+    if app.database_url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(&app.database_url)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    } else {
+        let mut connection = sqlx::PgConnection::connect(&app.database_url)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+}
+
+async fn sealed_account_key(app: &TestApp, id: i64) -> rampart::store::SealedValue {
+    app.state
+        .stores
+        .data
+        .sealed_values(SealedKind::AccountKey, id - 1, 1)
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+async fn moving_an_account_to_another_host_takes_its_key_again(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, Setup::toml(LOOPBACK_BROKERS)).await else {
+        return;
+    };
+    let home = broker().await;
+    let elsewhere = broker().await;
+    let alice = app.user("alice_1").await;
+    let created = add_account(&app, &alice, &home.url, "HOMEkey-0123456789abcdef").await;
+    let path = format!("/accounts/{}", created["id"]);
+
+    // The same move, from a bearer token, a browser session and an API key.
+    let login: Value = app
+        .post(
+            "/auth/login",
+            &json!({"username": "alice_1", "password": crate::helpers::STRONG_PASSWORD, "cookie": true}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let csrf = login["csrf_token"].as_str().unwrap().to_owned();
+    let cookie = format!(
+        "__Host-access_token={}",
+        login["access_token"].as_str().unwrap()
+    );
+    let key = create_key(&app, &alice, "bot").await;
+    let move_only = json!({ "host_url": elsewhere.url });
+    let attempts = [
+        (
+            "bearer",
+            app.client
+                .patch(app.url(&path))
+                .bearer_auth(&alice.access_token)
+                .json(&move_only),
+        ),
+        (
+            "session",
+            app.client
+                .patch(app.url(&path))
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf)
+                .json(&move_only),
+        ),
+        (
+            "api key",
+            app.client
+                .patch(app.url(&path))
+                .header("x-api-key", &key.key)
+                .json(&move_only),
+        ),
+        (
+            "bearer, with a name",
+            app.client
+                .patch(app.url(&path))
+                .bearer_auth(&alice.access_token)
+                .json(&json!({ "host_url": format!("{}/", elsewhere.url), "name": "moved" })),
+        ),
+    ];
+    for (how, request) in attempts {
+        let response = request.send().await.unwrap();
+        let error = assert_error(response, 400, "invalid_request").await;
+        assert!(error["fields"]["api_key"].is_array(), "{how}: {error}");
+    }
+    let fetched: Value = app
+        .get_with(&path, &alice.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched["host_url"], home.url, "nothing changed");
+    assert_eq!(fetched["name"], "Main (NSE)", "nothing changed");
+    let refresh = format!("{path}/refresh");
+    let response = app
+        .send_with(Method::POST, &refresh, &alice.access_token, None)
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(elsewhere.hits.load(Ordering::SeqCst), 0);
+
+    // A respelling of the same host is no move: case, trailing slash, default port.
+    let respelled = [
+        format!("{}/", home.url),
+        home.url.replace("http://", "HTTP://"),
+        format!("{}//", home.url),
+    ];
+    for host_url in &respelled {
+        let response = app
+            .send_with(
+                Method::PATCH,
+                &path,
+                &alice.access_token,
+                Some(json!({ "host_url": host_url })),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "{host_url}");
+        let response = app
+            .send_with(Method::POST, &refresh, &alice.access_token, None)
+            .await;
+        assert_eq!(response.status(), 200, "{host_url}");
+    }
+    assert_eq!(home.hits.load(Ordering::SeqCst), 4);
+
+    // With the key given again, the account moves, and only the new key goes there.
+    let response = app
+        .send_with(
+            Method::PATCH,
+            &path,
+            &alice.access_token,
+            Some(json!({ "host_url": elsewhere.url, "api_key": "NEWkey-0123456789abcdef" })),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let response = app
+        .send_with(Method::POST, &refresh, &alice.access_token, None)
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        elsewhere.received.lock().unwrap().as_slice(),
+        [json!({ "apikey": "NEWkey-0123456789abcdef" })]
+    );
+    assert!(
+        home.received
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|body| body["apikey"] == "HOMEkey-0123456789abcdef")
+    );
+}
+
+async fn a_key_moved_behind_the_gateways_back_is_never_sent(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, Setup::toml(LOOPBACK_BROKERS)).await else {
+        return;
+    };
+    let home = broker().await;
+    let elsewhere = broker().await;
+    let alice = app.user("alice_1").await;
+    let first = add_account(&app, &alice, &home.url, "HOMEkey-0123456789abcdef").await;
+    let second = add_account(&app, &alice, &elsewhere.url, "OTHERkey-0123456789abcd").await;
+    let (first_id, second_id) = (
+        first["id"].as_i64().unwrap(),
+        second["id"].as_i64().unwrap(),
+    );
+    let token = alice.access_token.clone();
+    let refresh = |id: i64| {
+        let request = app
+            .client
+            .post(app.url(&format!("/accounts/{id}/refresh")))
+            .bearer_auth(token.clone());
+        async move { request.send().await.unwrap() }
+    };
+
+    // A ciphertext copied onto another row (another host) does not open there.
+    let sealed = sealed_account_key(&app, first_id).await;
+    app.state
+        .stores
+        .data
+        .tamper_sealed_for_test(SealedKind::AccountKey, second_id, &sealed.sealed)
+        .await
+        .unwrap();
+    let error = assert_error(refresh(second_id).await, 409, "conflict").await;
+    assert!(
+        error["message"].as_str().unwrap().contains("api_key"),
+        "the message says what to do: {error}"
+    );
+    assert_eq!(elsewhere.hits.load(Ordering::SeqCst), 0);
+
+    // A host changed in the database, with or without a new spelling of the path.
+    for host_url in [elsewhere.url.clone(), format!("{}/api/../", elsewhere.url)] {
+        execute_behind_the_gateway(
+            &app,
+            &format!("UPDATE trading_accounts SET host_url = '{host_url}' WHERE id = {first_id}"),
+        )
+        .await;
+        assert_error(refresh(first_id).await, 409, "conflict").await;
+    }
+    assert_eq!(elsewhere.hits.load(Ordering::SeqCst), 0, "nothing was sent");
+    // Put back, the key opens again.
+    execute_behind_the_gateway(
+        &app,
+        &format!(
+            "UPDATE trading_accounts SET host_url = '{}' WHERE id = {first_id}",
+            home.url
+        ),
+    )
+    .await;
+    assert_eq!(refresh(first_id).await.status(), 200);
+    assert_eq!(
+        home.received.lock().unwrap().as_slice(),
+        [json!({ "apikey": "HOMEkey-0123456789abcdef" })]
+    );
+}
+
+async fn keys_sealed_before_host_binding_open_and_are_bound_when_touched(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, Setup::toml(LOOPBACK_BROKERS)).await else {
+        return;
+    };
+    let home = broker().await;
+    let elsewhere = broker().await;
+    let alice = app.user("alice_1").await;
+    let store = &app.state.stores.data;
+    let ring = &app.state.keyring;
+    let mut ids = Vec::new();
+    for key in ["LEGACYkey-used-0123456", "LEGACYkey-rotated-0123"] {
+        let created = add_account(&app, &alice, &home.url, key).await;
+        let id = created["id"].as_i64().unwrap();
+        // Sealed the way earlier releases did: bound to the row only.
+        let value = sealed_account_key(&app, id).await;
+        let legacy = ring.encrypt(
+            key.as_bytes(),
+            &rampart::sealing::legacy_account_key_aad(&value.binding),
+        );
+        store
+            .tamper_sealed_for_test(SealedKind::AccountKey, id, &legacy)
+            .await
+            .unwrap();
+        ids.push((id, legacy));
+    }
+    let bound = |value: &rampart::store::SealedValue| {
+        rampart::sealing::open_account_key(
+            ring,
+            &value.sealed,
+            &value.binding,
+            value.host_url.as_deref().unwrap(),
+        )
+        .is_ok_and(|opened| opened.rebound.is_none())
+    };
+
+    // Used: it opens, is sent, and is stored bound to its host.
+    let (used, legacy) = &ids[0];
+    let response = app
+        .send_with(
+            Method::POST,
+            &format!("/accounts/{used}/refresh"),
+            &alice.access_token,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let value = sealed_account_key(&app, *used).await;
+    assert_ne!(&value.sealed, legacy);
+    assert!(bound(&value));
+
+    // Rotated: `rampart keys rotate` binds it, even though its key is already current.
+    let (rotated, _) = &ids[1];
+    assert!(!bound(&sealed_account_key(&app, *rotated).await));
+    let report =
+        rampart::sealing::rotate_all(&**store, ring, app.clock.unix(), &RequestContext::default())
+            .await
+            .unwrap();
+    assert_eq!((report.rotated, report.failed.len()), (1, 0), "{report:?}");
+    assert!(bound(&sealed_account_key(&app, *rotated).await));
+
+    // Bound now, neither moves with its row's host.
+    for (id, _) in &ids {
+        execute_behind_the_gateway(
+            &app,
+            &format!(
+                "UPDATE trading_accounts SET host_url = '{}' WHERE id = {id}",
+                elsewhere.url
+            ),
+        )
+        .await;
+        let response = app
+            .send_with(
+                Method::POST,
+                &format!("/accounts/{id}/refresh"),
+                &alice.access_token,
+                None,
+            )
+            .await;
+        assert_error(response, 409, "conflict").await;
+    }
+    assert_eq!(elsewhere.hits.load(Ordering::SeqCst), 0);
+}
+
 crate::on_databases!(
+    moving_an_account_to_another_host_takes_its_key_again,
+    a_key_moved_behind_the_gateways_back_is_never_sent,
+    keys_sealed_before_host_binding_open_and_are_bound_when_touched,
+    an_internal_name_and_a_missing_name_are_refused_alike,
     accounts_belong_to_their_owner_alone,
     the_broker_key_is_never_stored_or_shown_in_the_clear,
     host_urls_that_break_the_policy_are_refused_before_anything_is_stored,

@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, assert_error, spawn_app};
+use crate::helpers::{Backend, STRONG_PASSWORD, assert_error, spawn_app};
 
 async fn non_admins_are_refused_admin_endpoints_and_it_is_audited(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
@@ -246,16 +246,139 @@ async fn a_user_deletes_their_account_and_their_audit_is_pseudonymised(backend: 
     }
     assert!(
         matches!(
-            rampart::audit::verify(&*app.state.stores.data)
-                .await
-                .unwrap(),
+            crate::audit::verify(&app).await,
             rampart::audit::Verification::Intact { .. }
         ),
         "the chain still verifies after pseudonymisation"
     );
 }
 
+async fn the_export_holds_what_concerns_the_user_and_not_who_acted_on_them(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let admin = app.user("admin_1").await;
+    app.register("bob_22").await;
+    let login = |agent: &'static str, password: &'static str| {
+        app.client
+            .post(app.url("/auth/login"))
+            .header("user-agent", agent)
+            .json(&json!({"username": "bob_22", "password": password}))
+            .send()
+    };
+    // Someone guesses bob's password from their own browser.
+    assert_eq!(
+        login("stranger-agent/6", "Wrong!pass1")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let bob: Value = login("bob-agent/1", STRONG_PASSWORD)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bob_id = bob["user"]["id"].as_i64().unwrap();
+    // The admin acts on bob from the admin's own browser.
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            format!("/admin/users/{bob_id}"),
+            json!({"role": "trader", "tier": "premium"}),
+        ),
+        (
+            Method::POST,
+            format!("/admin/users/{bob_id}/unlock"),
+            json!({"ip": "203.0.113.77"}),
+        ),
+    ] {
+        let response = app
+            .client
+            .request(method, app.url(&path))
+            .bearer_auth(&admin.access_token)
+            .header("user-agent", "admin-console/7")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+    // A role change revoked bob's tokens: log in again.
+    let bob: Value = login("bob-agent/1", STRONG_PASSWORD)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let export: Value = app
+        .get_with("/users/me/export", bob["access_token"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let text = export.to_string();
+    for foreign in [
+        "admin-console/7",
+        "stranger-agent/6",
+        "203.0.113.77",
+        "admin_1",
+    ] {
+        assert!(
+            !text.contains(foreign),
+            "{foreign} is someone else's data: {text}"
+        );
+    }
+    let audit = export["audit"].as_array().unwrap();
+    let of = |action: &str| -> Vec<&Value> {
+        audit.iter().filter(|row| row["action"] == action).collect()
+    };
+    // What bob did is exported whole.
+    let own = of("login_success");
+    assert_eq!(own.len(), 2);
+    for row in own {
+        assert_eq!(row["ip_address"], "127.0.0.1");
+        assert_eq!(row["user_agent"], "bob-agent/1");
+    }
+    // What others did to bob: what happened and when, nothing about who did it.
+    let role = of("role_changed");
+    assert_eq!(role.len(), 1);
+    assert_eq!(
+        role[0]["details"],
+        json!({"from": "viewer", "to": "trader"})
+    );
+    let actions = of("admin_action");
+    assert_eq!(actions.len(), 2, "{text}");
+    let failed = of("login_failed");
+    assert_eq!(failed.len(), 1);
+    for row in role.iter().chain(&actions).chain(&failed) {
+        assert!(row["at"].is_string(), "{row}");
+        assert_eq!(row["user_id"], bob_id);
+        for field in ["ip_address", "user_agent", "request_id"] {
+            assert!(row.get(field).is_none(), "{field} in {row}");
+        }
+        assert!(row["details"].get("by").is_none(), "{row}");
+        assert!(row["details"].get("ip").is_none(), "{row}");
+    }
+    assert!(
+        actions
+            .iter()
+            .any(|row| row["details"]["action"] == "unlock")
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|row| row["details"]["tier"] == "premium")
+    );
+}
+
 crate::on_databases!(
+    the_export_holds_what_concerns_the_user_and_not_who_acted_on_them,
     non_admins_are_refused_admin_endpoints_and_it_is_audited,
     admins_list_users_with_pagination,
     a_role_change_takes_effect_and_revokes_the_users_tokens,

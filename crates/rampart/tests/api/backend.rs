@@ -59,6 +59,11 @@ async fn echo(State(backend): State<Backend>, request: Request) -> Response {
         "body_length": body.len(),
     }))
     .into_response();
+    if parts.uri.query() == Some("cacheable") {
+        response
+            .headers_mut()
+            .insert("cache-control", "public, max-age=60".parse().unwrap());
+    }
     response
         .headers_mut()
         .insert("server", "test-backend/1.2.3".parse().unwrap());

@@ -215,6 +215,81 @@ async fn the_backends_own_answers_pass_unchanged(backend: Backend) {
     assert_eq!(response.bytes().await.unwrap().len(), size);
 }
 
+async fn responses_with_personal_data_are_never_cached_and_backends_choose_their_own(
+    backend: Backend,
+) {
+    let upstream = backend::start().await;
+    let setup = routes_setup(
+        &upstream,
+        "[[routes]]\npath = \"/feed/*\"\nupstream = \"app\"\nauth = false\n\
+         [[routes]]\npath = \"/admin/reports/*\"\nupstream = \"app\"\nauth = false\n",
+        "",
+    );
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    let alice = app.user("alice_1").await;
+    let cache_control = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("cache-control")
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+    // The backend's own policy stands on a public path; without one, nothing is stored.
+    let own = app
+        .client
+        .get(app.url("/feed/a?cacheable"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_control(&own).as_deref(), Some("public, max-age=60"));
+    let silent = app.client.get(app.url("/feed/a")).send().await.unwrap();
+    assert_eq!(cache_control(&silent).as_deref(), Some("no-store"));
+    // Under a private prefix the backend cannot make a response cacheable.
+    let private = app
+        .client
+        .get(app.url("/admin/reports/a?cacheable"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(private.status(), 200);
+    assert_eq!(cache_control(&private).as_deref(), Some("no-store"));
+    // A percent-encoded spelling of a private path, served or not, is private too.
+    let respelled = app
+        .client
+        .get(app.url("/%61dmin/reports/a?cacheable"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        cache_control(&respelled).as_deref(),
+        Some("no-store"),
+        "{}",
+        respelled.status()
+    );
+    // Account and user data, answers and refusals alike.
+    let answers = vec![
+        app.get_with("/accounts", &alice.access_token).await,
+        app.client.get(app.url("/accounts")).send().await.unwrap(),
+        app.client.get(app.url("/accounts/1")).send().await.unwrap(),
+        app.get_with("/accounts/999", &alice.access_token).await,
+        app.get_with("/users/me", &alice.access_token).await,
+        app.get_with("/users/me/export", &alice.access_token).await,
+        app.client.get(app.url("/users/me")).send().await.unwrap(),
+        app.get_with("/admin/users", &alice.access_token).await,
+        app.post("/auth/login", &json!({})).await,
+    ];
+    for response in answers {
+        assert_eq!(
+            cache_control(&response).as_deref(),
+            Some("no-store"),
+            "{} {}",
+            response.status(),
+            response.url()
+        );
+    }
+}
+
 async fn a_hanging_backend_is_answered_504_within_its_timeout(backend: Backend) {
     let upstream = backend::start().await;
     let setup = Setup::toml(&format!(
@@ -653,6 +728,7 @@ async fn roles_can_be_redefined_and_added_in_config(backend: Backend) {
 }
 
 crate::on_databases!(
+    responses_with_personal_data_are_never_cached_and_backends_choose_their_own,
     roles_can_be_redefined_and_added_in_config,
     probes_pass_a_catch_all_route_unauthenticated,
     programs_must_sign_on_signed_routes,
