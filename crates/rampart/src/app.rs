@@ -39,6 +39,9 @@ pub struct BuildOptions {
     pub rate_limit_time: Option<crate::rate_limit::ManualTime>,
     /// How long a call to a broker host may take in all.
     pub broker_timeout: Duration,
+    /// Whether the identity routes' built-in limits apply (SPEC §3); tests that register
+    /// many users from one address turn them off.
+    pub identity_limits: bool,
 }
 
 impl Default for BuildOptions {
@@ -49,6 +52,7 @@ impl Default for BuildOptions {
             max_db_connections: 16,
             rate_limit_time: None,
             broker_timeout: Duration::from_secs(10),
+            identity_limits: true,
         }
     }
 }
@@ -158,13 +162,18 @@ impl Application {
         let mut policies = Policies::new();
         let tiers =
             Tiers::register(&mut policies, &config.rate_limits).map_err(anyhow::Error::msg)?;
-        let routes = RouteTable::new(
+        let mut routes = RouteTable::new(
             &config.routes,
             &config.upstreams,
             config.server.max_body,
             &mut policies,
         )
         .map_err(anyhow::Error::msg)?;
+        if options.identity_limits {
+            routes
+                .add_identity_limits(&mut policies)
+                .map_err(anyhow::Error::msg)?;
+        }
         let limiter = match (&config.rate_limits.redis_url, options.rate_limit_time) {
             (None, None) => RateLimiter::memory(policies),
             (None, Some(time)) => RateLimiter::memory_with_time(policies, time),

@@ -1,11 +1,16 @@
 //! Authentication: who is asking, from a bearer token, the session cookie or an API key.
 //!
-//! [`identify`] runs before rate limiting (the limiter needs the caller's tier) and, for
-//! tokens and cookies, never refuses by itself: it records an [`Authentication`] in the
-//! request. Handlers and the authorization layer ask for a [`Principal`], which answers 401
-//! (or 403 `csrf_failed`) when there is none. Cookie-authenticated unsafe requests must
-//! carry `X-CSRF-Token`. API keys and signed requests ([`api_key`]) are refused at once
-//! (401), on every route, when the key or signature does not hold.
+//! [`identify`] runs before rate limiting (the limiter needs the caller's tier) and never
+//! refuses by itself: it records an [`Authentication`] in the request. Handlers and the
+//! authorization layer ask for a [`Principal`], which answers 401 (or 403 `csrf_failed`)
+//! when there is none. Cookie-authenticated unsafe requests must carry `X-CSRF-Token`. API
+//! keys and signed requests ([`api_key`]) that do not hold are refused (401) on every route.
+//!
+//! Every refused credential is a [`Failure`]: counted in
+//! `rampart_auth_failures_total{reason}`, audited as `auth_failed` (one row per client and
+//! minute), and, being anonymous, it spends the client's anonymous budget at the rate
+//! limiter. An API key costs a database lookup to check, so a client whose anonymous budget
+//! is already spent gets 429 before its key is looked up.
 
 pub mod api_key;
 
@@ -13,10 +18,11 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::request::Parts;
 use http::{HeaderMap, Method, header};
 
+use crate::audit::{record_in_background, request_entry};
 use crate::error::ApiError;
 use crate::metrics::ReasonLabel;
 use crate::state::AppState;
@@ -63,10 +69,64 @@ pub struct Principal {
 /// Why credentials that were presented are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Invalid, expired or revoked.
+    /// A token or cookie that is invalid, expired or revoked: refused (401) wherever a
+    /// principal is needed.
     InvalidToken,
+    /// An API key or signature that does not hold: refused (401) on every route.
+    InvalidKey,
     /// Cookie session without the right CSRF token.
     CsrfFailed,
+}
+
+/// What kind of presented credential failed: the `reason` of
+/// `rampart_auth_failures_total` and of `auth_failed` audit rows. Clients never see it;
+/// they get one 401 for every kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// An `Authorization` header that is not a valid, current access token.
+    Bearer,
+    /// A session cookie that is not a valid, current access token.
+    Cookie,
+    /// An API key that is malformed, unknown, expired, or whose owner is disabled or gone.
+    ApiKey,
+    /// Signing headers that are incomplete, malformed or do not verify.
+    Signature,
+    /// A signed request's timestamp that is malformed or too far from the gateway's clock.
+    Timestamp,
+    /// A nonce of the wrong length or alphabet.
+    Nonce,
+    /// A nonce already seen: a replayed request.
+    Replay,
+    /// `Authorization` and `X-API-Key` together.
+    Ambiguous,
+}
+
+impl Failure {
+    /// Every kind, for metrics that exist from start-up.
+    pub const ALL: [Self; 8] = [
+        Self::Bearer,
+        Self::Cookie,
+        Self::ApiKey,
+        Self::Signature,
+        Self::Timestamp,
+        Self::Nonce,
+        Self::Replay,
+        Self::Ambiguous,
+    ];
+
+    /// The metric label and audit `reason`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Bearer => "bearer",
+            Self::Cookie => "cookie",
+            Self::ApiKey => "api_key",
+            Self::Signature => "signature",
+            Self::Timestamp => "timestamp",
+            Self::Nonce => "nonce",
+            Self::Replay => "replay",
+            Self::Ambiguous => "ambiguous",
+        }
+    }
 }
 
 /// The outcome of [`identify`], in the request's extensions.
@@ -110,28 +170,88 @@ pub fn is_unsafe(method: &Method) -> bool {
     )
 }
 
-/// Records who is asking. Tokens and cookies never refuse here; an API key or signature
-/// that does not hold is refused at once (401), and so is an API key sent together with
-/// `Authorization` (two credentials, no telling which is meant).
+/// Records who is asking; never refuses by itself, except with 429 when a client whose
+/// anonymous budget is spent presents an API key (checking it would cost a lookup) and with
+/// 413/400/503 when a signed body cannot be read or a store is down.
 pub async fn identify(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    // Probes, scrapers and public documents need no identity (SPEC §8).
+    if crate::operations::PATHS.contains(&request.uri().path()) {
+        request.extensions_mut().insert(Authentication::Anonymous);
+        return next.run(request).await;
+    }
     let headers = request.headers();
     let bearer = headers.contains_key(header::AUTHORIZATION);
-    if bearer && headers.contains_key(api_key::KEY_HEADER) {
-        return ApiError::invalid_token().into_response();
-    }
-    let authentication = if !bearer && api_key::is_presented(headers) {
+    let (authentication, failure) = if bearer && headers.contains_key(api_key::KEY_HEADER) {
+        // Two credentials: no telling which is meant.
+        (
+            Authentication::Refused(Refusal::InvalidKey),
+            Some(Failure::Ambiguous),
+        )
+    } else if !bearer && api_key::is_presented(headers) {
+        let ip = request
+            .extensions()
+            .get::<crate::client_ip::ClientIp>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
+        let peeked = crate::rate_limit::peek_anonymous(&state, ip).await;
+        if let Some(refusal) = crate::rate_limit::refuse_when_spent(&state, &request, peeked) {
+            return refusal;
+        }
         match api_key::authenticate(&state, request).await {
             Ok((authenticated, principal)) => {
                 request = authenticated;
-                Authentication::Authenticated(principal)
+                (Authentication::Authenticated(principal), None)
             }
-            Err(refusal) => return refusal,
+            Err(api_key::Rejection::Refused(refused, failure)) => {
+                request = *refused;
+                (Authentication::Refused(Refusal::InvalidKey), Some(failure))
+            }
+            Err(api_key::Rejection::Respond(response)) => return response,
         }
     } else {
-        authenticate_headers(&state, request.method(), request.headers())
+        let authentication = authenticate_headers(&state, request.method(), request.headers());
+        let failure = matches!(
+            authentication,
+            Authentication::Refused(Refusal::InvalidToken)
+        )
+        .then_some(if bearer {
+            Failure::Bearer
+        } else {
+            Failure::Cookie
+        });
+        (authentication, failure)
     };
+    if let Some(failure) = failure {
+        record_failure(&state, &request, failure);
+    }
     request.extensions_mut().insert(authentication);
     next.run(request).await
+}
+
+/// Counts a refused credential and audits it, one `auth_failed` row per client address
+/// and minute standing for every failure since the last.
+fn record_failure(state: &AppState, request: &Request, failure: Failure) {
+    let reason = failure.label();
+    state
+        .metrics
+        .auth_failures
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+    let keys = crate::rate_limit::CallerKeys::of(state, request);
+    let now = state.now();
+    let throttle_key = format!("auth_failed|{}", keys.ip());
+    let Some(held_back) = state.audit_throttle.admit(&throttle_key, now) else {
+        return;
+    };
+    let entry = request_entry(
+        now,
+        "auth_failed",
+        request,
+        serde_json::json!({
+            "reason": reason,
+            "failures_since_last_entry": held_back,
+        }),
+    );
+    record_in_background(state.stores.data.clone(), entry);
 }
 
 /// Checks the credentials in `headers`.
@@ -211,7 +331,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
         match parts.extensions.get::<Authentication>() {
             Some(Authentication::Authenticated(principal)) => Ok(principal.clone()),
             Some(Authentication::Refused(Refusal::CsrfFailed)) => Err(ApiError::CsrfFailed),
-            Some(Authentication::Refused(Refusal::InvalidToken)) => Err(ApiError::invalid_token()),
+            Some(Authentication::Refused(Refusal::InvalidToken | Refusal::InvalidKey)) => {
+                Err(ApiError::invalid_token())
+            }
             Some(Authentication::Anonymous) | None => Err(ApiError::unauthenticated()),
         }
     }
