@@ -200,6 +200,7 @@ impl Application {
                 })
                 .set(0);
         }
+        start_at_zero(&metrics, &limiter, &routes);
         // Password hashing may use every core but one: a login flood then saturates the
         // hashing pool, never the cores that serve everything else.
         let concurrency = std::thread::available_parallelism()
@@ -282,6 +283,38 @@ impl Application {
         }
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Creates every series whose label values are known at start-up, at zero (SPEC §8), so
+/// that alerts and dashboards see them before the first event.
+fn start_at_zero(metrics: &Metrics, limiter: &RateLimiter, routes: &RouteTable) {
+    use crate::metrics::{PatternLabel, PolicyLabel, ReasonLabel, UpstreamLabel};
+    for policy in limiter.policy_labels() {
+        drop(
+            metrics
+                .rate_limit_hits
+                .get_or_create(&PolicyLabel { policy }),
+        );
+    }
+    for reason in crate::tokens::Rejected::ALL.map(crate::tokens::Rejected::label) {
+        drop(metrics.jwt_failures.get_or_create(&ReasonLabel { reason }));
+    }
+    for reason in crate::authentication::Failure::ALL.map(crate::authentication::Failure::label) {
+        drop(metrics.auth_failures.get_or_create(&ReasonLabel { reason }));
+    }
+    for pattern in crate::intrusion::Pattern::ALL.map(crate::intrusion::Pattern::label) {
+        drop(
+            metrics
+                .suspicious_requests
+                .get_or_create(&PatternLabel { pattern }),
+        );
+    }
+    for upstream in routes.upstreams.values() {
+        let label = UpstreamLabel {
+            upstream: upstream.name,
+        };
+        drop(metrics.breaker_opens.get_or_create(&label));
     }
 }
 

@@ -969,6 +969,72 @@ async fn ipv6_clients_are_limited_per_prefix_in_redis(backend: Backend) {
     ipv6_clients_are_limited_per_prefix(backend, Some(redis_url())).await;
 }
 
+async fn the_metrics_alerts_use_exist_at_zero_from_start_up(backend: Backend) {
+    let upstream = backend::start().await;
+    let setup = routes_setup(&upstream, ECHO, "").with_identity_limits();
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    let metrics = app.metrics().await;
+    for policy in [
+        "anonymous",
+        "standard",
+        "premium",
+        "route:* /echo/limited",
+        "route:POST /auth/register",
+        "route:POST /auth/login",
+        "route:POST /auth/refresh",
+        "route:POST /accounts/:id/refresh",
+    ] {
+        let name = format!("rampart_rate_limit_hits_total{{policy=\"{policy}\"}}");
+        assert_eq!(series(&metrics, &name), 0, "{name}");
+    }
+    for reason in [
+        "malformed",
+        "wrong_algorithm",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "wrong_issuer",
+        "wrong_audience",
+        "invalid_claims",
+        "revoked",
+    ] {
+        let name = format!("rampart_jwt_validation_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(series(&metrics, &name), 0, "{name}");
+    }
+    for reason in [
+        "bearer",
+        "cookie",
+        "api_key",
+        "signature",
+        "timestamp",
+        "nonce",
+        "replay",
+        "ambiguous",
+    ] {
+        let name = format!("rampart_auth_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(series(&metrics, &name), 0, "{name}");
+    }
+    for pattern in [
+        "sql_injection",
+        "xss",
+        "path_traversal",
+        "command_injection",
+    ] {
+        let name = format!("rampart_suspicious_requests_total{{pattern=\"{pattern}\"}}");
+        assert_eq!(series(&metrics, &name), 0, "{name}");
+    }
+    assert_eq!(
+        series(
+            &metrics,
+            "rampart_circuit_breaker_opens_total{upstream=\"app\"}"
+        ),
+        0
+    );
+    assert_eq!(series(&metrics, "rampart_failed_login_attempts_total"), 0);
+}
+
 crate::on_databases!(
     refused_credentials_spend_the_anonymous_budget_in_memory,
     refused_credentials_spend_the_anonymous_budget_in_redis,
@@ -978,6 +1044,7 @@ crate::on_databases!(
     per_ip_user_and_key_each_name_whose_budget_a_route_limit_is,
     ipv6_clients_are_limited_per_prefix_in_memory,
     ipv6_clients_are_limited_per_prefix_in_redis,
+    the_metrics_alerts_use_exist_at_zero_from_start_up,
     anonymous_callers_are_limited_per_ip_whatever_they_claim,
     behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget,
     users_are_limited_by_tier_and_routes_add_their_own_limit,
