@@ -203,6 +203,52 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_reproduces_the_documented_limits() {
+        let raw = crate::config::RawConfig::parse(
+            crate::demo::EXAMPLE_CONFIG,
+            &std::collections::HashMap::new(),
+        )
+        .unwrap();
+        let mut policies = Policies::new();
+        let mut table = RouteTable::new(&raw.routes, &raw.upstreams, 1024, &mut policies).unwrap();
+        table.add_identity_limits(&mut policies).unwrap();
+        let limiter = crate::rate_limit::RateLimiter::memory(policies);
+        let limit = |method: &str, path: &str| {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let route = table
+                .routes()
+                .iter()
+                .find(|route| route.name == path && route.allows(&method))
+                .unwrap_or_else(|| panic!("{method} {path} is in the example"));
+            let quota = route.limit_policy.and_then(|policy| limiter.quota(policy));
+            (quota.map(ToString::to_string), route.per)
+        };
+        // SPEC §3's table.
+        for (method, path, rate, per) in [
+            ("POST", "/auth/register", "5/min", Per::Ip),
+            ("POST", "/auth/login", "10/min", Per::Ip),
+            ("POST", "/auth/refresh", "20/min", Per::Ip),
+            ("GET", "/users/me", "100/min", Per::User),
+            ("GET", "/users/{id}", "100/min", Per::User),
+            ("GET", "/orders", "100/min", Per::User),
+            ("POST", "/orders", "50/min", Per::User),
+            ("GET", "/positions", "100/min", Per::User),
+            ("GET", "/admin/users", "100/min", Per::User),
+            ("POST", "/accounts/{id}/refresh", "20/min", Per::User),
+        ] {
+            assert_eq!(
+                limit(method, path),
+                (Some(rate.to_owned()), per),
+                "{method} {path}"
+            );
+        }
+        assert!(
+            table.identity_limits().is_empty(),
+            "the example states every built-in limit itself"
+        );
+    }
+
+    #[test]
     fn without_routes_every_builtin_limit_is_in_force() {
         let (table, _) = table(&[]);
         assert_eq!(
