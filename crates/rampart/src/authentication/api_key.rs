@@ -305,10 +305,15 @@ pub async fn authenticate(
                 record.id
             )))
         })?;
-    let path_and_query = parts
-        .uri
+    // The target as the client sent it, which is what it signed, even if a layer above has
+    // rewritten the request's URI since.
+    let target = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(&parts.uri, |original| &original.0);
+    let path_and_query = target
         .path_and_query()
-        .map_or_else(|| parts.uri.path(), |value| value.as_str());
+        .map_or_else(|| target.path(), |value| value.as_str());
     let message = string_to_sign(
         parts.method.as_str(),
         path_and_query,
