@@ -9,8 +9,9 @@
 //! Every refused credential is a [`Failure`]: counted in
 //! `rampart_auth_failures_total{reason}`, audited as `auth_failed` (one row per client and
 //! minute), and, being anonymous, it spends the client's anonymous budget at the rate
-//! limiter. An API key costs a database lookup to check, so a client whose anonymous budget
-//! is already spent gets 429 before its key is looked up.
+//! limiter. An API key costs a database lookup to check, so it is charged to that budget
+//! before the lookup (and given the charge back when it holds): a client whose budget is
+//! spent gets 429 before its key is looked up, however many guesses it has in flight.
 
 pub mod api_key;
 
@@ -192,20 +193,30 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
             .extensions()
             .get::<crate::client_ip::ClientIp>()
             .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
-        let peeked = crate::rate_limit::peek_anonymous(&state, ip).await;
-        if let Some(refusal) = crate::rate_limit::refuse_when_spent(&state, &request, peeked) {
+        // Charged before the lookup, so that guesses in flight at once cannot outrun the
+        // budget; given back when the key holds.
+        let charged = crate::rate_limit::charge_anonymous(&state, ip).await;
+        if let Some(refusal) = crate::rate_limit::refuse_when_spent(&state, &request, &charged) {
             return refusal;
         }
         match api_key::authenticate(&state, request).await {
             Ok((authenticated, principal)) => {
+                crate::rate_limit::refund_anonymous(&state, ip).await;
                 request = authenticated;
                 (Authentication::Authenticated(principal), None)
             }
             Err(api_key::Rejection::Refused(refused, failure)) => {
                 request = *refused;
+                if let Ok(decision) = charged {
+                    let charge = crate::rate_limit::AnonymousCharge(decision);
+                    request.extensions_mut().insert(charge);
+                }
                 (Authentication::Refused(Refusal::InvalidKey), Some(failure))
             }
-            Err(api_key::Rejection::Respond(response)) => return response,
+            Err(api_key::Rejection::Respond(response)) => {
+                crate::rate_limit::refund_anonymous(&state, ip).await;
+                return response;
+            }
         }
     } else {
         let authentication = authenticate_headers(&state, request.method(), request.headers());

@@ -20,7 +20,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 mod layer;
-pub use layer::{CallerKeys, TIER_NAMES, Tiers, enforce, peek_anonymous, refuse_when_spent};
+pub use layer::{
+    AnonymousCharge, CallerKeys, TIER_NAMES, Tiers, charge_anonymous, enforce, refund_anonymous,
+    refuse_when_spent,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Quota
@@ -283,6 +286,7 @@ pub struct StoreUnavailable;
 enum Mode {
     Take,
     Peek,
+    Refund,
 }
 
 /// Whose budget a route's own limit is (`per` of a `[[routes]]` entry, SPEC §3).
@@ -562,6 +566,19 @@ impl ShardMap {
         gcra.decide(self.tats.get(key).copied(), now).0
     }
 
+    /// Gives back one request's worth of capacity taken earlier.
+    fn refund(&mut self, gcra: &Gcra, key: &str, now: u64) -> Decision {
+        if let Some(tat) = self.tats.get_mut(key) {
+            let back = tat.saturating_sub(gcra.interval);
+            if back <= now {
+                self.tats.remove(key);
+            } else {
+                *tat = back;
+            }
+        }
+        self.peek(gcra, key, now)
+    }
+
     fn check(&mut self, gcra: &Gcra, key: &str, now: u64) -> Decision {
         if let Some(tat) = self.tats.get_mut(key) {
             let (decision, new_tat) = gcra.decide(Some(*tat), now);
@@ -670,6 +687,7 @@ impl MemoryStore {
         Some(match mode {
             Mode::Take => shard.check(&policy.gcra, key, now),
             Mode::Peek => shard.peek(&policy.gcra, key, now),
+            Mode::Refund => shard.refund(&policy.gcra, key, now),
         })
     }
 
@@ -704,7 +722,8 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 /// GCRA in microseconds (exact in Lua's doubles for centuries), time from the server's own
 /// clock (`TIME`) so that instances with skewed clocks agree. KEYS[1]: the bucket.
 /// ARGV[1]: emission interval, ARGV[2]: window (capacity × interval), both in µs;
-/// ARGV[3]: `1` to decide without counting the request (a peek), else `0`.
+/// ARGV[3]: `0` to count the request, `1` to decide without counting it (a peek), `2` to
+/// give back one request taken earlier (a refund; the reply then means nothing).
 /// Returns {allowed (0/1), remaining, µs until full, µs until retry}. The key expires
 /// when its bucket is full, so idle keys vanish.
 const GCRA_SCRIPT: &str = r"
@@ -713,6 +732,17 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]))
+if ARGV[3] == '2' then
+  if tat ~= nil then
+    local back = tat - interval
+    if back <= now then
+      redis.call('DEL', KEYS[1])
+    else
+      redis.call('SET', KEYS[1], string.format('%.0f', back), 'PX', math.ceil((back - now) / 1000))
+    end
+  end
+  return {1, 0, 0, 0}
+end
 if tat == nil or tat < now then tat = now end
 local new_tat = tat + interval
 local allow_at = new_tat - window
@@ -820,7 +850,11 @@ impl RedisStore {
         invocation
             .arg(policy.interval_us)
             .arg(policy.window_us)
-            .arg(u8::from(mode == Mode::Peek));
+            .arg(match mode {
+                Mode::Take => 0u8,
+                Mode::Peek => 1,
+                Mode::Refund => 2,
+            });
         let mut connection = self.connection.clone();
         // EVALSHA, and SCRIPT LOAD + EVALSHA only when the server lacks the script.
         let reply = tokio::time::timeout(
@@ -1040,6 +1074,15 @@ impl RateLimiter {
         key: &'a str,
     ) -> impl Future<Output = Result<Decision, StoreUnavailable>> + Send + 'a {
         self.decide(policy, key, Mode::Peek)
+    }
+
+    /// Gives back one request that [`RateLimiter::check`] counted for `key` under `policy`:
+    /// for a request charged up front and then found to owe nothing.
+    ///
+    /// # Errors
+    /// As [`RateLimiter::check`].
+    pub async fn refund(&self, policy: PolicyId, key: &str) -> Result<(), StoreUnavailable> {
+        self.decide(policy, key, Mode::Refund).await.map(drop)
     }
 
     #[inline]
@@ -1632,6 +1675,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refund_gives_back_one_request() {
+        let (limiter, id, time) = manual_limiter("2/min");
+        assert_eq!(allowed(&limiter, id, "k", 3).await, 2);
+        limiter.refund(id, "k").await.unwrap();
+        assert_eq!(allowed(&limiter, id, "k", 2).await, 1, "one came back");
+        limiter.refund(id, "k").await.unwrap();
+        limiter.refund(id, "k").await.unwrap();
+        limiter.refund(id, "k").await.unwrap();
+        assert_eq!(
+            allowed(&limiter, id, "k", 3).await,
+            2,
+            "never beyond a full bucket"
+        );
+        limiter.refund(id, "unknown").await.unwrap();
+        assert_eq!(allowed(&limiter, id, "unknown", 3).await, 2);
+        time.advance(Duration::from_secs(60));
+        limiter.refund(id, "k").await.unwrap();
+        assert_eq!(allowed(&limiter, id, "k", 3).await, 2);
+    }
+
+    #[tokio::test]
     async fn the_default_clock_limits_too() {
         let mut policies = Policies::new();
         let id = policies
@@ -2025,7 +2089,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_redis_peek_tells_the_decision_without_spending() {
+    async fn a_redis_peek_tells_the_decision_without_spending_and_a_refund_gives_back() {
         require_redis().await;
         let (limiter, id) = redis_limiter(&test_prefix(), "2/min", OnStoreError::Deny).await;
         for _ in 0..5 {
@@ -2036,6 +2100,12 @@ mod tests {
         let peeked = limiter.peek(id, "203.0.113.9").await.unwrap();
         assert!(!peeked.allowed);
         assert!(peeked.retry_after.is_some());
+        assert!(!limiter.check(id, "203.0.113.9").await.unwrap().allowed);
+        limiter.refund(id, "203.0.113.9").await.unwrap();
+        assert!(
+            limiter.check(id, "203.0.113.9").await.unwrap().allowed,
+            "refunded"
+        );
         assert!(!limiter.check(id, "203.0.113.9").await.unwrap().allowed);
     }
 

@@ -165,12 +165,22 @@ pub async fn enforce(State(state): State<AppState>, request: Request, next: Next
         .identity_limit(request.method(), request.uri().path())
         .map(|limit| (limit.policy, limit.per));
 
+    // A refused API key was charged to the anonymous budget before it was looked up.
+    let charged = request
+        .extensions()
+        .get::<AnonymousCharge>()
+        .filter(|_| tier == tiers.anonymous)
+        .map(|charge| charge.0);
     let mut decisions: [Option<(PolicyId, Per, Decision)>; 3] = [None; 3];
     for (slot, check) in [Some((tier, Per::User)), route, identity]
         .into_iter()
         .enumerate()
     {
         let Some((policy, per)) = check else { continue };
+        if let (0, Some(decision)) = (slot, charged) {
+            decisions[slot] = Some((policy, per, decision));
+            continue;
+        }
         let decision = match limiter.check(policy, keys.per(per)).await {
             Ok(decision) => decision,
             Err(super::StoreUnavailable) => return store_unavailable(),
@@ -201,31 +211,44 @@ pub async fn enforce(State(state): State<AppState>, request: Request, next: Next
     response
 }
 
-/// The anonymous budget of the client at `ip`, looked at without counting a request: for
-/// credentials that cost a database lookup to check (API keys), so that once failed
-/// attempts have spent the budget, further ones cost nothing. The request is counted later
-/// like any other.
+/// A request's charge to its client's anonymous budget, taken before a credential that
+/// costs a database lookup to check (an API key), and kept in the request when the
+/// credential failed: the limiter then counts that charge instead of taking another.
+#[derive(Debug, Clone, Copy)]
+pub struct AnonymousCharge(pub Decision);
+
+/// Charges one request to the anonymous budget of the client at `ip`, before checking an
+/// API key: so that failed keys cost the budget whatever their number in flight, and once
+/// it is spent further ones cost no lookup. A key that turns out valid is given the request
+/// back ([`refund_anonymous`]).
 ///
 /// # Errors
-/// As [`RateLimiter::peek`].
-pub async fn peek_anonymous(
+/// As [`RateLimiter::check`].
+pub async fn charge_anonymous(
     state: &AppState,
     ip: IpAddr,
 ) -> Result<Decision, super::StoreUnavailable> {
     let keys = CallerKeys::new(ip, state.config.rate_limits.ipv6_prefix, None, None);
-    state.limiter.peek(state.tiers.anonymous, keys.ip()).await
+    state.limiter.check(state.tiers.anonymous, keys.ip()).await
 }
 
-/// The answer to a request whose anonymous budget [`peek_anonymous`] found spent (429,
-/// counted and audited) or could not read (503); `None` when there is room.
+/// Gives back what [`charge_anonymous`] took, for a credential that held (or a request
+/// refused for another reason). A store failure only leaves the charge in place.
+pub async fn refund_anonymous(state: &AppState, ip: IpAddr) {
+    let keys = CallerKeys::new(ip, state.config.rate_limits.ipv6_prefix, None, None);
+    let _ = state.limiter.refund(state.tiers.anonymous, keys.ip()).await;
+}
+
+/// The answer to a request whose [`charge_anonymous`] was refused (429, counted and
+/// audited) or could not be decided (503); `None` when the charge was taken.
 pub fn refuse_when_spent(
     state: &AppState,
     request: &Request,
-    peeked: Result<Decision, super::StoreUnavailable>,
+    charged: &Result<Decision, super::StoreUnavailable>,
 ) -> Option<Response> {
-    let decision = match peeked {
+    let decision = match charged {
         Ok(decision) if decision.allowed => return None,
-        Ok(decision) => decision,
+        Ok(decision) => *decision,
         Err(super::StoreUnavailable) => return Some(store_unavailable()),
     };
     let keys = CallerKeys::of(state, request);

@@ -538,13 +538,30 @@ async fn refused_credentials_spend_the_anonymous_budget(backend: Backend, store:
         .unwrap();
     assert_eq!(accepted.status(), 200);
 
+    // Concurrent guesses: however many are in flight, the budget lets exactly four be
+    // answered 401; the rest are 429.
+    let guesses = (0..20).map(|_| {
+        client
+            .get(&echo)
+            .header("x-api-key", &unknown_key)
+            .header("x-forwarded-for", "203.0.113.50")
+            .send()
+    });
+    let mut statuses: Vec<u16> = futures::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|response| response.unwrap().status().as_u16())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [[401; 4].as_slice(), &[429; 16]].concat());
+
     let metrics = app.metrics().await;
     // Tokens and cookies are checked (and counted) before the limiter refuses; API keys
     // are refused before they are checked.
     for (reason, expected) in [
         ("bearer", 15),
         ("cookie", 5),
-        ("api_key", 8),
+        ("api_key", 12),
         ("ambiguous", 5),
     ] {
         assert_eq!(
@@ -582,6 +599,27 @@ async fn refused_credentials_spend_the_anonymous_budget(backend: Backend, store:
         assert_eq!(mine[0]["details"]["reason"], *reason, "{description}");
         assert!(mine[0]["user_id"].is_null(), "{description}");
     }
+    // A minute on, the next failure opens a new row standing for those held back.
+    app.clock.advance(Duration::from_secs(61));
+    let late = client
+        .get(&me)
+        .bearer_auth("not-a-jwt")
+        .header("x-forwarded-for", "203.0.113.1")
+        .send()
+        .await
+        .unwrap();
+    assert_error(late, 429, "rate_limited").await;
+    let rows = audit(&app, &admin.access_token, "auth_failed").await;
+    let mine: Vec<&Value> = rows
+        .iter()
+        .filter(|row| row["ip_address"] == "203.0.113.1")
+        .collect();
+    assert_eq!(mine.len(), 2, "{rows:?}");
+    assert!(
+        mine.iter()
+            .any(|row| row["details"]["failures_since_last_entry"] == 4),
+        "{mine:?}"
+    );
 }
 
 async fn refused_credentials_spend_the_anonymous_budget_in_memory(backend: Backend) {
