@@ -16,6 +16,7 @@
 pub mod api_key;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
@@ -194,27 +195,34 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
             .get::<crate::client_ip::ClientIp>()
             .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
         // Charged before the lookup, so that guesses in flight at once cannot outrun the
-        // budget; given back when the key holds.
+        // budget; given back as soon as the key is found to hold (a signature that then
+        // fails is charged by the limiter like any refused credential).
         let charged = crate::rate_limit::charge_anonymous(&state, ip).await;
         if let Some(refusal) = crate::rate_limit::refuse_when_spent(&state, &request, &charged) {
             return refusal;
         }
-        match api_key::authenticate(&state, request).await {
+        let refunded = AtomicBool::new(false);
+        let key_found = || async {
+            crate::rate_limit::refund_anonymous(&state, ip).await;
+            refunded.store(true, Ordering::Relaxed);
+        };
+        match api_key::authenticate(&state, request, key_found).await {
             Ok((authenticated, principal)) => {
-                crate::rate_limit::refund_anonymous(&state, ip).await;
                 request = authenticated;
                 (Authentication::Authenticated(principal), None)
             }
             Err(api_key::Rejection::Refused(refused, failure)) => {
                 request = *refused;
-                if let Ok(decision) = charged {
+                if let (Ok(decision), false) = (charged, refunded.load(Ordering::Relaxed)) {
                     let charge = crate::rate_limit::AnonymousCharge(decision);
                     request.extensions_mut().insert(charge);
                 }
                 (Authentication::Refused(Refusal::InvalidKey), Some(failure))
             }
             Err(api_key::Rejection::Respond(response)) => {
-                crate::rate_limit::refund_anonymous(&state, ip).await;
+                if !refunded.load(Ordering::Relaxed) {
+                    crate::rate_limit::refund_anonymous(&state, ip).await;
+                }
                 return response;
             }
         }

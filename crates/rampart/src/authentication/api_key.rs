@@ -242,14 +242,16 @@ fn respond(error: impl Into<ApiError>) -> Rejection {
 
 /// Authenticates a request that presents an API key (and perhaps a signature), handing
 /// back the request (its body restored after being read for the signature, [`KeyId`] in
-/// its extensions) and the owner.
+/// its extensions) and the owner. `key_found` is awaited once the key itself holds, before
+/// the body is read and the signature checked.
 ///
 /// # Errors
 /// [`Rejection::Refused`] for a key or signature that does not hold,
 /// [`Rejection::Respond`] for anything else.
-pub async fn authenticate(
+pub async fn authenticate<F: Future<Output = ()>>(
     state: &AppState,
     request: Request,
+    key_found: impl FnOnce() -> F,
 ) -> Result<(Request, Principal), Rejection> {
     let checked = check_key(state, request.headers()).await;
     let (record, user, signing) = match checked {
@@ -257,6 +259,7 @@ pub async fn authenticate(
         Err(Err(error)) => return Err(respond(error)),
         Err(Ok(reason)) => return Err(refuse(request, reason)),
     };
+    key_found().await;
     let principal = |signed| Principal {
         user_id: user.id,
         username: Arc::from(user.username.as_str()),

@@ -537,6 +537,15 @@ async fn refused_credentials_spend_the_anonymous_budget(backend: Backend, store:
         .await
         .unwrap();
     assert_eq!(accepted.status(), 200);
+    // A valid key is charged only while it is looked up: many in a row cost nothing.
+    for i in 0..10 {
+        let response = valid()
+            .header("x-forwarded-for", "203.0.113.98")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "valid key request {i}");
+    }
 
     // Concurrent guesses: however many are in flight, the budget lets exactly four be
     // answered 401; the rest are 429.
