@@ -40,6 +40,9 @@ pub struct BuildOptions {
     pub rate_limit_time: Option<crate::rate_limit::ManualTime>,
     /// How long a call to a broker host may take in all.
     pub broker_timeout: Duration,
+    /// Whether the identity routes' built-in limits apply (SPEC §3); tests that register
+    /// many users from one address turn them off.
+    pub identity_limits: bool,
 }
 
 impl Default for BuildOptions {
@@ -50,6 +53,7 @@ impl Default for BuildOptions {
             max_db_connections: 16,
             rate_limit_time: None,
             broker_timeout: Duration::from_secs(10),
+            identity_limits: true,
         }
     }
 }
@@ -180,13 +184,18 @@ impl Application {
         let mut policies = Policies::new();
         let tiers =
             Tiers::register(&mut policies, &config.rate_limits).map_err(anyhow::Error::msg)?;
-        let routes = RouteTable::new(
+        let mut routes = RouteTable::new(
             &config.routes,
             &config.upstreams,
             config.server.max_body,
             &mut policies,
         )
         .map_err(anyhow::Error::msg)?;
+        if options.identity_limits {
+            routes
+                .add_identity_limits(&mut policies)
+                .map_err(anyhow::Error::msg)?;
+        }
         let limiter = match (&config.rate_limits.redis_url, options.rate_limit_time) {
             (None, None) => RateLimiter::memory(policies),
             (None, Some(time)) => RateLimiter::memory_with_time(policies, time),
@@ -213,6 +222,7 @@ impl Application {
                 })
                 .set(0);
         }
+        start_at_zero(&metrics, &limiter, &routes);
         // Password hashing may use every core but one: a login flood then saturates the
         // hashing pool, never the cores that serve everything else.
         let concurrency = std::thread::available_parallelism()
@@ -321,6 +331,38 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Creates every series whose label values are known at start-up, at zero (SPEC §8), so
+/// that alerts and dashboards see them before the first event.
+fn start_at_zero(metrics: &Metrics, limiter: &RateLimiter, routes: &RouteTable) {
+    use crate::metrics::{PatternLabel, PolicyLabel, ReasonLabel, UpstreamLabel};
+    for policy in limiter.policy_labels() {
+        drop(
+            metrics
+                .rate_limit_hits
+                .get_or_create(&PolicyLabel { policy }),
+        );
+    }
+    for reason in crate::tokens::Rejected::ALL.map(crate::tokens::Rejected::label) {
+        drop(metrics.jwt_failures.get_or_create(&ReasonLabel { reason }));
+    }
+    for reason in crate::authentication::Failure::ALL.map(crate::authentication::Failure::label) {
+        drop(metrics.auth_failures.get_or_create(&ReasonLabel { reason }));
+    }
+    for pattern in crate::intrusion::Pattern::ALL.map(crate::intrusion::Pattern::label) {
+        drop(
+            metrics
+                .suspicious_requests
+                .get_or_create(&PatternLabel { pattern }),
+        );
+    }
+    for upstream in routes.upstreams.values() {
+        let label = UpstreamLabel {
+            upstream: upstream.name,
+        };
+        drop(metrics.breaker_opens.get_or_create(&label));
     }
 }
 

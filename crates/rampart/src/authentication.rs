@@ -1,22 +1,30 @@
 //! Authentication: who is asking, from a bearer token, the session cookie or an API key.
 //!
-//! [`identify`] runs before rate limiting (the limiter needs the caller's tier) and, for
-//! tokens and cookies, never refuses by itself: it records an [`Authentication`] in the
-//! request. Handlers and the authorization layer ask for a [`Principal`], which answers 401
-//! (or 403 `csrf_failed`) when there is none. Cookie-authenticated unsafe requests must
-//! carry `X-CSRF-Token`. API keys and signed requests ([`api_key`]) are refused at once
-//! (401), on every route, when the key or signature does not hold.
+//! [`identify`] runs before rate limiting (the limiter needs the caller's tier) and never
+//! refuses by itself: it records an [`Authentication`] in the request. Handlers and the
+//! authorization layer ask for a [`Principal`], which answers 401 (or 403 `csrf_failed`)
+//! when there is none. Cookie-authenticated unsafe requests must carry `X-CSRF-Token`. API
+//! keys and signed requests ([`api_key`]) that do not hold are refused (401) on every route.
+//!
+//! Every refused credential is a [`Failure`]: counted in
+//! `rampart_auth_failures_total{reason}`, audited as `auth_failed` (one row per client and
+//! minute), and, being anonymous, it spends the client's anonymous budget at the rate
+//! limiter. An API key costs a database lookup to check, so it is charged to that budget
+//! before the lookup (and given the charge back when it holds): a client whose budget is
+//! spent gets 429 before its key is looked up, however many guesses it has in flight.
 
 pub mod api_key;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::request::Parts;
 use http::{HeaderMap, Method, header};
 
+use crate::audit::{record_in_background, request_entry};
 use crate::error::ApiError;
 use crate::metrics::ReasonLabel;
 use crate::state::AppState;
@@ -80,10 +88,64 @@ impl Principal {
 /// Why credentials that were presented are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Invalid, expired or revoked.
+    /// A token or cookie that is invalid, expired or revoked: refused (401) wherever a
+    /// principal is needed.
     InvalidToken,
+    /// An API key or signature that does not hold: refused (401) on every route.
+    InvalidKey,
     /// Cookie session without the right CSRF token.
     CsrfFailed,
+}
+
+/// What kind of presented credential failed: the `reason` of
+/// `rampart_auth_failures_total` and of `auth_failed` audit rows. Clients never see it;
+/// they get one 401 for every kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// An `Authorization` header that is not a valid, current access token.
+    Bearer,
+    /// A session cookie that is not a valid, current access token.
+    Cookie,
+    /// An API key that is malformed, unknown, expired, or whose owner is disabled or gone.
+    ApiKey,
+    /// Signing headers that are incomplete, malformed or do not verify.
+    Signature,
+    /// A signed request's timestamp that is malformed or too far from the gateway's clock.
+    Timestamp,
+    /// A nonce of the wrong length or alphabet.
+    Nonce,
+    /// A nonce already seen: a replayed request.
+    Replay,
+    /// `Authorization` and `X-API-Key` together.
+    Ambiguous,
+}
+
+impl Failure {
+    /// Every kind, for metrics that exist from start-up.
+    pub const ALL: [Self; 8] = [
+        Self::Bearer,
+        Self::Cookie,
+        Self::ApiKey,
+        Self::Signature,
+        Self::Timestamp,
+        Self::Nonce,
+        Self::Replay,
+        Self::Ambiguous,
+    ];
+
+    /// The metric label and audit `reason`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Bearer => "bearer",
+            Self::Cookie => "cookie",
+            Self::ApiKey => "api_key",
+            Self::Signature => "signature",
+            Self::Timestamp => "timestamp",
+            Self::Nonce => "nonce",
+            Self::Replay => "replay",
+            Self::Ambiguous => "ambiguous",
+        }
+    }
 }
 
 /// The outcome of [`identify`], in the request's extensions.
@@ -127,30 +189,81 @@ pub fn is_unsafe(method: &Method) -> bool {
     )
 }
 
-/// Records who is asking. Tokens and cookies never refuse here; an API key or signature
-/// that does not hold is refused at once (401), and so is an API key sent together with
-/// `Authorization` (two credentials, no telling which is meant).
+/// Records who is asking; never refuses by itself, except with 429 when a client whose
+/// anonymous budget is spent presents an API key (checking it would cost a lookup) and with
+/// 413/400/503 when a signed body cannot be read or a store is down.
 pub async fn identify(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    // Probes, scrapers and public documents need no identity (SPEC §8).
+    if crate::operations::PATHS.contains(&request.uri().path()) {
+        request.extensions_mut().insert(Authentication::Anonymous);
+        return next.run(request).await;
+    }
     let headers = request.headers();
     let bearer = headers.contains_key(header::AUTHORIZATION);
-    if bearer && headers.contains_key(api_key::KEY_HEADER) {
-        return ApiError::invalid_token().into_response();
-    }
-    let authentication = if !bearer && api_key::is_presented(headers) {
-        match api_key::authenticate(&state, request).await {
+    let (authentication, failure) = if bearer && headers.contains_key(api_key::KEY_HEADER) {
+        // Two credentials: no telling which is meant.
+        (
+            Authentication::Refused(Refusal::InvalidKey),
+            Some(Failure::Ambiguous),
+        )
+    } else if !bearer && api_key::is_presented(headers) {
+        let ip = request
+            .extensions()
+            .get::<crate::client_ip::ClientIp>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
+        // Charged before the lookup, so that guesses in flight at once cannot outrun the
+        // budget; given back as soon as the key is found to hold (a signature that then
+        // fails is charged by the limiter like any refused credential).
+        let charged = crate::rate_limit::charge_anonymous(&state, ip).await;
+        if let Some(refusal) = crate::rate_limit::refuse_when_spent(&state, &request, &charged) {
+            return refusal;
+        }
+        let refunded = AtomicBool::new(false);
+        let key_found = || async {
+            crate::rate_limit::refund_anonymous(&state, ip).await;
+            refunded.store(true, Ordering::Relaxed);
+        };
+        match api_key::authenticate(&state, request, key_found).await {
             Ok((authenticated, principal)) => {
                 request = authenticated;
-                Authentication::Authenticated(principal)
+                (Authentication::Authenticated(principal), None)
             }
-            Err(refusal) => return refusal,
+            Err(api_key::Rejection::Refused(refused, failure)) => {
+                request = *refused;
+                if let (Ok(decision), false) = (charged, refunded.load(Ordering::Relaxed)) {
+                    let charge = crate::rate_limit::AnonymousCharge(decision);
+                    request.extensions_mut().insert(charge);
+                }
+                (Authentication::Refused(Refusal::InvalidKey), Some(failure))
+            }
+            Err(api_key::Rejection::Respond(response)) => {
+                if !refunded.load(Ordering::Relaxed) {
+                    crate::rate_limit::refund_anonymous(&state, ip).await;
+                }
+                return response;
+            }
         }
     } else {
         let authentication = authenticate_headers(&state, request.method(), request.headers());
-        match confirm_csrf(&state, authentication, request.method(), request.headers()).await {
-            Ok(authentication) => authentication,
-            Err(error) => return error.into_response(),
-        }
+        let authentication =
+            match confirm_csrf(&state, authentication, request.method(), request.headers()).await {
+                Ok(authentication) => authentication,
+                Err(error) => return axum::response::IntoResponse::into_response(error),
+            };
+        let failure = matches!(
+            authentication,
+            Authentication::Refused(Refusal::InvalidToken)
+        )
+        .then_some(if bearer {
+            Failure::Bearer
+        } else {
+            Failure::Cookie
+        });
+        (authentication, failure)
     };
+    if let Some(failure) = failure {
+        record_failure(&state, &request, failure);
+    }
     request.extensions_mut().insert(authentication);
     next.run(request).await
 }
@@ -192,6 +305,33 @@ async fn confirm_csrf(
         return Ok(Authentication::Refused(Refusal::CsrfFailed));
     }
     Ok(authentication)
+}
+
+/// Counts a refused credential and audits it, one `auth_failed` row per client address
+/// and minute standing for every failure since the last.
+fn record_failure(state: &AppState, request: &Request, failure: Failure) {
+    let reason = failure.label();
+    state
+        .metrics
+        .auth_failures
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+    let keys = crate::rate_limit::CallerKeys::of(state, request);
+    let now = state.now();
+    let throttle_key = format!("auth_failed|{}", keys.ip());
+    let Some(held_back) = state.audit_throttle.admit(&throttle_key, now) else {
+        return;
+    };
+    let entry = request_entry(
+        now,
+        "auth_failed",
+        request,
+        serde_json::json!({
+            "reason": reason,
+            "failures_since_last_entry": held_back,
+        }),
+    );
+    record_in_background(state.stores.data.clone(), entry);
 }
 
 /// Checks the credentials in `headers`.
@@ -283,7 +423,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
         match parts.extensions.get::<Authentication>() {
             Some(Authentication::Authenticated(principal)) => Ok(principal.clone()),
             Some(Authentication::Refused(Refusal::CsrfFailed)) => Err(ApiError::CsrfFailed),
-            Some(Authentication::Refused(Refusal::InvalidToken)) => Err(ApiError::invalid_token()),
+            Some(Authentication::Refused(Refusal::InvalidToken | Refusal::InvalidKey)) => {
+                Err(ApiError::invalid_token())
+            }
             Some(Authentication::Anonymous) | None => Err(ApiError::unauthenticated()),
         }
     }

@@ -1,6 +1,7 @@
 //! Authorization: whether the caller may use the route it matched (SPEC §3).
 //!
-//! Runs after rate limiting and authentication. A route open to anyone (`auth = false`)
+//! Runs after rate limiting and authentication. An API key or signature that did not hold is
+//! refused here (401) on every route, once it has spent its budget. A route open to anyone (`auth = false`)
 //! passes; any other needs a principal (401 otherwise, or 403 `csrf_failed` for a cookie
 //! session without its CSRF token), and then the role the route lists or the permission it
 //! names (403 `forbidden`, audited as `unauthorized_access`). On a route with `signed = true`
@@ -14,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::audit::{record_in_background, request_entry};
-use crate::authentication::{Credential, Principal};
+use crate::authentication::{Authentication, Credential, Principal, Refusal};
 use crate::error::ApiError;
 use crate::routes::{Access, MatchedRoute};
 use crate::state::AppState;
@@ -28,8 +29,12 @@ pub fn grants(state: &AppState, role: &str, permission: &str) -> bool {
         .is_some_and(|permissions| permissions.iter().any(|p| p == permission))
 }
 
-/// Refuses callers the matched route does not admit.
+/// Refuses callers the matched route does not admit, and a refused API key or signature on
+/// every route.
 pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(Authentication::Refused(Refusal::InvalidKey)) = request.extensions().get() {
+        return ApiError::invalid_token().into_response();
+    }
     let Some(route) = request
         .extensions()
         .get::<MatchedRoute>()

@@ -39,7 +39,7 @@ pub struct PolicyLabel {
 /// `{reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// Why a token was refused.
+    /// Why a token or credential was refused.
     pub reason: &'static str,
 }
 
@@ -74,6 +74,7 @@ pub struct Metrics {
     pub failed_logins: Counter,
     pub rate_limit_hits: Family<PolicyLabel, Counter>,
     pub jwt_failures: Family<ReasonLabel, Counter>,
+    pub auth_failures: Family<ReasonLabel, Counter>,
     pub breaker_opens: Family<UpstreamLabel, Counter>,
     pub breaker_state: Family<UpstreamLabel, Gauge>,
     pub suspicious_requests: Family<PatternLabel, Counter>,
@@ -109,6 +110,12 @@ impl Metrics {
             "rampart_jwt_validation_failures",
             "Access tokens refused, by reason",
             jwt_failures.clone(),
+        );
+        let auth_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "rampart_auth_failures",
+            "Presented credentials refused (token, cookie, API key, signature), by kind",
+            auth_failures.clone(),
         );
         let breaker_opens = Family::<UpstreamLabel, Counter>::default();
         registry.register(
@@ -153,6 +160,7 @@ impl Metrics {
             failed_logins,
             rate_limit_hits,
             jwt_failures,
+            auth_failures,
             breaker_opens,
             breaker_state,
             suspicious_requests,

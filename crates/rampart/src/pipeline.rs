@@ -29,12 +29,13 @@ pub fn router(state: AppState) -> Router {
         // Security headers on every response, refusals included.
         .layer(from_fn_with_state(state.clone(), security_headers::apply))
         .option_layer(cors(&state))
-        // Who is asking (never refuses by itself): the rate limiter needs the tier, and
-        // authorization and handlers refuse 401/403 from what it recorded.
-        .layer(from_fn_with_state(state.clone(), authentication::identify))
         // Which `[[routes]]` entry applies (its limit, roles, body size, upstream);
         // ambiguous paths are refused here, before any route-based decision.
         .layer(from_fn_with_state(state.clone(), routes::resolve))
+        // Who is asking (never refuses by itself): the rate limiter needs the tier, and
+        // authorization and handlers refuse 401/403 from what it recorded. Nothing between
+        // it and the limiter refuses, so every credential it checks is charged for.
+        .layer(from_fn_with_state(state.clone(), authentication::identify))
         // 1. Rate limiting: the caller's tier, then the route's own limit (429).
         .layer(from_fn_with_state(state.clone(), rate_limit::enforce))
         // 2–3. Authentication is required and the role or permission checked (401/403).

@@ -20,7 +20,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 mod layer;
-pub use layer::{TIER_NAMES, Tiers, enforce};
+pub use layer::{
+    AnonymousCharge, CallerKeys, TIER_NAMES, Tiers, charge_anonymous, enforce, refund_anonymous,
+    refuse_when_spent,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Quota
@@ -278,6 +281,39 @@ pub struct Decision {
 #[error("rate-limit store unavailable")]
 pub struct StoreUnavailable;
 
+/// Whether a decision counts the request or only looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Take,
+    Peek,
+    Refund,
+}
+
+/// Whose budget a route's own limit is (`per` of a `[[routes]]` entry, SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Per {
+    /// The client's address (an IPv6 client's prefix), whatever credentials it sends.
+    Ip,
+    /// The authenticated user; the client's address when there is none.
+    #[default]
+    User,
+    /// The API key of an API-key request; otherwise as [`Per::User`].
+    Key,
+}
+
+impl Per {
+    /// `"ip"`, `"user"` or `"key"`; `None` for anything else (configuration validation
+    /// refuses it).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ip" => Some(Self::Ip),
+            "user" => Some(Self::User),
+            "key" => Some(Self::Key),
+            _ => None,
+        }
+    }
+}
+
 /// What to do when Redis cannot decide (`rate_limits.on_store_error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -525,6 +561,24 @@ impl Default for ShardMap {
 }
 
 impl ShardMap {
+    /// Decides without counting: what [`ShardMap::check`] would answer now.
+    fn peek(&self, gcra: &Gcra, key: &str, now: u64) -> Decision {
+        gcra.decide(self.tats.get(key).copied(), now).0
+    }
+
+    /// Gives back one request's worth of capacity taken earlier.
+    fn refund(&mut self, gcra: &Gcra, key: &str, now: u64) -> Decision {
+        if let Some(tat) = self.tats.get_mut(key) {
+            let back = tat.saturating_sub(gcra.interval);
+            if back <= now {
+                self.tats.remove(key);
+            } else {
+                *tat = back;
+            }
+        }
+        self.peek(gcra, key, now)
+    }
+
     fn check(&mut self, gcra: &Gcra, key: &str, now: u64) -> Decision {
         if let Some(tat) = self.tats.get_mut(key) {
             let (decision, new_tat) = gcra.decide(Some(*tat), now);
@@ -626,10 +680,15 @@ impl MemoryStore {
         }
     }
 
-    fn check(&self, index: usize, key: &str) -> Option<Decision> {
+    fn check(&self, index: usize, key: &str, mode: Mode) -> Option<Decision> {
         let policy = self.policies.get(index)?;
         let now = self.time.now();
-        Some(policy.shard(key).check(&policy.gcra, key, now))
+        let mut shard = policy.shard(key);
+        Some(match mode {
+            Mode::Take => shard.check(&policy.gcra, key, now),
+            Mode::Peek => shard.peek(&policy.gcra, key, now),
+            Mode::Refund => shard.refund(&policy.gcra, key, now),
+        })
     }
 
     fn tracked_keys(&self) -> usize {
@@ -662,7 +721,9 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// GCRA in microseconds (exact in Lua's doubles for centuries), time from the server's own
 /// clock (`TIME`) so that instances with skewed clocks agree. KEYS[1]: the bucket.
-/// ARGV[1]: emission interval, ARGV[2]: window (capacity × interval), both in µs.
+/// ARGV[1]: emission interval, ARGV[2]: window (capacity × interval), both in µs;
+/// ARGV[3]: `0` to count the request, `1` to decide without counting it (a peek), `2` to
+/// give back one request taken earlier (a refund; the reply then means nothing).
 /// Returns {allowed (0/1), remaining, µs until full, µs until retry}. The key expires
 /// when its bucket is full, so idle keys vanish.
 const GCRA_SCRIPT: &str = r"
@@ -671,11 +732,25 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]))
+if ARGV[3] == '2' then
+  if tat ~= nil then
+    local back = tat - interval
+    if back <= now then
+      redis.call('DEL', KEYS[1])
+    else
+      redis.call('SET', KEYS[1], string.format('%.0f', back), 'PX', math.ceil((back - now) / 1000))
+    end
+  end
+  return {1, 0, 0, 0}
+end
 if tat == nil or tat < now then tat = now end
 local new_tat = tat + interval
 local allow_at = new_tat - window
 if now < allow_at then
   return {0, 0, tat - now, allow_at - now}
+end
+if ARGV[3] == '1' then
+  return {1, math.floor((window - (new_tat - now)) / interval), new_tat - now, 0}
 end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
 return {1, math.floor((window - (new_tat - now)) / interval), new_tat - now, 0}
@@ -761,13 +836,25 @@ impl fmt::Display for RedisFailure {
 }
 
 impl RedisStore {
-    async fn decide(&self, policy: &RedisPolicy, key: &str) -> Result<Decision, RedisFailure> {
+    async fn decide(
+        &self,
+        policy: &RedisPolicy,
+        key: &str,
+        mode: Mode,
+    ) -> Result<Decision, RedisFailure> {
         let mut bucket = String::with_capacity(policy.key_head.len() + key.len() + 1);
         bucket.push_str(&policy.key_head);
         bucket.push_str(key);
         bucket.push('}');
         let mut invocation = self.script.key(bucket);
-        invocation.arg(policy.interval_us).arg(policy.window_us);
+        invocation
+            .arg(policy.interval_us)
+            .arg(policy.window_us)
+            .arg(match mode {
+                Mode::Take => 0u8,
+                Mode::Peek => 1,
+                Mode::Refund => 2,
+            });
         let mut connection = self.connection.clone();
         // EVALSHA, and SCRIPT LOAD + EVALSHA only when the server lacks the script.
         let reply = tokio::time::timeout(
@@ -940,6 +1027,11 @@ impl RateLimiter {
         self.labels.get(policy.index as usize).copied()
     }
 
+    /// Every policy's name as a metric label, in registration order.
+    pub fn policy_labels(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.labels.iter().copied()
+    }
+
     /// The quota of `policy`, if it belongs to this limiter.
     pub fn quota(&self, policy: PolicyId) -> Option<&Quota> {
         self.entry(policy).map(|(_, quota)| quota)
@@ -967,6 +1059,39 @@ impl RateLimiter {
         policy: PolicyId,
         key: &'a str,
     ) -> impl Future<Output = Result<Decision, StoreUnavailable>> + Send + 'a {
+        self.decide(policy, key, Mode::Take)
+    }
+
+    /// What [`RateLimiter::check`] would answer for `key` under `policy` now, without
+    /// counting a request: for refusing early, before work that only a refusal would follow.
+    ///
+    /// # Errors
+    /// As [`RateLimiter::check`].
+    #[inline]
+    pub fn peek<'a>(
+        &'a self,
+        policy: PolicyId,
+        key: &'a str,
+    ) -> impl Future<Output = Result<Decision, StoreUnavailable>> + Send + 'a {
+        self.decide(policy, key, Mode::Peek)
+    }
+
+    /// Gives back one request that [`RateLimiter::check`] counted for `key` under `policy`:
+    /// for a request charged up front and then found to owe nothing.
+    ///
+    /// # Errors
+    /// As [`RateLimiter::check`].
+    pub async fn refund(&self, policy: PolicyId, key: &str) -> Result<(), StoreUnavailable> {
+        self.decide(policy, key, Mode::Refund).await.map(drop)
+    }
+
+    #[inline]
+    fn decide<'a>(
+        &'a self,
+        policy: PolicyId,
+        key: &'a str,
+        mode: Mode,
+    ) -> impl Future<Output = Result<Decision, StoreUnavailable>> + Send + 'a {
         use futures::future::{Either, ready};
         if policy.registry != self.registry {
             tracing::error!(?policy, "rate-limit policy id from another limiter");
@@ -976,15 +1101,20 @@ impl RateLimiter {
         match &self.redis {
             // Decided here, not in an async fn: a ready future of a few words costs less to
             // move and poll than a state machine sized for the Redis path.
-            None => Either::Left(ready(self.check_locally(index, key))),
+            None => Either::Left(ready(self.check_locally(index, key, mode))),
             // Boxed so that the memory path's future does not carry the Redis one (~700 bytes).
-            Some(redis) => Either::Right(Box::pin(self.check_redis(redis, index, key))),
+            Some(redis) => Either::Right(Box::pin(self.check_redis(redis, index, key, mode))),
         }
     }
 
     #[inline]
-    fn check_locally(&self, index: usize, key: &str) -> Result<Decision, StoreUnavailable> {
-        self.memory.check(index, key).ok_or(StoreUnavailable)
+    fn check_locally(
+        &self,
+        index: usize,
+        key: &str,
+        mode: Mode,
+    ) -> Result<Decision, StoreUnavailable> {
+        self.memory.check(index, key, mode).ok_or(StoreUnavailable)
     }
 
     async fn check_redis(
@@ -992,6 +1122,7 @@ impl RateLimiter {
         redis: &RedisStore,
         index: usize,
         key: &str,
+        mode: Mode,
     ) -> Result<Decision, StoreUnavailable> {
         let policy = redis.policies.get(index).ok_or(StoreUnavailable)?;
         let down_until = redis.down_until.load(Ordering::Acquire);
@@ -1010,10 +1141,10 @@ impl RateLimiter {
                     )
                     .is_ok();
             if !probe {
-                return self.store_failed(redis, index, key, None);
+                return self.store_failed(redis, index, key, mode, None);
             }
         }
-        match redis.decide(policy, key).await {
+        match redis.decide(policy, key, mode).await {
             Ok(decision) => {
                 if down_until != 0 && redis.down_until.swap(0, Ordering::AcqRel) != 0 {
                     tracing::info!("rate-limit store reachable again");
@@ -1024,7 +1155,7 @@ impl RateLimiter {
                 redis
                     .down_until
                     .store(retry_at(self.memory.time.now()), Ordering::Release);
-                self.store_failed(redis, index, key, Some(failure))
+                self.store_failed(redis, index, key, mode, Some(failure))
             }
         }
     }
@@ -1034,6 +1165,7 @@ impl RateLimiter {
         redis: &RedisStore,
         index: usize,
         key: &str,
+        mode: Mode,
         failure: Option<RedisFailure>,
     ) -> Result<Decision, StoreUnavailable> {
         if let Some(held_back) = redis.warnings.due(self.memory.time.now(), WARN_EVERY) {
@@ -1053,7 +1185,7 @@ impl RateLimiter {
             }
         }
         match redis.on_error {
-            OnStoreError::Local => self.check_locally(index, key),
+            OnStoreError::Local => self.check_locally(index, key, mode),
             OnStoreError::Deny => Err(StoreUnavailable),
         }
     }
@@ -1523,6 +1655,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_peek_tells_the_decision_without_spending() {
+        let (limiter, id, time) = manual_limiter("2/min");
+        for _ in 0..5 {
+            assert!(limiter.peek(id, "k").await.unwrap().allowed);
+        }
+        assert_eq!(limiter.tracked_keys(), 0, "a peek stores nothing");
+        assert_eq!(allowed(&limiter, id, "k", 3).await, 2);
+        let peeked = limiter.peek(id, "k").await.unwrap();
+        assert!(!peeked.allowed);
+        assert_eq!(peeked.retry_after, Some(Duration::from_secs(30)));
+        time.advance(Duration::from_secs(30));
+        assert!(limiter.peek(id, "k").await.unwrap().allowed);
+        assert!(
+            limiter.peek(id, "k").await.unwrap().allowed,
+            "still not spent"
+        );
+        assert_eq!(allowed(&limiter, id, "k", 2).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_refund_gives_back_one_request() {
+        let (limiter, id, time) = manual_limiter("2/min");
+        assert_eq!(allowed(&limiter, id, "k", 3).await, 2);
+        limiter.refund(id, "k").await.unwrap();
+        assert_eq!(allowed(&limiter, id, "k", 2).await, 1, "one came back");
+        limiter.refund(id, "k").await.unwrap();
+        limiter.refund(id, "k").await.unwrap();
+        limiter.refund(id, "k").await.unwrap();
+        assert_eq!(
+            allowed(&limiter, id, "k", 3).await,
+            2,
+            "never beyond a full bucket"
+        );
+        limiter.refund(id, "unknown").await.unwrap();
+        assert_eq!(allowed(&limiter, id, "unknown", 3).await, 2);
+        time.advance(Duration::from_secs(60));
+        limiter.refund(id, "k").await.unwrap();
+        assert_eq!(allowed(&limiter, id, "k", 3).await, 2);
+    }
+
+    #[tokio::test]
     async fn the_default_clock_limits_too() {
         let mut policies = Policies::new();
         let id = policies
@@ -1913,6 +2086,27 @@ mod tests {
             limiter.check(id, "203.0.113.10").await.unwrap().allowed,
             "other clients are unaffected"
         );
+    }
+
+    #[tokio::test]
+    async fn a_redis_peek_tells_the_decision_without_spending_and_a_refund_gives_back() {
+        require_redis().await;
+        let (limiter, id) = redis_limiter(&test_prefix(), "2/min", OnStoreError::Deny).await;
+        for _ in 0..5 {
+            assert!(limiter.peek(id, "203.0.113.9").await.unwrap().allowed);
+        }
+        assert!(limiter.check(id, "203.0.113.9").await.unwrap().allowed);
+        assert!(limiter.check(id, "203.0.113.9").await.unwrap().allowed);
+        let peeked = limiter.peek(id, "203.0.113.9").await.unwrap();
+        assert!(!peeked.allowed);
+        assert!(peeked.retry_after.is_some());
+        assert!(!limiter.check(id, "203.0.113.9").await.unwrap().allowed);
+        limiter.refund(id, "203.0.113.9").await.unwrap();
+        assert!(
+            limiter.check(id, "203.0.113.9").await.unwrap().allowed,
+            "refunded"
+        );
+        assert!(!limiter.check(id, "203.0.113.9").await.unwrap().allowed);
     }
 
     #[tokio::test]

@@ -15,6 +15,9 @@ use crate::config::{RawRateLimit, RawRoute, RawUpstream, parse_duration, parse_s
 use crate::rate_limit::Quota;
 use crate::request::RouteName;
 
+mod identity_limits;
+pub use identity_limits::{BUILTIN as IDENTITY_LIMITS, Builtin, IdentityLimit};
+
 /// Who may use a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
@@ -69,6 +72,8 @@ pub struct Route {
     pub rate_limit: Option<RouteLimit>,
     /// The limiter's policy for `rate_limit`.
     pub limit_policy: Option<crate::rate_limit::PolicyId>,
+    /// Whose budget `rate_limit` is.
+    pub per: crate::rate_limit::Per,
     /// API-key requests must be signed.
     pub signed: bool,
     /// Largest body accepted.
@@ -143,6 +148,8 @@ pub enum Matched<'a> {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// The built-in identity limits in force.
+    identity_limits: Vec<IdentityLimit>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
 }
@@ -218,7 +225,7 @@ impl RouteTable {
                 Some(base) => (if base.is_empty() { "/" } else { base }.to_owned(), true),
                 None => (raw.path.clone(), false),
             };
-            let segments = base
+            let segments: Vec<Segment> = base
                 .trim_start_matches('/')
                 .split('/')
                 .filter(|part| !part.is_empty())
@@ -269,8 +276,10 @@ impl RouteTable {
                     )
                 }
             };
+            let per = identity_limits::route_per(&raw.per, &segments, prefix, &methods);
             table.routes.push(Arc::new(Route {
                 limit_policy,
+                per,
                 name: leak(&raw.path),
                 policy_name: policy,
                 base,

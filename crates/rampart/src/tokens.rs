@@ -89,6 +89,19 @@ pub enum Rejected {
 }
 
 impl Rejected {
+    /// Every reason, for metrics that exist from start-up.
+    pub const ALL: [Self; 9] = [
+        Self::Malformed,
+        Self::WrongAlgorithm,
+        Self::BadSignature,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::WrongIssuer,
+        Self::WrongAudience,
+        Self::InvalidClaims,
+        Self::Revoked,
+    ];
+
     /// Metric label.
     pub fn label(self) -> &'static str {
         match self {

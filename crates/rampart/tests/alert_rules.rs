@@ -64,6 +64,10 @@ fn the_alert_rules_name_only_exported_metrics() {
             reason: "bad_signature",
         })
         .inc();
+    metrics
+        .auth_failures
+        .get_or_create(&ReasonLabel { reason: "api_key" })
+        .inc();
     metrics.breaker_opens.get_or_create(&upstream).inc();
     metrics.breaker_state.get_or_create(&upstream).set(1);
     metrics
@@ -81,5 +85,5 @@ fn the_alert_rules_name_only_exported_metrics() {
         );
         checked += 1;
     }
-    assert!(checked >= 5, "the rules name the metrics they alert on");
+    assert!(checked >= 6, "the rules name the metrics they alert on");
 }

@@ -4,8 +4,9 @@
 //! lookup, and the whole key is compared, in constant time, with the SHA-256 stored for
 //! it. A request acts as the key's owner with the owner's role and tier as they are now.
 //! Any of `X-Timestamp`, `X-Nonce`, `X-Signature` makes it a signed request, which must be
-//! signed in full and correctly; every refusal is 401 `unauthorized` at once, on every
-//! route, and a body over `server.max_body` is 413 `payload_too_large`.
+//! signed in full and correctly. A refusal hands the request back with the kind of
+//! [`Failure`], for the pipeline to count, charge and refuse (401 on every route); a body
+//! over `server.max_body` is 413 `payload_too_large`.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Credential, Principal};
+use super::{Credential, Failure, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -125,6 +126,21 @@ pub fn is_presented(headers: &HeaderMap) -> bool {
         .any(|name| headers.contains_key(*name))
 }
 
+/// The id of the API key a request authenticated with, in its extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyId(pub i64);
+
+/// Why [`authenticate`] did not authenticate a request.
+#[derive(Debug)]
+pub enum Rejection {
+    /// The key or signature does not hold: the request (its body restored) and the kind of
+    /// failure.
+    Refused(Box<Request>, Failure),
+    /// Another answer: 413 for a body over `server.max_body`, 400 for an unreadable body,
+    /// 503 when a store is down, 500 for a secret that cannot be opened.
+    Respond(Response),
+}
+
 /// Why a key or signature was refused; kept for the log, never shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refused {
@@ -204,64 +220,46 @@ impl Signing {
     }
 }
 
-fn refuse(reason: Refused) -> Response {
-    tracing::debug!(?reason, "API-key request refused");
-    ApiError::invalid_token().into_response()
+impl Refused {
+    fn failure(self) -> Failure {
+        match self {
+            Self::NoKey | Self::Malformed | Self::UnknownKey | Self::Expired | Self::OwnerGone => {
+                Failure::ApiKey
+            }
+            Self::PartialSignature | Self::BadSignatureFormat | Self::WrongSignature => {
+                Failure::Signature
+            }
+            Self::BadTimestamp | Self::Skewed => Failure::Timestamp,
+            Self::BadNonce => Failure::Nonce,
+            Self::Replayed => Failure::Replay,
+        }
+    }
+}
+
+fn respond(error: impl Into<ApiError>) -> Rejection {
+    Rejection::Respond(error.into().into_response())
 }
 
 /// Authenticates a request that presents an API key (and perhaps a signature), handing
-/// back the request (its body restored after being read for the signature) and the owner.
+/// back the request (its body restored after being read for the signature, [`KeyId`] in
+/// its extensions) and the owner. `key_found` is awaited once the key itself holds, before
+/// the body is read and the signature checked.
 ///
 /// # Errors
-/// The response to send instead: 401 for any refused key or signature, 413 for a body
-/// over `server.max_body`, 503 when a store is down.
-pub async fn authenticate(
+/// [`Rejection::Refused`] for a key or signature that does not hold,
+/// [`Rejection::Respond`] for anything else.
+pub async fn authenticate<F: Future<Output = ()>>(
     state: &AppState,
     request: Request,
-) -> Result<(Request, Principal), Response> {
-    let headers = request.headers();
-    let key = single(headers, KEY_HEADER)
-        .map_err(refuse)?
-        .ok_or(Refused::NoKey)
-        .map_err(refuse)?;
-    let prefix = parse_key(key).ok_or(Refused::Malformed).map_err(refuse)?;
-    let signing = Signing::from_headers(headers).map_err(refuse)?;
-    let now = state.now();
-    if let Some(signing) = &signing
-        && (signing.unix - now).abs() > MAX_SKEW_SECONDS
-    {
-        return Err(refuse(Refused::Skewed));
-    }
-    let record = state
-        .stores
-        .data
-        .api_key_by_prefix(prefix)
-        .await
-        .map_err(|error| ApiError::from(error).into_response())?
-        .ok_or(Refused::UnknownKey)
-        .map_err(refuse)?;
-    let matches: bool = hash_key(key)
-        .as_bytes()
-        .ct_eq(record.key_hash.as_bytes())
-        .into();
-    if !matches {
-        return Err(refuse(Refused::UnknownKey));
-    }
-    if record
-        .expires_at
-        .is_some_and(|expires_at| expires_at <= now)
-    {
-        return Err(refuse(Refused::Expired));
-    }
-    let user = state
-        .stores
-        .data
-        .user_by_id(record.user_id)
-        .await
-        .map_err(|error| ApiError::from(error).into_response())?
-        .filter(|user| !user.disabled)
-        .ok_or(Refused::OwnerGone)
-        .map_err(refuse)?;
+    key_found: impl FnOnce() -> F,
+) -> Result<(Request, Principal), Rejection> {
+    let checked = check_key(state, request.headers()).await;
+    let (record, user, signing) = match checked {
+        Ok(found) => found,
+        Err(Err(error)) => return Err(respond(error)),
+        Err(Ok(reason)) => return Err(refuse(request, reason)),
+    };
+    key_found().await;
     let principal = |signed| Principal {
         user_id: user.id,
         username: Arc::from(user.username.as_str()),
@@ -272,6 +270,8 @@ pub async fn authenticate(
         signed,
     };
     let Some(signing) = signing else {
+        let mut request = request;
+        request.extensions_mut().insert(KeyId(record.id));
         return Ok((request, principal(false)));
     };
 
@@ -283,15 +283,17 @@ pub async fn authenticate(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
-        return Err(ApiError::PayloadTooLarge.into_response());
+        return Err(respond(ApiError::PayloadTooLarge));
     }
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError::PayloadTooLarge.into_response());
+            return Err(respond(ApiError::PayloadTooLarge));
         }
         Err(_) => {
-            return Err(ApiError::invalid("Could not read the request body").into_response());
+            return Err(respond(ApiError::invalid(
+                "Could not read the request body",
+            )));
         }
     };
     let secret = state
@@ -301,16 +303,20 @@ pub async fn authenticate(
             &crate::sealing::api_key_secret_aad(&record.prefix),
         )
         .map_err(|error| {
-            ApiError::internal(anyhow::anyhow!(
+            respond(ApiError::internal(anyhow::anyhow!(
                 "the signing secret of API key {} cannot be opened: {error}",
                 record.id
-            ))
-            .into_response()
+            )))
         })?;
-    let path_and_query = parts
-        .uri
+    // The target as the client sent it, which is what it signed, even if a layer above has
+    // rewritten the request's URI since.
+    let target = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(&parts.uri, |original| &original.0);
+    let path_and_query = target
         .path_and_query()
-        .map_or_else(|| parts.uri.path(), |value| value.as_str());
+        .map_or_else(|| target.path(), |value| value.as_str());
     let message = string_to_sign(
         parts.method.as_str(),
         path_and_query,
@@ -322,11 +328,13 @@ pub async fn authenticate(
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(message.as_bytes());
     if mac.verify_slice(&signing.signature).is_err() {
-        return Err(refuse(Refused::WrongSignature));
+        let request = Request::from_parts(parts, Body::from(body));
+        return Err(refuse(request, Refused::WrongSignature));
     }
     // Claimed only once the signature holds, so that unsigned junk cannot use up nonces;
     // remembered for as long as the timestamp stays acceptable. Scoped by key, so two
     // keys never collide.
+    let now = state.now();
     let ttl = (signing.unix + MAX_SKEW_SECONDS - now + 1).max(1);
     let scoped = format!("api_key:{}:{}", record.id, signing.nonce);
     let fresh = state
@@ -334,14 +342,69 @@ pub async fn authenticate(
         .sessions
         .claim_nonce(&scoped, now, ttl)
         .await
-        .map_err(|error| ApiError::from(error).into_response())?;
+        .map_err(respond)?;
+    let mut request = Request::from_parts(parts, Body::from(body));
     if !fresh {
-        return Err(refuse(Refused::Replayed));
+        return Err(refuse(request, Refused::Replayed));
     }
-    Ok((
-        Request::from_parts(parts, Body::from(body)),
-        principal(true),
-    ))
+    request.extensions_mut().insert(KeyId(record.id));
+    Ok((request, principal(true)))
+}
+
+fn refuse(request: Request, reason: Refused) -> Rejection {
+    tracing::debug!(?reason, "API-key request refused");
+    Rejection::Refused(Box::new(request), reason.failure())
+}
+
+/// The key's row, its owner and the signing headers, checked for everything but the
+/// signature itself. `Err(Ok(reason))` refuses the key; `Err(Err(error))` answers
+/// otherwise (a store is down).
+async fn check_key(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(crate::store::ApiKey, crate::store::User, Option<Signing>), Result<Refused, ApiError>>
+{
+    let key = single(headers, KEY_HEADER)
+        .map_err(Ok)?
+        .ok_or(Refused::NoKey)
+        .map_err(Ok)?;
+    let prefix = parse_key(key).ok_or(Refused::Malformed).map_err(Ok)?;
+    let signing = Signing::from_headers(headers).map_err(Ok)?;
+    let now = state.now();
+    if let Some(signing) = &signing
+        && (signing.unix - now).abs() > MAX_SKEW_SECONDS
+    {
+        return Err(Ok(Refused::Skewed));
+    }
+    let record = state
+        .stores
+        .data
+        .api_key_by_prefix(prefix)
+        .await
+        .map_err(|error| Err(ApiError::from(error)))?
+        .ok_or(Ok(Refused::UnknownKey))?;
+    let matches: bool = hash_key(key)
+        .as_bytes()
+        .ct_eq(record.key_hash.as_bytes())
+        .into();
+    if !matches {
+        return Err(Ok(Refused::UnknownKey));
+    }
+    if record
+        .expires_at
+        .is_some_and(|expires_at| expires_at <= now)
+    {
+        return Err(Ok(Refused::Expired));
+    }
+    let user = state
+        .stores
+        .data
+        .user_by_id(record.user_id)
+        .await
+        .map_err(|error| Err(ApiError::from(error)))?
+        .filter(|user| !user.disabled)
+        .ok_or(Ok(Refused::OwnerGone))?;
+    Ok((record, user, signing))
 }
 
 #[cfg(test)]

@@ -1,24 +1,28 @@
 //! The pipeline's rate-limiting layer: picks the policies that apply to a request and
 //! enforces them.
 //!
-//! Every request counts against its caller's tier: `anonymous` per client IP, `standard` or
-//! `premium` (the token's `tier`) per user. A matched route's own `rate_limit` counts on top,
-//! per caller too. The first refusal answers 429 `rate_limited` with `Retry-After`; every
-//! limited response carries `RateLimit-Policy` and `RateLimit`. Refusals are counted in
+//! Every request counts against its caller's tier: `anonymous` per client address (an IPv6
+//! client's prefix), `standard` or `premium` (the token's `tier`) per user; a request whose
+//! credentials were refused is anonymous. A matched route's own `rate_limit` counts on top,
+//! keyed as its `per` says, and so does an identity route's built-in limit (SPEC §3). The
+//! first refusal answers 429 `rate_limited` with `Retry-After`; every limited response
+//! carries `RateLimit-Policy` and `RateLimit`. Refusals are counted in
 //! `rampart_rate_limit_hits_total{policy}` and audited as `rate_limit_exceeded`, one row per
 //! caller and policy a minute.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{Decision, PolicyId, RateLimiter};
+use super::{Decision, Per, PolicyId, RateLimiter};
 use crate::audit::{record_in_background, request_entry};
 use crate::authentication::Authentication;
-use crate::client_ip::ClientIp;
+use crate::authentication::api_key::KeyId;
+use crate::client_ip::{self, ClientIp};
 use crate::error::ApiError;
 use crate::metrics::PolicyLabel;
 use crate::routes::MatchedRoute;
@@ -65,52 +69,123 @@ fn label(limiter: &RateLimiter, policy: PolicyId) -> &'static str {
     limiter.policy_label(policy).unwrap_or("unknown")
 }
 
-/// Enforces the tier and route limits.
+/// The keys a request's budgets count under: the client's address bucket (an IPv6 client's
+/// `rate_limits.ipv6_prefix`, so that rotating through a prefix buys nothing), and the
+/// user and API key when the request authenticated with them. Built in one allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerKeys {
+    text: String,
+    ip_end: usize,
+    user: Option<(usize, usize)>,
+    key: Option<(usize, usize)>,
+}
+
+impl CallerKeys {
+    /// The keys of a client at `ip`, authenticated as `user_id` (through the API key
+    /// `api_key_id`) or anonymous.
+    pub fn new(ip: IpAddr, ipv6_prefix: u8, user_id: Option<i64>, api_key_id: Option<i64>) -> Self {
+        let mut text = String::with_capacity(80);
+        let _ = write!(text, "ip:{}", client_ip::bucket(ip, ipv6_prefix));
+        let ip_end = text.len();
+        let span = |text: &mut String, prefix: &str, id: Option<i64>| {
+            id.map(|id| {
+                let start = text.len();
+                let _ = write!(text, "{prefix}:{id}");
+                (start, text.len())
+            })
+        };
+        let user = span(&mut text, "user", user_id);
+        // A key always acts for a user; without one it names no budget.
+        let key = span(&mut text, "key", api_key_id.filter(|_| user.is_some()));
+        Self {
+            text,
+            ip_end,
+            user,
+            key,
+        }
+    }
+
+    /// The keys of `request`, from what the layers above recorded.
+    pub fn of<B>(state: &AppState, request: &http::Request<B>) -> Self {
+        let extensions = request.extensions();
+        let ip = extensions
+            .get::<ClientIp>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
+        let user_id = extensions
+            .get::<Authentication>()
+            .and_then(Authentication::principal)
+            .map(|principal| principal.user_id);
+        let key_id = extensions.get::<KeyId>().map(|key| key.0);
+        Self::new(ip, state.config.rate_limits.ipv6_prefix, user_id, key_id)
+    }
+
+    /// The client's address bucket: `ip:<address>`.
+    pub fn ip(&self) -> &str {
+        &self.text[..self.ip_end]
+    }
+
+    /// The key a limit kept `per` this counts under.
+    pub fn per(&self, per: Per) -> &str {
+        let span = match per {
+            Per::Ip => None,
+            Per::User => self.user,
+            Per::Key => self.key.or(self.user),
+        };
+        span.map_or_else(|| self.ip(), |(start, end)| &self.text[start..end])
+    }
+}
+
+/// Enforces the tier, route and built-in identity limits.
 pub async fn enforce(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if crate::operations::PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let limiter: &Arc<RateLimiter> = &state.limiter;
     let tiers = state.tiers;
-    // The caller: a user for valid credentials, else the client IP.
-    let mut key = String::with_capacity(48);
-    let tier = match request.extensions().get::<Authentication>() {
-        Some(Authentication::Authenticated(principal)) => {
-            let _ = write!(key, "user:{}", principal.user_id);
-            match &*principal.tier {
-                "premium" => tiers.premium,
-                _ => tiers.standard,
-            }
-        }
-        _ => {
-            let ip = request
-                .extensions()
-                .get::<ClientIp>()
-                .map(|ip| ip.0)
-                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-            let _ = write!(key, "ip:{ip}");
-            tiers.anonymous
-        }
+    let keys = CallerKeys::of(&state, &request);
+    // The tier: the user's for valid credentials; anonymous (per address) otherwise, which
+    // is also what every refused credential spends.
+    let tier = match request
+        .extensions()
+        .get::<Authentication>()
+        .and_then(Authentication::principal)
+    {
+        Some(principal) => match &*principal.tier {
+            "premium" => tiers.premium,
+            _ => tiers.standard,
+        },
+        None => tiers.anonymous,
     };
-    let route_policy = request
+    let route = request
         .extensions()
         .get::<MatchedRoute>()
-        .and_then(|route| route.0.limit_policy);
+        .and_then(|route| route.0.limit_policy.map(|policy| (policy, route.0.per)));
+    let identity = state
+        .routes
+        .identity_limit(request.method(), request.uri().path())
+        .map(|limit| (limit.policy, limit.per));
 
-    let mut decisions: [Option<(PolicyId, Decision)>; 2] = [None, None];
-    for (slot, policy) in [Some(tier), route_policy].into_iter().enumerate() {
-        let Some(policy) = policy else { continue };
-        let decision = match limiter.check(policy, &key).await {
+    // A refused API key was charged to the anonymous budget before it was looked up.
+    let charged = request
+        .extensions()
+        .get::<AnonymousCharge>()
+        .filter(|_| tier == tiers.anonymous)
+        .map(|charge| charge.0);
+    let mut decisions: [Option<(PolicyId, Per, Decision)>; 3] = [None; 3];
+    for (slot, check) in [Some((tier, Per::User)), route, identity]
+        .into_iter()
+        .enumerate()
+    {
+        let Some((policy, per)) = check else { continue };
+        if let (0, Some(decision)) = (slot, charged) {
+            decisions[slot] = Some((policy, per, decision));
+            continue;
+        }
+        let decision = match limiter.check(policy, keys.per(per)).await {
             Ok(decision) => decision,
-            Err(super::StoreUnavailable) => {
-                return ApiError::ServiceUnavailable {
-                    message: "The rate-limit store is unavailable".into(),
-                    retry_after: Some(std::time::Duration::from_secs(1)),
-                }
-                .into_response();
-            }
+            Err(super::StoreUnavailable) => return store_unavailable(),
         };
-        decisions[slot] = Some((policy, decision));
+        decisions[slot] = Some((policy, per, decision));
         if !decision.allowed {
             break;
         }
@@ -119,31 +194,99 @@ pub async fn enforce(State(state): State<AppState>, request: Request, next: Next
     let refused = decisions
         .iter()
         .flatten()
-        .find(|(_, decision)| !decision.allowed)
+        .find(|(_, _, decision)| !decision.allowed)
         .copied();
     let mut response = match refused {
         None => next.run(request).await,
-        Some((policy, decision)) => {
-            let name = label(limiter, policy);
-            state
-                .metrics
-                .rate_limit_hits
-                .get_or_create(&PolicyLabel { policy: name })
-                .inc();
-            audit_refusal(&state, &request, &key, name);
-            ApiError::RateLimited {
-                retry_after: decision.retry_after.unwrap_or_default(),
-            }
-            .into_response()
+        Some((policy, per, decision)) => {
+            refusal(&state, &request, keys.per(per), policy, &decision)
         }
     };
     let headers = response.headers_mut();
-    for (policy, decision) in decisions.iter().flatten() {
+    for (policy, _, decision) in decisions.iter().flatten() {
         if let Some(fields) = limiter.headers(*policy, decision) {
             fields.append_to(headers);
         }
     }
     response
+}
+
+/// A request's charge to its client's anonymous budget, taken before a credential that
+/// costs a database lookup to check (an API key), and kept in the request when the
+/// credential failed: the limiter then counts that charge instead of taking another.
+#[derive(Debug, Clone, Copy)]
+pub struct AnonymousCharge(pub Decision);
+
+/// Charges one request to the anonymous budget of the client at `ip`, before checking an
+/// API key: so that failed keys cost the budget whatever their number in flight, and once
+/// it is spent further ones cost no lookup. A key that turns out valid is given the request
+/// back ([`refund_anonymous`]).
+///
+/// # Errors
+/// As [`RateLimiter::check`].
+pub async fn charge_anonymous(
+    state: &AppState,
+    ip: IpAddr,
+) -> Result<Decision, super::StoreUnavailable> {
+    let keys = CallerKeys::new(ip, state.config.rate_limits.ipv6_prefix, None, None);
+    state.limiter.check(state.tiers.anonymous, keys.ip()).await
+}
+
+/// Gives back what [`charge_anonymous`] took, for a credential that held (or a request
+/// refused for another reason). A store failure only leaves the charge in place.
+pub async fn refund_anonymous(state: &AppState, ip: IpAddr) {
+    let keys = CallerKeys::new(ip, state.config.rate_limits.ipv6_prefix, None, None);
+    let _ = state.limiter.refund(state.tiers.anonymous, keys.ip()).await;
+}
+
+/// The answer to a request whose [`charge_anonymous`] was refused (429, counted and
+/// audited) or could not be decided (503); `None` when the charge was taken.
+pub fn refuse_when_spent(
+    state: &AppState,
+    request: &Request,
+    charged: &Result<Decision, super::StoreUnavailable>,
+) -> Option<Response> {
+    let decision = match charged {
+        Ok(decision) if decision.allowed => return None,
+        Ok(decision) => *decision,
+        Err(super::StoreUnavailable) => return Some(store_unavailable()),
+    };
+    let keys = CallerKeys::of(state, request);
+    let policy = state.tiers.anonymous;
+    let mut response = refusal(state, request, keys.ip(), policy, &decision);
+    if let Some(fields) = state.limiter.headers(policy, &decision) {
+        fields.append_to(response.headers_mut());
+    }
+    Some(response)
+}
+
+fn store_unavailable() -> Response {
+    ApiError::ServiceUnavailable {
+        message: "The rate-limit store is unavailable".into(),
+        retry_after: Some(std::time::Duration::from_secs(1)),
+    }
+    .into_response()
+}
+
+/// The 429 for a refused decision, counted and audited.
+fn refusal(
+    state: &AppState,
+    request: &Request,
+    key: &str,
+    policy: PolicyId,
+    decision: &Decision,
+) -> Response {
+    let name = label(&state.limiter, policy);
+    state
+        .metrics
+        .rate_limit_hits
+        .get_or_create(&PolicyLabel { policy: name })
+        .inc();
+    audit_refusal(state, request, key, name);
+    ApiError::RateLimited {
+        retry_after: decision.retry_after.unwrap_or_default(),
+    }
+    .into_response()
 }
 
 fn audit_refusal(state: &AppState, request: &Request, key: &str, policy: &'static str) {
@@ -162,4 +305,49 @@ fn audit_refusal(state: &AppState, request: &Request, key: &str, policy: &'stati
         }),
     );
     record_in_background(state.stores.data.clone(), entry);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_key_per_prefix() {
+        let key = |address: &str, prefix: u8| {
+            CallerKeys::new(ip(address), prefix, None, None)
+                .ip()
+                .to_owned()
+        };
+        assert_eq!(key("2001:db8::1", 64), "ip:2001:db8::");
+        assert_eq!(key("2001:db8::1", 64), key("2001:db8::ffff:1:2:3", 64));
+        assert_eq!(key("2001:db8::1", 64), key("2001:db8:0:0:8000::9", 64));
+        assert_ne!(key("2001:db8::1", 64), key("2001:db8:0:1::1", 64));
+        assert_eq!(key("2001:db8::1", 48), key("2001:db8:0:1::1", 48));
+        assert_ne!(key("2001:db8::1", 128), key("2001:db8::2", 128));
+        assert_eq!(key("198.51.100.7", 64), "ip:198.51.100.7");
+        assert_ne!(key("198.51.100.7", 64), key("198.51.100.8", 64));
+    }
+
+    #[test]
+    fn each_per_names_its_budget_and_falls_back_to_the_address() {
+        let anonymous = CallerKeys::new(ip("2001:db8::7"), 64, None, None);
+        for per in [Per::Ip, Per::User, Per::Key] {
+            assert_eq!(anonymous.per(per), "ip:2001:db8::", "{per:?}");
+        }
+        let user = CallerKeys::new(ip("203.0.113.9"), 64, Some(42), None);
+        assert_eq!(user.per(Per::Ip), "ip:203.0.113.9");
+        assert_eq!(user.per(Per::User), "user:42");
+        assert_eq!(user.per(Per::Key), "user:42");
+        let key = CallerKeys::new(ip("203.0.113.9"), 64, Some(42), Some(7));
+        assert_eq!(key.per(Per::Ip), "ip:203.0.113.9");
+        assert_eq!(key.per(Per::User), "user:42");
+        assert_eq!(key.per(Per::Key), "key:7");
+        // A key id without a user (a refused key) names no budget of its own.
+        let refused = CallerKeys::new(ip("203.0.113.9"), 64, None, Some(7));
+        assert_eq!(refused.per(Per::Key), "ip:203.0.113.9");
+    }
 }

@@ -831,6 +831,135 @@ async fn deleting_the_user_deletes_their_keys_and_accounts(backend: Backend) {
     assert!(data.accounts_of(bob.user_id).await.unwrap().is_empty());
 }
 
+impl Signed<'_> {
+    /// The request, ready to send (or send again).
+    fn builder(&self, app: &TestApp) -> reqwest::RequestBuilder {
+        app.client
+            .request(self.method.clone(), app.url(self.path))
+            .header("x-api-key", &self.key.key)
+            .header("x-timestamp", &self.timestamp)
+            .header("x-nonce", &self.nonce)
+            .header("x-signature", &self.signature)
+            .body(self.body.clone())
+    }
+}
+
+async fn every_signing_failure_spends_the_anonymous_budget_and_is_counted(backend: Backend) {
+    let setup = crate::helpers::Setup::default()
+        .env("RAMPART_RATE_LIMITS__ANONYMOUS", "4/min")
+        .env(
+            "RAMPART_SERVER__TRUSTED_PROXIES",
+            r#"["::1/128", "127.0.0.0/8"]"#,
+        );
+    let Some(app) = crate::helpers::spawn_app_with(backend, setup).await else {
+        return;
+    };
+    let alice = app.user("alice_1").await;
+    let key = create_key(&app, &alice, "bot").await;
+    let now = app.clock.unix();
+    let signed = |edit: &dyn Fn(&mut Signed<'_>), resign: bool| {
+        let mut request = Signed::new(&app, Method::GET, "/users/me", b"", &key);
+        edit(&mut request);
+        if resign {
+            request.signature = signature(
+                &key.secret,
+                "GET",
+                "/users/me",
+                &request.timestamp,
+                &request.nonce,
+                b"",
+            );
+        }
+        request
+    };
+    let wrong = signed(&|r| r.signature = "0".repeat(64), false);
+    let stale = signed(&|r| r.timestamp = (now - 301).to_string(), true);
+    let short_nonce = signed(&|r| r.nonce = "n".repeat(15), true);
+    let replayed = signed(&|_| {}, false);
+    assert_eq!(
+        replayed
+            .builder(&app)
+            .header("x-forwarded-for", "192.0.2.5")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the first use of a nonce"
+    );
+    let unsigned_part = signed(&|_| {}, false);
+    type Attempt<'a> = Box<dyn Fn() -> reqwest::RequestBuilder + 'a>;
+    let cases: [(&str, &str, &str, Attempt<'_>); 5] = [
+        (
+            "192.0.2.1",
+            "signature",
+            "a wrong signature",
+            Box::new(|| wrong.builder(&app)),
+        ),
+        (
+            "192.0.2.2",
+            "signature",
+            "no X-Nonce",
+            Box::new(|| {
+                app.client
+                    .get(app.url("/users/me"))
+                    .header("x-api-key", &key.key)
+                    .header("x-timestamp", &unsigned_part.timestamp)
+                    .header("x-signature", &unsigned_part.signature)
+            }),
+        ),
+        (
+            "192.0.2.3",
+            "timestamp",
+            "a stale timestamp",
+            Box::new(|| stale.builder(&app)),
+        ),
+        (
+            "192.0.2.4",
+            "nonce",
+            "a nonce too short",
+            Box::new(|| short_nonce.builder(&app)),
+        ),
+        (
+            "192.0.2.5",
+            "replay",
+            "a replayed nonce",
+            Box::new(|| replayed.builder(&app)),
+        ),
+    ];
+    for (ip, _, description, attempt) in &cases {
+        crate::rate_limits::assert_failures_spend_the_budget(ip, 4, description, attempt.as_ref())
+            .await;
+    }
+    let metrics = app.metrics().await;
+    for (reason, expected) in [
+        ("signature", 8),
+        ("timestamp", 4),
+        ("nonce", 4),
+        ("replay", 4),
+    ] {
+        let name = format!("rampart_auth_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(
+            crate::rate_limits::series(&metrics, &name),
+            expected,
+            "{name}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows: Value = app
+        .get_with("/admin/audit?action=auth_failed", &alice.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rows = rows["items"].as_array().unwrap();
+    for (ip, reason, description, _) in &cases {
+        let mine: Vec<&Value> = rows.iter().filter(|row| row["ip_address"] == *ip).collect();
+        assert_eq!(mine.len(), 1, "{description}: one row a minute: {rows:?}");
+        assert_eq!(mine[0]["details"]["reason"], *reason, "{description}");
+    }
+}
+
 crate::on_databases!(
     a_key_is_shown_once_and_acts_as_its_owner_with_the_current_role,
     a_key_is_read_only_from_its_header,
@@ -849,5 +978,6 @@ mod signing {
     crate::on_session_stores!(
         a_correctly_signed_request_is_accepted_once,
         every_signing_failure_is_refused_with_401,
+        every_signing_failure_spends_the_anonymous_budget_and_is_counted,
     );
 }

@@ -106,6 +106,9 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// Shared by instances that must see each other's Redis state; else one per app.
     pub redis_prefix: Option<String>,
+    /// Whether the identity routes' built-in limits apply. Off unless a test is about them,
+    /// as tests register and log in many users from one address.
+    pub identity_limits: bool,
 }
 
 impl Setup {
@@ -118,6 +121,12 @@ impl Setup {
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// With the identity routes' built-in limits (SPEC §3) in force.
+    pub fn with_identity_limits(mut self) -> Self {
+        self.identity_limits = true;
         self
     }
 }
@@ -162,12 +171,13 @@ pub async fn spawn_app_with(backend: Backend, setup: Setup) -> Option<TestApp> {
     })
     .expect("test configuration is valid");
     Some(
-        start(
+        start_with(
             config,
             data_dir,
             database_url,
             redis_prefix,
             ManualClock::new(),
+            setup.identity_limits,
         )
         .await,
     )
@@ -181,6 +191,17 @@ pub async fn start(
     redis_prefix: String,
     clock: Arc<ManualClock>,
 ) -> TestApp {
+    start_with(config, data_dir, database_url, redis_prefix, clock, false).await
+}
+
+async fn start_with(
+    config: Config,
+    data_dir: PathBuf,
+    database_url: String,
+    redis_prefix: String,
+    clock: Arc<ManualClock>,
+    identity_limits: bool,
+) -> TestApp {
     let limiter_time = rampart::rate_limit::ManualTime::new();
     let app = Application::build_with(
         config,
@@ -189,6 +210,7 @@ pub async fn start(
             redis_prefix: redis_prefix.clone(),
             max_db_connections: 4,
             rate_limit_time: Some(limiter_time.clone()),
+            identity_limits,
             ..BuildOptions::default()
         },
     )
