@@ -7,6 +7,7 @@ mod admin;
 mod api_keys;
 mod audit;
 mod backend;
+mod bodies;
 mod gateway;
 mod helpers;
 mod hostile;
