@@ -3,10 +3,10 @@
 //!
 //! Bodies stream both ways over a pooled keep-alive client. Hop-by-hop headers (RFC 9110
 //! §7.6.1, and any the `Connection` header names) are dropped in both directions; the
-//! client's credentials (`Authorization`, `Cookie`, `X-API-Key`, `X-CSRF-Token`) and any
-//! `X-Rampart-*` header never reach the backend, which instead gets the caller's identity as
-//! `X-Rampart-User-Id`, `-Username` and `-Role`, the request id, and `Forwarded` /
-//! `X-Forwarded-For` built from the trusted client IP. An open circuit answers 503 at once;
+//! client's credentials, any `X-Rampart-*` header, client-set override and identity headers
+//! and names with `_` never reach the backend ([`headers`]), which instead gets the caller's
+//! identity as `X-Rampart-User-Id`, `-Username` and `-Role`, the request id, and
+//! `Forwarded` / `X-Forwarded-For` / `X-Real-IP` built from the trusted client IP. An open circuit answers 503 at once;
 //! a connect failure 502 `bad_gateway`; no response head within the upstream's `timeout`
 //! 504 `gateway_timeout`. The backend's own answers, errors included, pass unchanged.
 
@@ -35,6 +35,8 @@ use crate::request::RequestId;
 use crate::routes::{MatchedRoute, RouteTable, Upstream};
 use crate::state::AppState;
 
+pub mod headers;
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// obsolete `Proxy-Connection` that some clients still send.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -48,17 +50,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// The client's credentials, which stop at the gateway.
-const CREDENTIALS: [HeaderName; 4] = [
-    header::AUTHORIZATION,
-    header::COOKIE,
-    HeaderName::from_static("x-api-key"),
-    HeaderName::from_static("x-csrf-token"),
-];
-
 const USER_ID: HeaderName = HeaderName::from_static("x-rampart-user-id");
 const USERNAME: HeaderName = HeaderName::from_static("x-rampart-username");
 const ROLE: HeaderName = HeaderName::from_static("x-rampart-role");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -311,17 +306,7 @@ fn outgoing_request(
     let headers = &mut parts.headers;
     let original_host = headers.remove(header::HOST);
     strip_hop_by_hop(headers);
-    for name in &CREDENTIALS {
-        headers.remove(name);
-    }
-    let rampart_headers: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-rampart-"))
-        .cloned()
-        .collect();
-    for name in rampart_headers {
-        headers.remove(name);
-    }
+    upstream.forward.apply(headers);
     if let Some(Authentication::Authenticated(principal)) = parts.extensions.get::<Authentication>()
     {
         headers.insert(USER_ID, HeaderValue::from(principal.user_id));
@@ -343,6 +328,7 @@ fn outgoing_request(
         // Built from the trusted client IP alone: whatever chain the client sent is dropped,
         // so a backend can never be told a client-chosen address.
         if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+            headers.insert(X_REAL_IP, value.clone());
             headers.insert(X_FORWARDED_FOR, value);
         }
         let node = match ip {
@@ -389,6 +375,7 @@ mod tests {
             url: url.parse().unwrap(),
             timeout: Duration::from_secs(1),
             circuit_breaker: crate::circuit_breaker::Settings::default(),
+            forward: headers::ForwardPolicy::default(),
         }
     }
 

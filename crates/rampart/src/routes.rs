@@ -120,6 +120,8 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Circuit-breaker settings.
     pub circuit_breaker: crate::circuit_breaker::Settings,
+    /// Which request headers stop at the gateway.
+    pub forward: crate::proxy::headers::ForwardPolicy,
 }
 
 /// What a request matched.
@@ -209,6 +211,11 @@ impl RouteTable {
                         .map_err(|_| format!("upstreams.{name}.url"))?,
                     timeout: parse_duration(&upstream.timeout)?,
                     circuit_breaker,
+                    forward: crate::proxy::headers::ForwardPolicy::new(
+                        &upstream.strip_request_headers.0,
+                        &upstream.pass_request_headers.0,
+                    )
+                    .map_err(|error| format!("upstreams.{name}: {error}"))?,
                 }),
             );
         }

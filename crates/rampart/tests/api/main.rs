@@ -8,6 +8,7 @@ mod api_keys;
 mod audit;
 mod backend;
 mod bodies;
+mod forwarding;
 mod gateway;
 mod helpers;
 mod hostile;
