@@ -324,16 +324,20 @@ fn outgoing_request(
         headers.insert(X_REQUEST_ID, value);
     }
     let proto = if state.proxy.tls { "https" } else { "http" };
-    if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>() {
+    if let Some(client) = parts.extensions.get::<ClientIp>() {
         // Built from the trusted client IP alone: whatever chain the client sent is dropped,
-        // so a backend can never be told a client-chosen address.
-        if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+        // so a backend can never be told a client-chosen address. An unknown client gets
+        // `Forwarded: for=unknown` (RFC 7239 §6) and no address at all.
+        if let Some(ip) = client.known()
+            && let Ok(value) = HeaderValue::from_str(&ip.to_string())
+        {
             headers.insert(X_REAL_IP, value.clone());
             headers.insert(X_FORWARDED_FOR, value);
         }
-        let node = match ip {
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-            std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        let node = match client.known() {
+            Some(std::net::IpAddr::V4(ip)) => ip.to_string(),
+            Some(std::net::IpAddr::V6(ip)) => format!("\"[{ip}]\""),
+            None => "unknown".to_owned(),
         };
         let mut forwarded = format!("for={node};proto={proto}");
         if let Some(host) = original_host.as_ref().and_then(|host| host.to_str().ok())

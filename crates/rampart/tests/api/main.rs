@@ -8,6 +8,7 @@ mod api_keys;
 mod audit;
 mod backend;
 mod bodies;
+mod forwarded_for;
 mod forwarding;
 mod gateway;
 mod helpers;
