@@ -15,6 +15,7 @@ mod helpers;
 mod hostile;
 mod http;
 mod login;
+mod paths;
 mod rate_limits;
 mod registration;
 mod tokens;
