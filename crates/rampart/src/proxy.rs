@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -130,6 +131,9 @@ enum Outcome {
     Answered(Response),
     /// The client's body broke the route's size limit while streaming: not the backend's fault.
     TooLarge,
+    /// The client's body failed while streaming (a declared length that lied, a reset):
+    /// not the backend's fault either.
+    ClientBody,
     Unreachable,
     TimedOut,
 }
@@ -162,6 +166,9 @@ async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Res
     if let Some(transition) = permit.transition() {
         note_transition(state, upstream, transition, &context());
     }
+    let (parts, body) = request.into_parts();
+    let (body, client_body) = WatchedBody::new(body);
+    let request = Request::from_parts(parts, Body::new(body));
     let outgoing = match outgoing_request(state, upstream, request) {
         Ok(outgoing) => outgoing,
         Err(error) => {
@@ -171,16 +178,19 @@ async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Res
     };
 
     let started = tokio::time::Instant::now();
-    let outcome =
-        match tokio::time::timeout(upstream.timeout, state.proxy.client.request(outgoing)).await {
-            Err(_) => Outcome::TimedOut,
-            Ok(Err(error)) if is_body_too_large(&error) => Outcome::TooLarge,
-            Ok(Err(error)) => {
-                tracing::warn!(upstream = upstream.name, error = %error, "upstream request failed");
-                Outcome::Unreachable
-            }
-            Ok(Ok(response)) => Outcome::Answered(incoming_response(response)),
-        };
+    let outcome = match tokio::time::timeout(upstream.timeout, state.proxy.client.request(outgoing))
+        .await
+    {
+        Err(_) => Outcome::TimedOut,
+        Ok(Err(error)) if is_body_too_large(&error) => Outcome::TooLarge,
+        Ok(Err(_)) if client_body.load(Ordering::Relaxed) == BODY_TOO_LARGE => Outcome::TooLarge,
+        Ok(Err(_)) if client_body.load(Ordering::Relaxed) == BODY_FAILED => Outcome::ClientBody,
+        Ok(Err(error)) => {
+            tracing::warn!(upstream = upstream.name, error = %error, "upstream request failed");
+            Outcome::Unreachable
+        }
+        Ok(Ok(response)) => Outcome::Answered(incoming_response(response)),
+    };
     state
         .metrics
         .upstream_duration
@@ -198,6 +208,13 @@ async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Res
             drop(permit);
             (None, crate::validation::too_large())
         }
+        Outcome::ClientBody => {
+            drop(permit);
+            (
+                None,
+                ApiError::invalid("Could not read the request body").into_response(),
+            )
+        }
         Outcome::Unreachable => (permit.failed(), ApiError::BadGateway.into_response()),
         Outcome::TimedOut => (permit.failed(), ApiError::GatewayTimeout.into_response()),
     };
@@ -205,6 +222,63 @@ async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Res
         note_transition(state, upstream, transition, &context());
     }
     response
+}
+
+const BODY_TOO_LARGE: u8 = 1;
+const BODY_FAILED: u8 = 2;
+
+/// The client's body on its way to the backend, noting whether it failed, so that a
+/// client's broken upload is answered as the client's fault and never counts against the
+/// upstream's circuit breaker.
+struct WatchedBody {
+    inner: Body,
+    failed: Arc<AtomicU8>,
+}
+
+impl WatchedBody {
+    fn new(inner: Body) -> (Self, Arc<AtomicU8>) {
+        let failed = Arc::new(AtomicU8::new(0));
+        (
+            Self {
+                inner,
+                failed: Arc::clone(&failed),
+            },
+            failed,
+        )
+    }
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let poll = hyper::body::Body::poll_frame(std::pin::Pin::new(&mut self.inner), context);
+        if let std::task::Poll::Ready(Some(Err(error))) = &poll {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+            let mut verdict = BODY_FAILED;
+            while let Some(error) = source {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    verdict = BODY_TOO_LARGE;
+                    break;
+                }
+                source = error.source();
+            }
+            self.failed.store(verdict, Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::Body::size_hint(&self.inner)
+    }
 }
 
 fn is_body_too_large(error: &hyper_util::client::legacy::Error) -> bool {
