@@ -119,6 +119,10 @@ async fn a_respelled_path_never_escapes_a_protected_prefix(backend: Backend) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["path"], "/api/~user/%3A%40/a", "{body}");
     assert_eq!(body["query"], "q=%61&x=%2e%2e", "{body}");
+    assert_eq!(
+        body["target"], "/api/~user/%3A%40/a?q=%61&x=%2e%2e",
+        "{body}"
+    );
 }
 
 async fn a_case_insensitive_route_refuses_case_respellings_of_a_protected_route(backend: Backend) {
