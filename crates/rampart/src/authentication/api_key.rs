@@ -307,6 +307,10 @@ pub async fn authenticate(
             ))
             .into_response()
         })?;
+    // The client signs the target exactly as it sent it: this layer runs before
+    // `routes::resolve` puts the path in canonical form. The route, and so whether a
+    // signature is required, is chosen on the canonical form of this same target, so a
+    // respelling can neither dodge a signed route nor reuse another spelling's signature.
     let path_and_query = parts
         .uri
         .path_and_query()

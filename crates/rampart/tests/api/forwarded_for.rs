@@ -61,6 +61,15 @@ async fn unreadable_forwarded_for_never_lends_the_proxy_its_standing(backend: Ba
             "the proxy itself still scrapes"
         );
     }
+    // A `_` spelling of the header is not the header: the proxy stays the client.
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .header("X_Forwarded_For", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
     // Every unknown client shares one budget, and only they do.
     let mut statuses = Vec::new();
     for chain in UNREADABLE {
