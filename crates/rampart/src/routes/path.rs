@@ -2,13 +2,13 @@
 //! detection and the identity API see, and what a backend gets (SPEC §3 "Paths").
 //!
 //! RFC 3986 §6.2.2 normalisation: percent-encoded unreserved characters
-//! (`A-Z a-z 0-9 - . _ ~`) are decoded and the hex digits of the remaining escapes upper-cased; the
-//! characters RFC 3986 does not allow raw in a path (`"`, `<`, `>`, `^`, `` ` ``, `{`, `|`,
-//! `}`) are encoded. A path that has no such form a backend could not read otherwise is
-//! refused: an encoded `/` or `\`, a `\`, `.` or `..` segments (also when encoded), empty
-//! segments (`//`), `;` path parameters (raw or encoded), NUL and other control characters,
-//! double encoding (`%25` followed by two hex digits), malformed escapes and anything that
-//! is not ASCII, raw or encoded.
+//! (`A-Z a-z 0-9 - . _ ~`) are decoded and the hex digits of the remaining escapes
+//! upper-cased; the characters RFC 3986 does not allow raw in a path (`"`, `<`, `>`, `^`,
+//! `` ` ``, `{`, `|`, `}`, space) are encoded. A path that a backend could read otherwise
+//! has no canonical form and is refused: an encoded `/` or `\`, a `\`, `.` or `..` segments
+//! (also when encoded), empty segments (`//`), `;` path parameters (raw or encoded), NUL and
+//! other control characters, double encoding (`%25` followed by two hex digits), malformed
+//! escapes and anything that is not ASCII, raw or encoded.
 
 use std::borrow::Cow;
 
