@@ -52,7 +52,10 @@ fn is_private(path: &str) -> bool {
 
 /// Adds the security headers to the response.
 pub async fn apply(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let private = is_private(request.uri().path());
+    // Decided on the canonical path, which is what the handlers serve (`/%75sers/me` is
+    // `/users/me`); a path with no canonical form is refused, and private to be safe.
+    let private =
+        crate::routes::path::canonical(request.uri().path()).map_or(true, |path| is_private(&path));
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     for (name, value) in &state.security_headers.fixed {

@@ -166,6 +166,16 @@ async fn the_identity_api_and_signed_routes_go_by_the_canonical_path(backend: Ba
     let (status, body) = raw_request(&app, "GET", "/users/%6De", Some(&viewer.access_token)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["username"], "viewer_1");
+    // Responses on private paths are never cached, whatever the spelling.
+    let response = app
+        .client
+        .get(app.url("/%75sers/%6De"))
+        .bearer_auth(&viewer.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
     let (status, body) =
         raw_request(&app, "GET", "/%61dmin/users", Some(&viewer.access_token)).await;
     assert_eq!(status, 403, "{body}");
