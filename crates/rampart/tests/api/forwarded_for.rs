@@ -148,7 +148,10 @@ async fn unknown_clients_are_locked_out_together_and_audited_as_unknown(backend:
     }
 }
 
-crate::on_databases!(
-    unreadable_forwarded_for_never_lends_the_proxy_its_standing,
-    unknown_clients_are_locked_out_together_and_audited_as_unknown,
-);
+crate::on_databases!(unreadable_forwarded_for_never_lends_the_proxy_its_standing);
+
+/// Lockouts live in the session store: also run with it in Redis.
+mod lockout {
+    use super::unknown_clients_are_locked_out_together_and_audited_as_unknown;
+    crate::on_session_stores!(unknown_clients_are_locked_out_together_and_audited_as_unknown);
+}
