@@ -4,15 +4,34 @@
 //! the right-most `X-Forwarded-For` entry that is not itself a trusted proxy. A client
 //! can prepend whatever it likes to that header, so the entries left of the first
 //! untrusted one are never believed.
+//!
+//! A hop that does not parse as an address (`unknown`, an obfuscated token, a port alone,
+//! an empty element, bytes that are not visible ASCII) is untrusted and stops the walk:
+//! the request comes from [`UNKNOWN`], never from the proxy, which would otherwise lend
+//! the client its own standing (`/metrics`, its rate budget, its lockout count).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use http::HeaderMap;
 use ipnet::IpNet;
 
+/// The client behind a trusted proxy whose `X-Forwarded-For` cannot be read. `0.0.0.0`
+/// is never a socket peer, so every such request shares this one rate budget and lockout
+/// count, and no real client does; [`ClientIp::known`] keeps it out of every network check
+/// (`metrics.allowed_networks`, `trusted_proxies`), even `0.0.0.0/0`. Audit rows and logs
+/// show it as `0.0.0.0`.
+pub const UNKNOWN: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
 /// The trusted client IP of a request, stored in its extensions by the first layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
+
+impl ClientIp {
+    /// The address, unless the client is [`UNKNOWN`]: what network allowlists test.
+    pub fn known(self) -> Option<IpAddr> {
+        (self.0 != UNKNOWN).then_some(self.0)
+    }
+}
 
 /// Determines the client IP from the socket peer and, behind trusted proxies,
 /// `X-Forwarded-For`.
@@ -22,20 +41,17 @@ pub fn resolve(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAd
         return peer;
     }
     let mut client = peer;
-    // Walk every X-Forwarded-For value from the right: the nearest hop first.
-    let values: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect();
-    for entry in values.iter().rev().flat_map(|value| value.rsplit(',')) {
-        let Some(address) = parse_entry(entry.trim()) else {
-            // A malformed hop cannot be attributed; stop at the last good one.
-            return client;
-        };
-        client = address;
-        if !is_trusted(address, trusted) {
-            return address;
+    // Walk every X-Forwarded-For line and entry from the right: the nearest hop first.
+    // The bytes are split before any text check, so one bad entry cannot hide the others.
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        for entry in value.as_bytes().rsplit(|b| *b == b',') {
+            let Some(address) = parse_entry(entry) else {
+                return UNKNOWN;
+            };
+            if !is_trusted(address, trusted) {
+                return address;
+            }
+            client = address;
         }
     }
     client
@@ -67,15 +83,19 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
-fn parse_entry(entry: &str) -> Option<IpAddr> {
-    if let Ok(address) = entry.parse::<IpAddr>() {
-        return Some(canonical(address));
+/// One `X-Forwarded-For` entry as an address; `None` for anything else, including the
+/// unspecified addresses, which no client has.
+fn parse_entry(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?.trim_matches([' ', '\t']);
+    if !entry.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
     }
-    // "1.2.3.4:5678" or "[::1]:5678"
-    entry
-        .parse::<SocketAddr>()
-        .ok()
-        .map(|socket| canonical(socket.ip()))
+    let address = match entry.parse::<IpAddr>() {
+        Ok(address) => address,
+        // "1.2.3.4:5678" or "[::1]:5678"
+        Err(_) => entry.parse::<SocketAddr>().ok()?.ip(),
+    };
+    Some(canonical(address)).filter(|address| !address.is_unspecified())
 }
 
 #[cfg(test)]
@@ -130,11 +150,68 @@ mod tests {
         assert_eq!(ip.to_string(), "10.0.0.2");
     }
 
+    /// One header line per `\n`.
+    fn raw_headers(lines: &[u8]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for value in lines.split(|b| *b == b'\n') {
+            map.append(
+                "x-forwarded-for",
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        map
+    }
+
     #[test]
-    fn garbage_entries_stop_the_walk() {
+    fn an_unreadable_hop_makes_the_client_unknown_never_the_proxy() {
         let trusted = vec!["10.0.0.0/8".parse().unwrap()];
-        let ip = resolve(peer("10.0.0.2"), &headers(&["1.1.1.1, nonsense"]), &trusted);
-        assert_eq!(ip.to_string(), "10.0.0.2");
+        let cases: &[&[u8]] = &[
+            b"1.1.1.1, nonsense",
+            b"8.8.8.8, \xff",
+            b"\xff8.8.8.8",
+            b"8.8.8.8,",
+            b"8.8.8.8,,10.0.0.1",
+            b",",
+            b"",
+            b" ",
+            b"unknown",
+            b"_hidden",
+            b"for=8.8.8.8",
+            b":8080",
+            b"8.8.8.8:",
+            b"0.0.0.0",
+            b"::",
+            b"fe80::1%eth0",
+            b"010.8.8.8",
+            b"8.8.8.8\ngarbage",
+            b"8.8.8.8\n10.0.0.3, \xff",
+        ];
+        for values in cases {
+            let ip = resolve(peer("10.0.0.2"), &raw_headers(values), &trusted);
+            assert_eq!(ip, UNKNOWN, "{}", String::from_utf8_lossy(values));
+            assert_eq!(ClientIp(ip).known(), None);
+        }
+    }
+
+    #[test]
+    fn entries_left_of_the_client_are_never_read() {
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let cases: &[&[u8]] = &[
+            b"\xff, 8.8.8.8",
+            b"garbage, 8.8.8.8, 10.0.0.3",
+            b"garbage\n8.8.8.8",
+            b"\t8.8.8.8 ",
+            b"8.8.8.8:443",
+        ];
+        for values in cases {
+            let ip = resolve(peer("10.0.0.2"), &raw_headers(values), &trusted);
+            assert_eq!(
+                ip.to_string(),
+                "8.8.8.8",
+                "{}",
+                String::from_utf8_lossy(values)
+            );
+        }
     }
 
     #[test]

@@ -1146,6 +1146,12 @@ impl RawConfig {
             if let Err(message) = parse_duration(&upstream.timeout) {
                 bad(&format!("{key}.timeout"), message);
             }
+            for (field, message) in crate::proxy::headers::check(
+                &upstream.strip_request_headers.0,
+                &upstream.pass_request_headers.0,
+            ) {
+                bad(&format!("{key}.{field}"), message);
+            }
             if let Some(breaker) = &upstream.circuit_breaker {
                 for (field, text) in [("window", &breaker.window), ("open_for", &breaker.open_for)]
                 {

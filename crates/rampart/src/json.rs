@@ -82,11 +82,20 @@ async fn read<S: Send + Sync, T: DeserializeOwned>(
     parse(&bytes).map(Some)
 }
 
-/// Parses JSON, naming the path of the first problem.
+/// Parses a JSON object body, naming the path of the first problem.
+///
+/// Only an object is a body (SPEC §2): serde would otherwise fill a struct from an array
+/// positionally, so `["alice_1", "a@example.com", "…"]` would register a user.
 ///
 /// # Errors
 /// 400 with a message saying what was wrong and where.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(ApiError::invalid("The body must be a JSON object"));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
@@ -104,6 +113,39 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .end()
         .map_err(|_| ApiError::invalid("Malformed JSON: trailing characters"))?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Login {
+        username: String,
+        password: String,
+    }
+
+    #[test]
+    fn only_a_json_object_is_a_body() {
+        assert!(parse::<Login>(br#" {"username": "a", "password": "b"}"#).is_ok());
+        for bad in [
+            &br#"["alice_1", "secret"]"#[..],
+            b" \n[\"alice_1\", \"secret\"]",
+            b"\"alice_1\"",
+            b"17",
+            b"null",
+            b"true",
+            b"",
+        ] {
+            assert!(
+                parse::<Login>(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }
 
 /// Query parameters of the expected shape (400 otherwise).

@@ -94,7 +94,8 @@ async fn metrics(
             .config
             .metrics_allowed_networks
             .iter()
-            .any(|network| network.contains(&client.0.0))
+            // An unknown client is in no network, whatever the list says.
+            .any(|network| client.0.known().is_some_and(|ip| network.contains(&ip)))
     });
     if !allowed {
         return ApiError::NotFound.into_response();

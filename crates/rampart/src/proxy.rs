@@ -3,15 +3,16 @@
 //!
 //! Bodies stream both ways over a pooled keep-alive client. Hop-by-hop headers (RFC 9110
 //! §7.6.1, and any the `Connection` header names) are dropped in both directions; the
-//! client's credentials (`Authorization`, `Cookie`, `X-API-Key`, `X-CSRF-Token`) and any
-//! `X-Rampart-*` header never reach the backend, which instead gets the caller's identity as
-//! `X-Rampart-User-Id`, `-Username` and `-Role`, the request id, and `Forwarded` /
-//! `X-Forwarded-For` built from the trusted client IP. An open circuit answers 503 at once;
+//! client's credentials, any `X-Rampart-*` header, client-set override and identity headers
+//! and names with `_` never reach the backend ([`headers`]), which instead gets the caller's
+//! identity as `X-Rampart-User-Id`, `-Username` and `-Role`, the request id, and
+//! `Forwarded` / `X-Forwarded-For` / `X-Real-IP` built from the trusted client IP. An open circuit answers 503 at once;
 //! a connect failure 502 `bad_gateway`; no response head within the upstream's `timeout`
 //! 504 `gateway_timeout`. The backend's own answers, errors included, pass unchanged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -35,6 +36,8 @@ use crate::request::RequestId;
 use crate::routes::{MatchedRoute, RouteTable, Upstream};
 use crate::state::AppState;
 
+pub mod headers;
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// obsolete `Proxy-Connection` that some clients still send.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -48,17 +51,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// The client's credentials, which stop at the gateway.
-const CREDENTIALS: [HeaderName; 4] = [
-    header::AUTHORIZATION,
-    header::COOKIE,
-    HeaderName::from_static("x-api-key"),
-    HeaderName::from_static("x-csrf-token"),
-];
-
 const USER_ID: HeaderName = HeaderName::from_static("x-rampart-user-id");
 const USERNAME: HeaderName = HeaderName::from_static("x-rampart-username");
 const ROLE: HeaderName = HeaderName::from_static("x-rampart-role");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -135,6 +131,9 @@ enum Outcome {
     Answered(Response),
     /// The client's body broke the route's size limit while streaming: not the backend's fault.
     TooLarge,
+    /// The client's body failed while streaming (a declared length that lied, a reset):
+    /// not the backend's fault either.
+    ClientBody,
     Unreachable,
     TimedOut,
 }
@@ -167,6 +166,9 @@ async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Res
     if let Some(transition) = permit.transition() {
         note_transition(state, upstream, transition, &context());
     }
+    let (parts, body) = request.into_parts();
+    let (body, client_body) = WatchedBody::new(body);
+    let request = Request::from_parts(parts, Body::new(body));
     let outgoing = match outgoing_request(state, upstream, request) {
         Ok(outgoing) => outgoing,
         Err(error) => {
@@ -176,16 +178,19 @@ async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Res
     };
 
     let started = tokio::time::Instant::now();
-    let outcome =
-        match tokio::time::timeout(upstream.timeout, state.proxy.client.request(outgoing)).await {
-            Err(_) => Outcome::TimedOut,
-            Ok(Err(error)) if is_body_too_large(&error) => Outcome::TooLarge,
-            Ok(Err(error)) => {
-                tracing::warn!(upstream = upstream.name, error = %error, "upstream request failed");
-                Outcome::Unreachable
-            }
-            Ok(Ok(response)) => Outcome::Answered(incoming_response(response)),
-        };
+    let outcome = match tokio::time::timeout(upstream.timeout, state.proxy.client.request(outgoing))
+        .await
+    {
+        Err(_) => Outcome::TimedOut,
+        Ok(Err(error)) if is_body_too_large(&error) => Outcome::TooLarge,
+        Ok(Err(_)) if client_body.load(Ordering::Relaxed) == BODY_TOO_LARGE => Outcome::TooLarge,
+        Ok(Err(_)) if client_body.load(Ordering::Relaxed) == BODY_FAILED => Outcome::ClientBody,
+        Ok(Err(error)) => {
+            tracing::warn!(upstream = upstream.name, error = %error, "upstream request failed");
+            Outcome::Unreachable
+        }
+        Ok(Ok(response)) => Outcome::Answered(incoming_response(response)),
+    };
     state
         .metrics
         .upstream_duration
@@ -203,6 +208,13 @@ async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Res
             drop(permit);
             (None, crate::validation::too_large())
         }
+        Outcome::ClientBody => {
+            drop(permit);
+            (
+                None,
+                ApiError::invalid("Could not read the request body").into_response(),
+            )
+        }
         Outcome::Unreachable => (permit.failed(), ApiError::BadGateway.into_response()),
         Outcome::TimedOut => (permit.failed(), ApiError::GatewayTimeout.into_response()),
     };
@@ -210,6 +222,63 @@ async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Res
         note_transition(state, upstream, transition, &context());
     }
     response
+}
+
+const BODY_TOO_LARGE: u8 = 1;
+const BODY_FAILED: u8 = 2;
+
+/// The client's body on its way to the backend, noting whether it failed, so that a
+/// client's broken upload is answered as the client's fault and never counts against the
+/// upstream's circuit breaker.
+struct WatchedBody {
+    inner: Body,
+    failed: Arc<AtomicU8>,
+}
+
+impl WatchedBody {
+    fn new(inner: Body) -> (Self, Arc<AtomicU8>) {
+        let failed = Arc::new(AtomicU8::new(0));
+        (
+            Self {
+                inner,
+                failed: Arc::clone(&failed),
+            },
+            failed,
+        )
+    }
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let poll = hyper::body::Body::poll_frame(std::pin::Pin::new(&mut self.inner), context);
+        if let std::task::Poll::Ready(Some(Err(error))) = &poll {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+            let mut verdict = BODY_FAILED;
+            while let Some(error) = source {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    verdict = BODY_TOO_LARGE;
+                    break;
+                }
+                source = error.source();
+            }
+            self.failed.store(verdict, Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::Body::size_hint(&self.inner)
+    }
 }
 
 fn is_body_too_large(error: &hyper_util::client::legacy::Error) -> bool {
@@ -311,17 +380,7 @@ fn outgoing_request(
     let headers = &mut parts.headers;
     let original_host = headers.remove(header::HOST);
     strip_hop_by_hop(headers);
-    for name in &CREDENTIALS {
-        headers.remove(name);
-    }
-    let rampart_headers: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-rampart-"))
-        .cloned()
-        .collect();
-    for name in rampart_headers {
-        headers.remove(name);
-    }
+    upstream.forward.apply(headers);
     if let Some(Authentication::Authenticated(principal)) = parts.extensions.get::<Authentication>()
     {
         headers.insert(USER_ID, HeaderValue::from(principal.user_id));
@@ -339,15 +398,20 @@ fn outgoing_request(
         headers.insert(X_REQUEST_ID, value);
     }
     let proto = if state.proxy.tls { "https" } else { "http" };
-    if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>() {
+    if let Some(client) = parts.extensions.get::<ClientIp>() {
         // Built from the trusted client IP alone: whatever chain the client sent is dropped,
-        // so a backend can never be told a client-chosen address.
-        if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+        // so a backend can never be told a client-chosen address. An unknown client gets
+        // `Forwarded: for=unknown` (RFC 7239 §6) and no address at all.
+        if let Some(ip) = client.known()
+            && let Ok(value) = HeaderValue::from_str(&ip.to_string())
+        {
+            headers.insert(X_REAL_IP, value.clone());
             headers.insert(X_FORWARDED_FOR, value);
         }
-        let node = match ip {
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-            std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        let node = match client.known() {
+            Some(std::net::IpAddr::V4(ip)) => ip.to_string(),
+            Some(std::net::IpAddr::V6(ip)) => format!("\"[{ip}]\""),
+            None => "unknown".to_owned(),
         };
         let mut forwarded = format!("for={node};proto={proto}");
         if let Some(host) = original_host.as_ref().and_then(|host| host.to_str().ok())
@@ -389,6 +453,7 @@ mod tests {
             url: url.parse().unwrap(),
             timeout: Duration::from_secs(1),
             circuit_breaker: crate::circuit_breaker::Settings::default(),
+            forward: headers::ForwardPolicy::default(),
         }
     }
 

@@ -4,6 +4,13 @@
 //! matches `/orders` and everything below it). The most specific route wins: an exact
 //! match first, then the longest prefix. Routes without an `upstream` are served by
 //! Rampart itself (the identity API) under the route's policy.
+//!
+//! Routes are matched on the canonical form of the path ([`path::canonical`]), which then
+//! replaces the request's own spelling, so every later layer, handler and backend sees the
+//! path the decision was made on; a path with no safe canonical form is refused with 400.
+//! A route with `case_sensitive = false` matches regardless of ASCII case; a request it
+//! would take that is a case respelling of a more specific route is refused with 400, so
+//! a protected prefix cannot be escaped by changing case.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +24,7 @@ use crate::request::RouteName;
 
 mod identity_limits;
 pub use identity_limits::{BUILTIN as IDENTITY_LIMITS, Builtin, IdentityLimit};
+pub mod path;
 
 /// Who may use a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +86,8 @@ pub struct Route {
     pub signed: bool,
     /// Largest body accepted.
     pub max_body: usize,
+    /// `false`: the path matches regardless of ASCII case.
+    pub case_sensitive: bool,
 }
 
 impl Route {
@@ -88,7 +98,7 @@ impl Route {
             .count()
     }
 
-    fn matches_path(&self, path: &str) -> bool {
+    fn matches_path(&self, path: &str, ignore_case: bool) -> bool {
         let Some(rest) = path.strip_prefix('/') else {
             return false;
         };
@@ -99,7 +109,8 @@ impl Route {
         let mut parts = rest.split('/');
         for segment in &self.segments {
             match (segment, parts.next()) {
-                (Segment::Literal(literal), Some(part)) if part == literal => {}
+                (Segment::Literal(literal), Some(part))
+                    if part == literal || (ignore_case && part.eq_ignore_ascii_case(literal)) => {}
                 (Segment::Param, Some(part)) if !part.is_empty() => {}
                 _ => return false,
             }
@@ -125,6 +136,8 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Circuit-breaker settings.
     pub circuit_breaker: crate::circuit_breaker::Settings,
+    /// Which request headers stop at the gateway.
+    pub forward: crate::proxy::headers::ForwardPolicy,
 }
 
 /// What a request matched.
@@ -140,6 +153,9 @@ pub enum Matched<'a> {
         /// and may serve other methods there outside the table).
         proxied: bool,
     },
+    /// The route that would take the path ignores case, and the path is a case respelling
+    /// of a more specific route: refused rather than let past that route's policy.
+    Respelled,
     /// No route.
     None,
 }
@@ -150,6 +166,8 @@ pub struct RouteTable {
     routes: Vec<Arc<Route>>,
     /// The built-in identity limits in force.
     identity_limits: Vec<IdentityLimit>,
+    /// Whether any route ignores case (else lookups never compare without case).
+    any_case_insensitive: bool,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
 }
@@ -216,6 +234,11 @@ impl RouteTable {
                         .map_err(|_| format!("upstreams.{name}.url"))?,
                     timeout: parse_duration(&upstream.timeout)?,
                     circuit_breaker,
+                    forward: crate::proxy::headers::ForwardPolicy::new(
+                        &upstream.strip_request_headers.0,
+                        &upstream.pass_request_headers.0,
+                    )
+                    .map_err(|error| format!("upstreams.{name}: {error}"))?,
                 }),
             );
         }
@@ -303,7 +326,9 @@ impl RouteTable {
                     Some(size) => parse_size(size)?,
                     None => default_max_body,
                 },
+                case_sensitive: raw.case_sensitive,
             }));
+            table.any_case_insensitive |= !raw.case_sensitive;
         }
         // Most specific first: exact before prefix, fewer parameters before more, longer
         // before shorter.
@@ -323,20 +348,31 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The most specific route for a request.
+    /// The most specific route for a request's canonical path.
     pub fn lookup(&self, method: &Method, path: &str) -> Matched<'_> {
         let mut allowed: Vec<Method> = Vec::new();
         let mut path_matched = false;
         let mut proxied = false;
+        // A more specific route matches the path only without regard to case.
+        let mut respelled = false;
         for route in &self.routes {
-            if route.matches_path(path) {
-                if route.allows(method) {
-                    return Matched::Route(route);
-                }
-                path_matched = true;
-                proxied |= route.upstream.is_some();
-                allowed.extend(route.methods.iter().cloned());
+            let matched = route.matches_path(path, false)
+                || (!route.case_sensitive && route.matches_path(path, true));
+            if !matched {
+                respelled |= self.any_case_insensitive && route.matches_path(path, true);
+                continue;
             }
+            if route.allows(method) {
+                // The backend of a case-insensitive route would read the respelling as the
+                // more specific route's path.
+                if respelled && !route.case_sensitive {
+                    return Matched::Respelled;
+                }
+                return Matched::Route(route);
+            }
+            path_matched = true;
+            proxied |= route.upstream.is_some();
+            allowed.extend(route.methods.iter().cloned());
         }
         if path_matched {
             Matched::WrongMethod { allowed, proxied }
@@ -346,53 +382,56 @@ impl RouteTable {
     }
 }
 
-/// Whether a path could mean something else to a backend than to the route table: dot
-/// segments, encoded slashes or dots, backslashes, empty segments or control characters.
-/// Such paths are refused (400) rather than normalised, so that no spelling of a path can
-/// reach a route the table would not have chosen for it.
-pub fn is_ambiguous(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains("//") || path.contains('\\') {
-        return true;
-    }
-    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return true;
-    }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%2e")
-        || lower.contains("%00")
-    {
-        return true;
-    }
-    path.split('/')
-        .any(|segment| segment == "." || segment == "..")
-}
-
 /// The route a request matched, in its extensions (absent when none did).
 #[derive(Debug, Clone)]
 pub struct MatchedRoute(pub Arc<Route>);
 
-/// Finds the request's route and records it for the layers below; refuses ambiguous paths
-/// (400) and methods a matched path does not allow (405 with `Allow`).
+/// Puts the request's path in canonical form, finds its route and records it for the
+/// layers below; refuses paths without a safe canonical form and case respellings of a
+/// protected route (400), and methods a matched path does not allow (405 with `Allow`).
 pub async fn resolve(
     axum::extract::State(state): axum::extract::State<crate::state::AppState>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let not_canonical =
+        || crate::error::ApiError::invalid("The request path is not in canonical form");
+    let canonical = match path::canonical(request.uri().path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => None,
+        Ok(std::borrow::Cow::Owned(form)) => Some(form),
+        Err(_) => return not_canonical().into_response(),
+    };
+    if let Some(form) = canonical {
+        // The query is forwarded as sent; only the path changes.
+        let target = match request.uri().query() {
+            Some(query) => format!("{form}?{query}"),
+            None => form,
+        };
+        let mut parts = request.uri().clone().into_parts();
+        match target.parse() {
+            Ok(path_and_query) => parts.path_and_query = Some(path_and_query),
+            Err(_) => return not_canonical().into_response(),
+        }
+        match http::Uri::from_parts(parts) {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(_) => return not_canonical().into_response(),
+        }
+    }
     let path = request.uri().path();
     // Probes and scrapers are never subject to a route's policy (SPEC §8), whatever
     // catch-all route the configuration has.
     if crate::operations::PATHS.contains(&path) {
         return next.run(request).await;
     }
-    if is_ambiguous(path) {
-        return crate::error::ApiError::invalid("The request path is not in canonical form")
-            .into_response();
-    }
     let route = match state.routes.lookup(request.method(), path) {
         Matched::Route(route) => Arc::clone(route),
+        Matched::Respelled => {
+            return crate::error::ApiError::invalid(
+                "The request path respells a more specific route",
+            )
+            .into_response();
+        }
         Matched::WrongMethod { allowed, proxied } if proxied => {
             let mut response = crate::error::ApiError::MethodNotAllowed.into_response();
             let allow: Vec<&str> = allowed.iter().map(Method::as_str).collect();
@@ -467,6 +506,7 @@ mod tests {
         let name = |method: Method, path: &str| match table.lookup(&method, path) {
             Matched::Route(route) => route.name,
             Matched::WrongMethod { .. } => "405",
+            Matched::Respelled => "respelled",
             Matched::None => "none",
         };
         assert_eq!(name(Method::POST, "/orders"), "/orders");
@@ -505,28 +545,56 @@ mod tests {
         assert_eq!(refresh.policy_name, "route:POST /accounts/:id/refresh");
     }
 
+    fn case_table() -> RouteTable {
+        let mut open = route("/api/*", &[], Some("orders"));
+        open.case_sensitive = false;
+        let mut reports = route("/api/reports/*", &["GET"], Some("orders"));
+        reports.case_sensitive = false;
+        let upstreams = BTreeMap::from([(
+            "orders".to_owned(),
+            RawUpstream {
+                url: "http://127.0.0.1:9000".into(),
+                timeout: "5s".into(),
+                circuit_breaker: None,
+                strip_request_headers: crate::config::List::default(),
+                pass_request_headers: crate::config::List::default(),
+            },
+        )]);
+        RouteTable::new(
+            &[
+                open,
+                route("/api/admin/*", &[], Some("orders")),
+                reports,
+                route("/exact/Case/*", &[], Some("orders")),
+            ],
+            &upstreams,
+            1024,
+            &mut crate::rate_limit::Policies::new(),
+        )
+        .unwrap()
+    }
+
     #[test]
-    fn paths_that_a_backend_could_read_otherwise_are_ambiguous() {
-        for bad in [
-            "/orders/../admin/users",
-            "/orders/./x",
-            "/orders//x",
-            "/orders/%2e%2e/admin",
-            "/orders%2Fadmin",
-            "/orders\\admin",
-            "/orders/%00",
-            "orders",
-        ] {
-            assert!(is_ambiguous(bad), "{bad}");
+    fn case_insensitive_routes_match_any_case_but_never_respell_a_protected_route() {
+        let table = case_table();
+        let name = |method: Method, path: &str| match table.lookup(&method, path) {
+            Matched::Route(route) => route.name,
+            Matched::WrongMethod { .. } => "405",
+            Matched::Respelled => "respelled",
+            Matched::None => "none",
+        };
+        assert_eq!(name(Method::GET, "/api/x"), "/api/*");
+        assert_eq!(name(Method::GET, "/API/x"), "/api/*");
+        assert_eq!(name(Method::GET, "/Api/Reports/1"), "/api/reports/*");
+        assert_eq!(name(Method::POST, "/api/reports/1"), "/api/*");
+        assert_eq!(name(Method::GET, "/api/admin/x"), "/api/admin/*");
+        assert_eq!(name(Method::GET, "/api/admin"), "/api/admin/*");
+        for respelled in ["/api/ADMIN/x", "/API/Admin", "/api/aDmIn/users/1"] {
+            assert_eq!(name(Method::GET, respelled), "respelled", "{respelled}");
+            assert_eq!(name(Method::DELETE, respelled), "respelled", "{respelled}");
         }
-        for good in [
-            "/",
-            "/orders",
-            "/orders/17",
-            "/orders/a.b",
-            "/users/me/api-keys",
-        ] {
-            assert!(!is_ambiguous(good), "{good}");
-        }
+        // A case-sensitive route takes only its own spelling.
+        assert_eq!(name(Method::GET, "/exact/Case/1"), "/exact/Case/*");
+        assert_eq!(name(Method::GET, "/exact/case/1"), "none");
     }
 }

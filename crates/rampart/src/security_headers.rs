@@ -88,9 +88,31 @@ fn is_private_decoded(path: &str) -> bool {
         )
 }
 
+/// Caching instructions addressed to CDNs, which take precedence there over `Cache-Control`.
+const CDN_CACHE_HEADERS: [&str; 3] = [
+    "cdn-cache-control",
+    "surrogate-control",
+    "cloudflare-cdn-cache-control",
+];
+
+/// Whether a request presents a credential of any kind (valid or not).
+fn carries_credentials(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION)
+        || headers.contains_key(header::COOKIE)
+        || headers.contains_key("x-api-key")
+}
+
 /// Adds the security headers to the response.
 pub async fn apply(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let private = is_private(request.uri().path());
+    // Decided on the canonical path, which is what the handlers serve (`/%75sers/me` is
+    // `/users/me`); a path with no canonical form is refused, and private to be safe.
+    // A response to a request that carried a credential is someone's own data (their
+    // orders, their positions) wherever it was served from: no cache may keep it, whatever
+    // the upstream said, since a cookie does not stop a shared cache the way
+    // `Authorization` does.
+    let private = carries_credentials(request.headers())
+        || crate::routes::path::canonical(request.uri().path())
+            .map_or(true, |path| is_private(&path));
     let mut response = next.run(request).await;
     state
         .security_headers
@@ -127,6 +149,12 @@ impl SecurityHeaders {
         // error, a backend that did not say) is not stored either.
         if private || !headers.contains_key(header::CACHE_CONTROL) {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        if private {
+            // CDNs read these before `Cache-Control`.
+            for name in CDN_CACHE_HEADERS {
+                headers.remove(name);
+            }
         }
         headers.remove(header::SERVER);
         headers.remove("x-powered-by");

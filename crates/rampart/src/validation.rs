@@ -2,14 +2,17 @@
 //! limit and intrusion detection (SPEC §3 `max_body`, §9 `[intrusion]`).
 //!
 //! A body declared larger than the route's `max_body` is refused at once with 413; a body
-//! that turns out larger while it streams is cut off and answered 413 as well. With
+//! that turns out larger while it streams is cut off and answered 413 as well. Whether a
+//! request has a body is decided by the body itself, never by its headers, so the rules
+//! hold for every framing: HTTP/1.1 `content-length` or chunked, HTTP/2 DATA frames with
+//! or without a declared length (a length that lies is caught while the body streams). With
 //! `intrusion.mode` `detect` (the default) or `block`, the path, query and body are scanned
 //! for SQL injection, XSS, path traversal and command injection: a match is counted in
 //! `rampart_suspicious_requests_total{pattern}` and audited as `suspicious_request` (one row
 //! per client and pattern a minute); `block` also refuses it with 400. Only the pattern's name
 //! is ever recorded, never the matching text, which may hold a password.
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -38,44 +41,49 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
-fn has_body(headers: &http::HeaderMap) -> bool {
-    declared_length(headers).is_some_and(|length| length > 0)
-        || headers.contains_key(header::TRANSFER_ENCODING)
-}
-
 /// Applies the body limit and intrusion detection.
 pub async fn validate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if crate::operations::PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let limit = body_limit(&state, &request);
-    if declared_length(request.headers()).is_some_and(|length| length > limit as u64) {
+    let declared = declared_length(request.headers());
+    if declared.is_some_and(|length| length > limit as u64) {
         return too_large();
     }
     let mode = state.config.intrusion;
-    if mode == IntrusionMode::Off {
-        let (parts, body) = request.into_parts();
-        let body = Body::new(http_body_util::Limited::new(body, limit));
-        return next.run(Request::from_parts(parts, body)).await;
-    }
-
     let (parts, body) = request.into_parts();
-    let path = parts.uri.path();
-    let query = parts.uri.query();
-    let mut found = intrusion::scan(path).or_else(|| query.and_then(intrusion::scan));
-    let request = if has_body(&parts.headers) {
-        // Scanning needs the body whole; it is bounded by the route's limit.
-        let bytes = match axum::body::to_bytes(body, limit).await {
-            Ok(bytes) => bytes,
-            Err(_) => return too_large(),
-        };
-        if found.is_none() {
+    let mut found = None;
+    if mode != IntrusionMode::Off {
+        found = intrusion::scan(parts.uri.path())
+            .or_else(|| parts.uri.query().and_then(intrusion::scan));
+    }
+    let body = if body.is_end_stream() {
+        body
+    } else if mode != IntrusionMode::Off || declared.is_none() {
+        // Scanning needs the body whole; a body without a declared length could break
+        // the limit half-way, after part of it had reached the backend. Either way it is
+        // read in full first, bounded by the limit, and goes on only once complete.
+        let bytes =
+            match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) if error.is::<http_body_util::LengthLimitError>() => return too_large(),
+                Err(_) => {
+                    return ApiError::invalid("Could not read the request body").into_response();
+                }
+            };
+        if mode != IntrusionMode::Off && found.is_none() {
             found = intrusion::scan_bytes(&bytes);
         }
-        Request::from_parts(parts, Body::from(bytes))
+        Body::from(bytes)
     } else {
-        Request::from_parts(parts, body)
+        // A declared length within the limit streams: the server's framing (HTTP/1.1
+        // content-length, HTTP/2 length checks) ends it there, and the limit stays as a
+        // guard.
+        Body::new(http_body_util::Limited::new(body, limit))
     };
+    let request = Request::from_parts(parts, body);
     if let Some(pattern) = found {
         report(&state, &request, pattern, mode);
         if mode == IntrusionMode::Block {

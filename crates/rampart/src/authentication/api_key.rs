@@ -308,8 +308,10 @@ pub async fn authenticate<F: Future<Output = ()>>(
                 record.id
             )))
         })?;
-    // The target as the client sent it, which is what it signed, even if a layer above has
-    // rewritten the request's URI since.
+    // The client signs the target exactly as it sent it, even if `routes::resolve` has
+    // since put the path in canonical form. The route, and so whether a signature is
+    // required, is chosen on the canonical form of this same target, so a respelling can
+    // neither dodge a signed route nor reuse another spelling's signature.
     let target = parts
         .extensions
         .get::<axum::extract::OriginalUri>()

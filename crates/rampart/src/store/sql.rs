@@ -17,9 +17,8 @@ use std::sync::Arc;
 use crate::audit::{self, AuditRecord, ChainKey, GENESIS, NewAuditEntry};
 use crate::store::{
     AccountPatch, ApiKey, Attempt, AuditFilter, ChainRecord, Counter, Family, LockScope, NewUser,
-    Rotation,
-    SealedKind, SealedValue, SessionStore, Store, StoreError, StoreResult, TradingAccount, User,
-    UserPatch,
+    Rotation, SealedKind, SealedValue, SessionStore, Store, StoreError, StoreResult,
+    TradingAccount, User, UserPatch,
 };
 
 /// The embedded store: one SQLite file (or memory), one connection.

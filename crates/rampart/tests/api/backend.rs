@@ -1,5 +1,6 @@
-//! A backend for gateway tests, on 127.0.0.1:0: it echoes what it received, and can be told
-//! to fail, hang or answer with a status of the test's choosing.
+//! A backend for gateway tests, on 127.0.0.1:0: it echoes what it received (method, target,
+//! path, query, every header line, body), and can be told to fail, hang or answer with a
+//! status of the test's choosing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +54,8 @@ async fn echo(State(backend): State<Backend>, request: Request) -> Response {
     let mut response = axum::Json(json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
+        // The request target exactly as it arrived, for tests about respellings.
+        "target": parts.uri.path_and_query().map(|target| target.as_str()),
         "query": parts.uri.query(),
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
@@ -63,6 +66,9 @@ async fn echo(State(backend): State<Backend>, request: Request) -> Response {
         response
             .headers_mut()
             .insert("cache-control", "public, max-age=60".parse().unwrap());
+        response
+            .headers_mut()
+            .insert("cdn-cache-control", "max-age=600".parse().unwrap());
     }
     response
         .headers_mut()

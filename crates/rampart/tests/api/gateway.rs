@@ -245,6 +245,28 @@ async fn responses_with_personal_data_are_never_cached_and_backends_choose_their
     assert_eq!(cache_control(&own).as_deref(), Some("public, max-age=60"));
     let silent = app.client.get(app.url("/feed/a")).send().await.unwrap();
     assert_eq!(cache_control(&silent).as_deref(), Some("no-store"));
+    // An answer to a request with a credential is that caller's own, wherever it comes
+    // from: never cacheable, and no CDN-specific policy survives it.
+    for credential in [
+        ("authorization", format!("Bearer {}", alice.access_token)),
+        ("cookie", "__Host-access_token=x".to_owned()),
+        ("x-api-key", "rk_x_y".to_owned()),
+    ] {
+        let response = app
+            .client
+            .get(app.url("/feed/a?cacheable"))
+            .header(credential.0, credential.1.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            cache_control(&response).as_deref(),
+            Some("no-store"),
+            "{}",
+            credential.0
+        );
+        assert!(response.headers().get("cdn-cache-control").is_none());
+    }
     // Under a private prefix the backend cannot make a response cacheable.
     let private = app
         .client

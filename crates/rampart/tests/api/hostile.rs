@@ -191,3 +191,170 @@ async fn no_hostile_input_produces_a_500_or_a_non_json_refusal(backend: Backend)
 }
 
 crate::on_databases!(no_hostile_input_produces_a_500_or_a_non_json_refusal);
+
+/// The endpoints of the shipped configuration, for the spellings below.
+const ENDPOINTS: [(&str, &str); 14] = [
+    ("POST", "/auth/register"),
+    ("POST", "/auth/login"),
+    ("POST", "/auth/refresh"),
+    ("GET", "/users/me"),
+    ("PUT", "/users/me/password"),
+    ("GET", "/users/1"),
+    ("PATCH", "/admin/users/1"),
+    ("POST", "/admin/users/1/unlock"),
+    ("POST", "/users/me/api-keys"),
+    ("POST", "/accounts"),
+    ("PATCH", "/accounts/1"),
+    ("GET", "/orders"),
+    ("POST", "/orders"),
+    ("GET", "/positions"),
+];
+
+/// Spellings of `path` with no safe canonical form.
+fn unsafe_spellings(path: &str) -> Vec<String> {
+    let rest = &path[1..];
+    vec![
+        format!("{path};x"),
+        format!("{path}%3Bx"),
+        format!("{path}%3b"),
+        format!("/%25{:02X}{}", rest.as_bytes()[0], &rest[1..]),
+        format!("/./{rest}"),
+        format!("/%2e/{rest}"),
+        format!("/x/%2E%2E/{rest}"),
+        format!("//{rest}"),
+        format!("{path}%2F.."),
+        format!("{path}%00"),
+        format!("{path}%"),
+        format!("{path}%C3%A9"),
+    ]
+}
+
+/// Spellings of `path` whose canonical form is `path` itself.
+fn equivalent_spellings(path: &str) -> Vec<String> {
+    let rest = &path[1..];
+    vec![
+        format!("/%{:02x}{}", rest.as_bytes()[0], &rest[1..]),
+        format!("/%{:02X}{}", rest.as_bytes()[0], &rest[1..]),
+    ]
+}
+
+async fn hostile_framings_spellings_and_headers_get_clear_answers(backend: Backend) {
+    let upstream = crate::backend::start().await;
+    let Some(app) = spawn_app_with(backend, crate::gateway::example_setup(&upstream)).await else {
+        return;
+    };
+    let admin = app.user("admin_1").await;
+    let bearer = format!("Bearer {}", admin.access_token);
+    // HTTP/2 bodies without a declared length, in pieces, to every endpoint.
+    let bodies: Vec<Vec<Vec<u8>>> = vec![
+        vec![b"[\"admin_1\",".to_vec(), b" \"x\"]".to_vec()],
+        vec![b"{\"username\":".to_vec(), b" 1}".to_vec()],
+        vec![b"null".to_vec()],
+        vec![vec![0xff, 0xfe], vec![0x00]],
+        vec![b"{\"cmd\":\"x; ".to_vec(), b"rm -rf /\"}".to_vec()],
+        (0..5).map(|_| vec![b'x'; 512 * 1024]).collect(),
+    ];
+    for (method, path) in ENDPOINTS {
+        for body in &bodies {
+            let answer = crate::bodies::h2c(
+                &app,
+                method,
+                path,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &bearer),
+                ],
+                body.clone(),
+            )
+            .await;
+            let (status, json) = answer.unwrap_or_else(|error| panic!("{method} {path}: {error}"));
+            assert!(status < 500, "{method} {path} answered {status}: {json}");
+            if status >= 400 {
+                assert!(json["error"].is_string(), "{method} {path}: {json}");
+            }
+            // Route limits (register 5/min) come first and may refuse before the body.
+            if body.len() == 5 && status != 429 {
+                assert_eq!(status, 413, "{method} {path}: an oversized h2 body");
+            }
+        }
+    }
+    // Respelled paths: refused when unsafe, the same endpoint when equivalent.
+    for (method, path) in ENDPOINTS {
+        for spelling in unsafe_spellings(path) {
+            let (status, json) =
+                crate::paths::raw_request(&app, method, &spelling, Some(&admin.access_token)).await;
+            assert_eq!(status, 400, "{method} {spelling}: {json}");
+            assert_eq!(
+                json["error"], "invalid_request",
+                "{method} {spelling}: {json}"
+            );
+        }
+        for spelling in equivalent_spellings(path) {
+            // A fresh budget for each pair, so only the spelling can make a difference.
+            app.limiter_time
+                .advance(std::time::Duration::from_secs(3601));
+            let (expected, _) =
+                crate::paths::raw_request(&app, method, path, Some(&admin.access_token)).await;
+            let (status, json) =
+                crate::paths::raw_request(&app, method, &spelling, Some(&admin.access_token)).await;
+            assert!(status < 500, "{method} {spelling}: {json}");
+            assert_eq!(
+                status, expected,
+                "{method} {spelling} differs from {path}: {json}"
+            );
+        }
+    }
+    // Override, identity and underscore headers: never a 500, never at the backend.
+    let claims = [
+        ("x-http-method-override", "DELETE"),
+        ("x-original-url", "/admin/users"),
+        ("x-rewrite-url", "/admin/users"),
+        ("x-real-ip", "6.6.6.6"),
+        ("true-client-ip", "6.6.6.6"),
+        ("x-forwarded-for", "6.6.6.6, \u{7f}"),
+        ("x-remote-user", "admin"),
+        ("x-user-id", "1"),
+        ("x_rampart_user_id", "1"),
+        ("x_forwarded_for", "6.6.6.6"),
+        ("x_api_key", "rk_0123456789abcdef_zz"),
+    ];
+    for (method, path) in ENDPOINTS {
+        let mut request = app
+            .client
+            .request(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                app.url(path),
+            )
+            .bearer_auth(&admin.access_token)
+            .json(&json!({"symbol": "INFY", "side": "BUY", "quantity": 1}));
+        for (name, value) in claims {
+            if let Ok(value) = reqwest::header::HeaderValue::from_str(value) {
+                request = request.header(name, value);
+            }
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        assert!(status < 500, "{method} {path} answered {status}");
+        if path == "/orders" || path == "/positions" {
+            let echo: serde_json::Value = response.json().await.unwrap();
+            let headers = echo["headers"].as_object().unwrap();
+            assert!(
+                headers.keys().all(|name| !name.contains('_')),
+                "{method} {path}: {echo}"
+            );
+            let values = echo["headers"].to_string();
+            for needle in ["DELETE", "6.6.6.6", "/admin/users"] {
+                assert!(
+                    !values.contains(needle),
+                    "{method} {path}: {needle} in {values}"
+                );
+            }
+            assert_eq!(echo["method"], method);
+        }
+    }
+}
+
+mod spellings {
+    use super::hostile_framings_spellings_and_headers_get_clear_answers;
+    crate::on_databases!(hostile_framings_spellings_and_headers_get_clear_answers);
+}
