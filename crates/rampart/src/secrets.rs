@@ -178,6 +178,20 @@ pub fn fill_generated(config: &mut Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether [`fill_generated`] would generate a new audit chain key: none is configured
+/// and `<data_dir>/secrets.toml` holds none.
+pub fn would_generate_chain_key(config: &Config) -> bool {
+    if config.audit_chain_key.is_some() {
+        return false;
+    }
+    let path = config.data_dir.join("secrets.toml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return true;
+    };
+    toml::from_str::<GeneratedSecrets>(&text)
+        .map_or(true, |secrets| secrets.audit_chain_key.is_none())
+}
+
 fn load_or_generate(path: &Path) -> anyhow::Result<GeneratedSecrets> {
     if path.exists() {
         let text = std::fs::read_to_string(path)
