@@ -1201,6 +1201,24 @@ impl RawConfig {
                     "RAMPART_ENV=production needs configured keys (see `rampart keygen`)".into(),
                 );
             }
+            for (index, entry) in encryption_keys.iter().enumerate() {
+                // Malformed entries are reported above; the message never shows the key.
+                let Some((id, encoded)) = entry.expose().trim().split_once(':') else {
+                    continue;
+                };
+                let Some(key) = crate::keyring::decode_key(encoded) else {
+                    continue;
+                };
+                if let Some(reason) = crate::secrets::key_weakness(&key) {
+                    bad(
+                        "encryption.keys",
+                        format!(
+                            "entry {index} ({id}): RAMPART_ENV=production refuses a weak key: \
+                             {reason} (see `rampart keygen`)"
+                        ),
+                    );
+                }
+            }
             match self
                 .audit
                 .chain_key
@@ -1574,6 +1592,59 @@ mod tests {
         assert!(
             short.contains("audit.chain_key: must be at least 32 bytes"),
             "{short}"
+        );
+    }
+
+    #[test]
+    fn production_refuses_trivial_encryption_keys() {
+        use base64::Engine;
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let production = |keys: &str| {
+            load(
+                "",
+                &[
+                    ("RAMPART_ENV", "production"),
+                    ("RAMPART_ENCRYPTION__KEYS", keys),
+                ],
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let good = crate::secrets::generate_key_entry("k1");
+        let counting: Vec<u8> = (0u8..32).collect();
+        for (weak, reason) in [
+            (format!("k2:{}", encode(&[0u8; 32])), "all zeros"),
+            (
+                format!("k2:{}", encode(&[7u8; 32])),
+                "too few distinct bytes",
+            ),
+            (format!("k2:{}", encode(&counting)), "counting sequence"),
+            (
+                format!("k2:{}", encode(b"0123456789abcdefghijklmnopqrstuv")),
+                "printable text",
+            ),
+        ] {
+            let text = production(&format!("{good},{weak}"));
+            assert!(
+                text.contains(
+                    "encryption.keys: entry 1 (k2): RAMPART_ENV=production refuses a weak key"
+                ) && text.contains(reason),
+                "{reason}: {text}"
+            );
+            assert!(!text.contains(&weak[3..]), "the key is not shown: {text}");
+        }
+        let text = production(&good);
+        assert!(!text.contains("encryption.keys"), "{text}");
+        // Outside production only the format is checked.
+        assert!(
+            load(
+                "",
+                &[(
+                    "RAMPART_ENCRYPTION__KEYS",
+                    &format!("k1:{}", encode(&[0u8; 32]))
+                )]
+            )
+            .is_ok()
         );
     }
 
