@@ -327,11 +327,20 @@ async fn rotate_keys(mut config: Config) -> anyhow::Result<ExitCode> {
         request_id: "console".into(),
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let report = rampart::sealing::rotate_all(&*store, &ring, now, &context).await?;
+    let report = rampart::sealing::rotate_all(
+        &*store,
+        &ring,
+        config.encryption_legacy_host_binding,
+        now,
+        &context,
+    )
+    .await?;
     println!(
-        "sealed with key {}: {} re-encrypted, {} already current, {} changed meanwhile, {} failed",
+        "sealed with key {}: {} re-encrypted ({} legacy broker keys bound to their host), \
+         {} already current, {} changed meanwhile, {} failed",
         ring.primary_id(),
         report.rotated,
+        report.rebound,
         report.current,
         report.raced,
         report.failed.len()

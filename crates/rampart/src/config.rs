@@ -256,6 +256,7 @@ impl Default for RawRateLimits {
 #[allow(missing_docs)]
 pub struct RawEncryption {
     pub keys: Option<List>,
+    pub legacy_host_binding: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -633,6 +634,10 @@ pub struct Config {
     pub login: LoginConfig,
     pub rate_limits: RateLimitsConfig,
     pub encryption_keys: Vec<Secret>,
+    /// `encryption.legacy_host_binding` (default `true`): whether a broker key sealed
+    /// before keys were bound to their host still opens (and is re-sealed bound to the
+    /// host the row names, with a warning and an audit entry). `false` refuses it.
+    pub encryption_legacy_host_binding: bool,
     pub accounts: AccountsConfig,
     pub cors_allowed_origins: Vec<String>,
     pub metrics_allowed_networks: Vec<IpNet>,
@@ -1021,6 +1026,7 @@ impl RawConfig {
             }
         }
 
+        let legacy_host_binding = self.encryption.legacy_host_binding.unwrap_or(true);
         let encryption_keys: Vec<Secret> = self
             .encryption
             .keys
@@ -1284,6 +1290,7 @@ impl RawConfig {
                 ipv6_prefix: self.rate_limits.ipv6_prefix,
             },
             encryption_keys,
+            encryption_legacy_host_binding: legacy_host_binding,
             accounts: AccountsConfig {
                 allow_http: self.accounts.allow_http,
                 allowed_hosts: self.accounts.allowed_hosts.0,
