@@ -185,6 +185,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                         rows,
                         legacy_rows,
                         anchor,
+                        head,
+                        legacy_end,
                     } => {
                         println!("audit trail intact: {rows} rows verified");
                         if legacy_rows > 0 {
@@ -193,6 +195,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                                  and are checked with plain SHA-256 up to the recorded switch-over"
                             );
                         }
+                        if let Some(end) = legacy_end {
+                            println!("  keyed after row {end} (the switch-over)");
+                        }
+                        println!(
+                            "  sealed head: row {} hash {} (keep a copy: a later head must not be \
+                             lower)",
+                            head.0, head.1
+                        );
                         match anchor {
                             Some(id) => println!(
                                 "  checked from the anchor recorded by the purge at row {id} \

@@ -453,6 +453,14 @@ pub enum Verification {
         legacy_rows: u64,
         /// The `audit_purged` row whose anchor the first row links to, if any.
         anchor: Option<i64>,
+        /// The sealed head: the last row's id and hash (row 0 and [`GENESIS`] before the
+        /// first row). Worth recording outside the database: someone with write access
+        /// who rewrites the whole trail as plain SHA-256 rows and drops the chain records
+        /// makes it look like a trail never keyed, and only a record kept elsewhere shows
+        /// that the head went back.
+        head: (i64, String),
+        /// The last row checked with plain SHA-256 (the switch-over), if the trail has one.
+        legacy_end: Option<i64>,
     },
     /// The first row that does not check out.
     Broken {
@@ -669,7 +677,7 @@ impl<'k> Walk<'k> {
         }
         // The end: the last row is the sealed head (row 0 and the chain's start for a
         // trail with no rows yet).
-        let Some(head) = &self.head else {
+        let Some(head) = self.head.take() else {
             return Verification::Broken {
                 id: 0,
                 reason: "the chain's head record is missing",
@@ -689,6 +697,8 @@ impl<'k> Walk<'k> {
             rows: self.rows,
             legacy_rows: self.legacy_rows,
             anchor: self.anchor.map(|(id, _)| id),
+            head: (head.row_id, head.hash),
+            legacy_end: self.legacy_end.map(|end| end.row_id),
         }
     }
 }

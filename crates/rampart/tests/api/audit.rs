@@ -450,12 +450,21 @@ async fn rows_from_before_the_keyed_chain_verify_as_legacy_up_to_the_switch_over
         "switch-over and head are sealed"
     );
     let Verification::Intact {
-        rows, legacy_rows, ..
+        rows,
+        legacy_rows,
+        head,
+        legacy_end,
+        ..
     } = verify(&app).await
     else {
         panic!("a freshly keyed legacy trail verifies");
     };
     assert_eq!((rows, legacy_rows), (3, 3));
+    assert_eq!(
+        (head.0, legacy_end),
+        (3, Some(3)),
+        "the head is at the legacy end"
+    );
     app.user("admin_1").await;
     let Verification::Intact {
         rows, legacy_rows, ..
@@ -591,7 +600,9 @@ async fn a_missing_head_is_broken(backend: Backend) {
         Verification::Intact {
             rows: 0,
             legacy_rows: 0,
-            anchor: None
+            anchor: None,
+            head: (0, rampart::audit::GENESIS.to_owned()),
+            legacy_end: None,
         }
     );
     assert_eq!(chain_macs(&app).await.len(), 1, "the head");
