@@ -170,7 +170,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Audit { command } => {
             let mut config = config;
             // The chain key lives with the other secrets, as `serve` finds them.
-            rampart::secrets::fill_generated(&mut config)?;
+            fill_secrets(&mut config).await?;
             let secret = config
                 .audit_chain_key
                 .clone()
@@ -185,6 +185,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                         rows,
                         legacy_rows,
                         anchor,
+                        head,
+                        legacy_end,
                     } => {
                         println!("audit trail intact: {rows} rows verified");
                         if legacy_rows > 0 {
@@ -193,6 +195,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                                  and are checked with plain SHA-256 up to the recorded switch-over"
                             );
                         }
+                        if let Some(end) = legacy_end {
+                            println!("  keyed after row {end} (the switch-over)");
+                        }
+                        println!(
+                            "  sealed head: row {} hash {} (keep a copy: a later head must not be \
+                             lower)",
+                            head.0, head.1
+                        );
                         match anchor {
                             Some(id) => println!(
                                 "  checked from the anchor recorded by the purge at row {id} \
@@ -242,6 +252,29 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Fills in the secrets `serve` would use, from `<data_dir>/secrets.toml`. A command run
+/// from another directory would find no such file and generate new secrets: refused when
+/// the database's audit trail already has entries, as a new chain key would append links
+/// no one can verify (opening also checks the key against the sealed head).
+async fn fill_secrets(config: &mut Config) -> anyhow::Result<()> {
+    if rampart::secrets::would_generate_chain_key(config) {
+        let store = rampart::app::open_store(config.database_url.expose(), 1, None)
+            .await?
+            .data();
+        let written = !store.audit_chain().await?.is_empty()
+            || !store.audit_page(i64::MIN, 1).await?.is_empty();
+        anyhow::ensure!(
+            !written,
+            "no audit.chain_key is configured and {} holds none, but this database's audit \
+             trail already has entries: a new key would break its chain. Run from the \
+             directory whose data/secrets.toml the gateway uses (or pass its --config), or \
+             set RAMPART_AUDIT__CHAIN_KEY",
+            config.data_dir.join("secrets.toml").display()
+        );
+    }
+    rampart::secrets::fill_generated(config)
+}
+
 /// The example configuration with the demo's overrides; the process environment still wins.
 fn demo_sources() -> Sources {
     let mut env: std::collections::HashMap<String, String> = rampart::demo::DEMO_OVERRIDES
@@ -289,7 +322,7 @@ async fn demo(config: Config) -> anyhow::Result<ExitCode> {
 
 async fn rotate_keys(mut config: Config) -> anyhow::Result<ExitCode> {
     // The embedded defaults keep their keys in data/secrets.toml, as `serve` does.
-    rampart::secrets::fill_generated(&mut config)?;
+    fill_secrets(&mut config).await?;
     let ring = rampart::app::keyring(&config)?;
     let store = rampart::app::open_store(
         config.database_url.expose(),
@@ -304,11 +337,20 @@ async fn rotate_keys(mut config: Config) -> anyhow::Result<ExitCode> {
         request_id: "console".into(),
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let report = rampart::sealing::rotate_all(&*store, &ring, now, &context).await?;
+    let report = rampart::sealing::rotate_all(
+        &*store,
+        &ring,
+        config.encryption_legacy_host_binding,
+        now,
+        &context,
+    )
+    .await?;
     println!(
-        "sealed with key {}: {} re-encrypted, {} already current, {} changed meanwhile, {} failed",
+        "sealed with key {}: {} re-encrypted ({} legacy broker keys bound to their host), \
+         {} already current, {} changed meanwhile, {} failed",
         ring.primary_id(),
         report.rotated,
+        report.rebound,
         report.current,
         report.raced,
         report.failed.len()
@@ -333,7 +375,7 @@ async fn create_admin(
     email: String,
 ) -> anyhow::Result<ExitCode> {
     // The audit chain key lives with the other secrets, as `serve` finds them.
-    rampart::secrets::fill_generated(&mut config)?;
+    fill_secrets(&mut config).await?;
     let mut problems = Vec::new();
     for problem in rampart::identity::check_username(&username) {
         problems.push(format!("username {problem}"));

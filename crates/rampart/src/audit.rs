@@ -8,7 +8,9 @@
 //! append, so cutting rows off the end shows) and, after a purge, the `audit_purged` row
 //! that names the hash the purge cut at (so cutting rows off the start shows).
 //! Rows written before the chain was keyed (plain SHA-256) are checked as before, up to
-//! the switch-over recorded when the key was first used.
+//! the switch-over, which is read from the trail itself and sealed, with the head, once:
+//! when the chain is first opened with its key. After that a chain record without its
+//! seal is tampering, never something to seal.
 //! The client IP and user agent enter the hash through a salted digest: pseudonymising a
 //! deleted user's rows erases those fields and the salt but keeps the digest, so the
 //! chain still verifies while the personal data is gone.
@@ -19,7 +21,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::store::{ChainRecord, Store, StoreResult};
+use crate::store::{AuditItem, ChainRecord, Store, StoreResult};
 
 pub mod throttle;
 
@@ -451,6 +453,14 @@ pub enum Verification {
         legacy_rows: u64,
         /// The `audit_purged` row whose anchor the first row links to, if any.
         anchor: Option<i64>,
+        /// The sealed head: the last row's id and hash (row 0 and [`GENESIS`] before the
+        /// first row). Worth recording outside the database: someone with write access
+        /// who rewrites the whole trail as plain SHA-256 rows and drops the chain records
+        /// makes it look like a trail never keyed, and only a record kept elsewhere shows
+        /// that the head went back.
+        head: (i64, String),
+        /// The last row checked with plain SHA-256 (the switch-over), if the trail has one.
+        legacy_end: Option<i64>,
     },
     /// The first row that does not check out.
     Broken {
@@ -461,161 +471,236 @@ pub enum Verification {
     },
 }
 
-/// Walks the whole trail in id order and checks every hash and link, that the first row
-/// starts the chain (or links to the hash the last purge cut at), and that the last row is
-/// the sealed head.
+/// Walks the trail in id order, as of one moment, and checks every hash and link, that
+/// every chain record carries its seal, that the first row starts the chain (or links to
+/// the hash the last purge cut at, or is the first row recorded at the switch-over), that
+/// the recorded switch-over is there, and that the last row is the sealed head. Rows
+/// appended while it runs (after the head it read) are not checked.
 ///
 /// # Errors
 /// The store fails.
 pub async fn verify(store: &dyn Store, key: &ChainKey) -> StoreResult<Verification> {
-    let records = store.audit_chain().await?;
-    let mut head = None;
-    let mut legacy_start = None;
-    let mut legacy_end = None;
-    for record in records {
-        if !key.record_is_sealed(&record) {
-            return Ok(Verification::Broken {
-                id: record.row_id,
-                reason: "a chain record (head or switch-over) was edited or was sealed with another key",
-            });
-        }
-        match record.name.as_str() {
-            HEAD => head = Some(record),
-            LEGACY_START => legacy_start = Some(record),
-            LEGACY_END => legacy_end = Some(record),
-            _ => {}
-        }
-    }
-    let legacy_until = legacy_end.as_ref().map_or(0, |record| record.row_id);
-    let mut after = 0;
-    let mut first: Option<(i64, String)> = None;
-    let mut previous: Option<(i64, String)> = None;
-    let mut anchor: Option<(i64, String)> = None;
-    let mut rows = 0u64;
-    let mut legacy_rows = 0u64;
-    loop {
-        let page = store.audit_page(after, 1000).await?;
-        if page.is_empty() {
-            break;
-        }
-        for record in page {
-            after = record.id;
-            rows += 1;
-            if first.is_none() {
-                first = Some((record.id, record.prev_hash.clone()));
-            }
-            if let Some((_, previous)) = &previous
-                && *previous != record.prev_hash
-            {
-                return Ok(Verification::Broken {
-                    id: record.id,
-                    reason: "does not link to the row before it (a row was deleted or edited)",
-                });
-            }
-            if let Some(salt) = &record.pii_salt
-                && pii_digest(
-                    salt,
-                    record.ip_address.as_deref(),
-                    record.user_agent.as_deref(),
-                ) != record.pii_digest
-            {
-                return Ok(Verification::Broken {
-                    id: record.id,
-                    reason: "its IP address or user agent was edited",
-                });
-            }
-            let legacy = record.id <= legacy_until;
-            let expected = if legacy {
-                legacy_rows += 1;
-                row_hash(
-                    &record.prev_hash,
-                    record.at,
-                    record.user_id,
-                    &record.action,
-                    &record.details,
-                    &record.request_id,
-                    &record.pii_digest,
-                )
-            } else {
-                keyed_row_hash(
-                    key,
-                    &record.prev_hash,
-                    record.at,
-                    record.user_id,
-                    &record.action,
-                    &record.details,
-                    &record.request_id,
-                    &record.pii_digest,
-                )
-            };
-            if !constant_time_eq(expected.as_bytes(), record.hash.as_bytes()) {
-                return Ok(Verification::Broken {
-                    id: record.id,
-                    reason: "its contents do not match its hash (the row was edited, or hashed without the chain key)",
-                });
-            }
-            if let Some(end) = &legacy_end
-                && record.id == end.row_id
-                && record.hash != end.hash
-            {
-                return Ok(Verification::Broken {
-                    id: record.id,
-                    reason: "the last row before the keyed chain is not the one recorded at the switch-over",
-                });
-            }
-            if !legacy && record.action == PURGED {
-                let cut = serde_json::from_str::<Value>(&record.details)
-                    .ok()
-                    .and_then(|details| details.get("anchor")?.as_str().map(str::to_owned));
-                if let Some(cut) = cut {
-                    anchor = Some((record.id, cut));
-                }
-            }
-            previous = Some((record.id, record.hash));
+    let mut walk = Walk::new(key);
+    store
+        .audit_snapshot(&mut |item| match item {
+            AuditItem::Chain(records) => walk.chain(records),
+            AuditItem::Row(record) => walk.row(record),
+        })
+        .await?;
+    Ok(walk.finish())
+}
+
+/// The state of one [`verify`] walk.
+struct Walk<'k> {
+    key: &'k ChainKey,
+    head: Option<ChainRecord>,
+    legacy_start: Option<ChainRecord>,
+    legacy_end: Option<ChainRecord>,
+    saw_legacy_end: bool,
+    first: Option<(i64, String)>,
+    previous: Option<(i64, String)>,
+    anchor: Option<(i64, String)>,
+    rows: u64,
+    legacy_rows: u64,
+    broken: Option<Verification>,
+}
+
+impl<'k> Walk<'k> {
+    fn new(key: &'k ChainKey) -> Self {
+        Self {
+            key,
+            head: None,
+            legacy_start: None,
+            legacy_end: None,
+            saw_legacy_end: false,
+            first: None,
+            previous: None,
+            anchor: None,
+            rows: 0,
+            legacy_rows: 0,
+            broken: None,
         }
     }
 
-    // The start: the first row opens the chain, or links to where the last purge cut, or
-    // is the first row recorded at the switch-over.
-    if let Some((id, prev)) = &first {
-        let starts = match &anchor {
-            Some((_, cut)) => prev == cut,
-            None => {
-                prev == GENESIS
-                    || legacy_start
-                        .as_ref()
-                        .is_some_and(|start| start.row_id == *id && start.hash == *prev)
-            }
-        };
-        if !starts {
-            return Ok(Verification::Broken {
-                id: *id,
-                reason: "the first row does not start the chain or link to the last purge's anchor (rows were removed from the start)",
-            });
-        }
+    fn fail(&mut self, id: i64, reason: &'static str) -> bool {
+        self.broken = Some(Verification::Broken { id, reason });
+        false
     }
-    // The end: the last row is the sealed head.
-    match (&head, &previous) {
-        (Some(head), Some((id, hash))) if head.row_id == *id && head.hash == *hash => {}
-        (Some(head), _) => {
-            return Ok(Verification::Broken {
+
+    fn chain(&mut self, records: Vec<ChainRecord>) -> bool {
+        for record in records {
+            if record.mac.is_none() {
+                return self.fail(
+                    record.row_id,
+                    "a chain record (head or switch-over) carries no seal (it was written or edited without the key)",
+                );
+            }
+            if !self.key.record_is_sealed(&record) {
+                return self.fail(
+                    record.row_id,
+                    "a chain record (head or switch-over) was edited or was sealed with another key",
+                );
+            }
+            match record.name.as_str() {
+                HEAD => self.head = Some(record),
+                LEGACY_START => self.legacy_start = Some(record),
+                LEGACY_END => self.legacy_end = Some(record),
+                _ => {}
+            }
+        }
+        if self.head.is_none() {
+            return self.fail(0, "the chain's head record is missing");
+        }
+        if self.legacy_start.is_some() != self.legacy_end.is_some() {
+            return self.fail(
+                0,
+                "one of the switch-over records (legacy_start, legacy_end) is missing",
+            );
+        }
+        true
+    }
+
+    fn row(&mut self, record: AuditRecord) -> bool {
+        self.rows += 1;
+        if self.first.is_none() {
+            self.first = Some((record.id, record.prev_hash.clone()));
+        }
+        if let Some((_, previous)) = &self.previous
+            && *previous != record.prev_hash
+        {
+            return self.fail(
+                record.id,
+                "does not link to the row before it (a row was deleted or edited)",
+            );
+        }
+        if let Some(salt) = &record.pii_salt
+            && pii_digest(
+                salt,
+                record.ip_address.as_deref(),
+                record.user_agent.as_deref(),
+            ) != record.pii_digest
+        {
+            return self.fail(record.id, "its IP address or user agent was edited");
+        }
+        let legacy = self
+            .legacy_end
+            .as_ref()
+            .is_some_and(|end| record.id <= end.row_id);
+        let expected = if legacy {
+            self.legacy_rows += 1;
+            row_hash(
+                &record.prev_hash,
+                record.at,
+                record.user_id,
+                &record.action,
+                &record.details,
+                &record.request_id,
+                &record.pii_digest,
+            )
+        } else {
+            keyed_row_hash(
+                self.key,
+                &record.prev_hash,
+                record.at,
+                record.user_id,
+                &record.action,
+                &record.details,
+                &record.request_id,
+                &record.pii_digest,
+            )
+        };
+        if !constant_time_eq(expected.as_bytes(), record.hash.as_bytes()) {
+            return self.fail(
+                record.id,
+                "its contents do not match its hash (the row was edited, or hashed without the chain key)",
+            );
+        }
+        if let Some(end) = &self.legacy_end
+            && record.id == end.row_id
+        {
+            if record.hash != end.hash {
+                return self.fail(
+                    record.id,
+                    "the last row before the keyed chain is not the one recorded at the switch-over",
+                );
+            }
+            self.saw_legacy_end = true;
+        }
+        if !legacy && record.action == PURGED {
+            let cut = serde_json::from_str::<Value>(&record.details)
+                .ok()
+                .and_then(|details| details.get("anchor")?.as_str().map(str::to_owned));
+            if let Some(cut) = cut {
+                self.anchor = Some((record.id, cut));
+            }
+        }
+        self.previous = Some((record.id, record.hash));
+        true
+    }
+
+    fn finish(mut self) -> Verification {
+        if let Some(broken) = self.broken.take() {
+            return broken;
+        }
+        // The start: the first row opens the chain, or links to where the last purge cut,
+        // or is the first row recorded at the switch-over.
+        if let Some((id, prev)) = &self.first {
+            let starts = match &self.anchor {
+                Some((_, cut)) => prev == cut,
+                None => {
+                    prev == GENESIS
+                        || self
+                            .legacy_start
+                            .as_ref()
+                            .is_some_and(|start| start.row_id == *id && start.hash == *prev)
+                }
+            };
+            if !starts {
+                return Verification::Broken {
+                    id: *id,
+                    reason: "the first row does not start the chain or link to the last purge's anchor (rows were removed from the start)",
+                };
+            }
+        }
+        // The switch-over: its last legacy row is there, unless a purge removed it.
+        if let Some(end) = &self.legacy_end
+            && !self.saw_legacy_end
+        {
+            let purged_away = self.anchor.is_some()
+                && self.first.as_ref().is_some_and(|(id, _)| *id > end.row_id);
+            if !purged_away {
+                return Verification::Broken {
+                    id: end.row_id,
+                    reason: "the last row before the keyed chain, recorded at the switch-over, is missing",
+                };
+            }
+        }
+        // The end: the last row is the sealed head (row 0 and the chain's start for a
+        // trail with no rows yet).
+        let Some(head) = self.head.take() else {
+            return Verification::Broken {
+                id: 0,
+                reason: "the chain's head record is missing",
+            };
+        };
+        let ends = match &self.previous {
+            Some((id, hash)) => head.row_id == *id && head.hash == *hash,
+            None => head.row_id == 0 && head.hash == GENESIS,
+        };
+        if !ends {
+            return Verification::Broken {
                 id: head.row_id,
                 reason: "the last row is not the recorded head (rows were removed from the end)",
-            });
+            };
         }
-        (None, Some((id, _))) if *id > legacy_until => {
-            return Ok(Verification::Broken {
-                id: *id,
-                reason: "the chain's head record is missing",
-            });
+        Verification::Intact {
+            rows: self.rows,
+            legacy_rows: self.legacy_rows,
+            anchor: self.anchor.map(|(id, _)| id),
+            head: (head.row_id, head.hash),
+            legacy_end: self.legacy_end.map(|end| end.row_id),
         }
-        (None, _) => {}
     }
-    Ok(Verification::Intact {
-        rows,
-        legacy_rows,
-        anchor: anchor.map(|(id, _)| id),
-    })
 }
 
 #[cfg(test)]

@@ -256,6 +256,7 @@ impl Default for RawRateLimits {
 #[allow(missing_docs)]
 pub struct RawEncryption {
     pub keys: Option<List>,
+    pub legacy_host_binding: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -633,6 +634,10 @@ pub struct Config {
     pub login: LoginConfig,
     pub rate_limits: RateLimitsConfig,
     pub encryption_keys: Vec<Secret>,
+    /// `encryption.legacy_host_binding` (default `true`): whether a broker key sealed
+    /// before keys were bound to their host still opens (and is re-sealed bound to the
+    /// host the row names, with a warning and an audit entry). `false` refuses it.
+    pub encryption_legacy_host_binding: bool,
     pub accounts: AccountsConfig,
     pub cors_allowed_origins: Vec<String>,
     pub metrics_allowed_networks: Vec<IpNet>,
@@ -1021,6 +1026,7 @@ impl RawConfig {
             }
         }
 
+        let legacy_host_binding = self.encryption.legacy_host_binding.unwrap_or(true);
         let encryption_keys: Vec<Secret> = self
             .encryption
             .keys
@@ -1207,6 +1213,24 @@ impl RawConfig {
                     "RAMPART_ENV=production needs configured keys (see `rampart keygen`)".into(),
                 );
             }
+            for (index, entry) in encryption_keys.iter().enumerate() {
+                // Malformed entries are reported above; the message never shows the key.
+                let Some((id, encoded)) = entry.expose().trim().split_once(':') else {
+                    continue;
+                };
+                let Some(key) = crate::keyring::decode_key(encoded) else {
+                    continue;
+                };
+                if let Some(reason) = crate::secrets::key_weakness(&key) {
+                    bad(
+                        "encryption.keys",
+                        format!(
+                            "entry {index} ({id}): RAMPART_ENV=production refuses a weak key: \
+                             {reason} (see `rampart keygen`)"
+                        ),
+                    );
+                }
+            }
             match self
                 .audit
                 .chain_key
@@ -1272,6 +1296,7 @@ impl RawConfig {
                 ipv6_prefix: self.rate_limits.ipv6_prefix,
             },
             encryption_keys,
+            encryption_legacy_host_binding: legacy_host_binding,
             accounts: AccountsConfig {
                 allow_http: self.accounts.allow_http,
                 allowed_hosts: self.accounts.allowed_hosts.0,
@@ -1580,6 +1605,59 @@ mod tests {
         assert!(
             short.contains("audit.chain_key: must be at least 32 bytes"),
             "{short}"
+        );
+    }
+
+    #[test]
+    fn production_refuses_trivial_encryption_keys() {
+        use base64::Engine;
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let production = |keys: &str| {
+            load(
+                "",
+                &[
+                    ("RAMPART_ENV", "production"),
+                    ("RAMPART_ENCRYPTION__KEYS", keys),
+                ],
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let good = crate::secrets::generate_key_entry("k1");
+        let counting: Vec<u8> = (0u8..32).collect();
+        for (weak, reason) in [
+            (format!("k2:{}", encode(&[0u8; 32])), "all zeros"),
+            (
+                format!("k2:{}", encode(&[7u8; 32])),
+                "too few distinct bytes",
+            ),
+            (format!("k2:{}", encode(&counting)), "counting sequence"),
+            (
+                format!("k2:{}", encode(b"0123456789abcdefghijklmnopqrstuv")),
+                "printable text",
+            ),
+        ] {
+            let text = production(&format!("{good},{weak}"));
+            assert!(
+                text.contains(
+                    "encryption.keys: entry 1 (k2): RAMPART_ENV=production refuses a weak key"
+                ) && text.contains(reason),
+                "{reason}: {text}"
+            );
+            assert!(!text.contains(&weak[3..]), "the key is not shown: {text}");
+        }
+        let text = production(&good);
+        assert!(!text.contains("encryption.keys"), "{text}");
+        // Outside production only the format is checked.
+        assert!(
+            load(
+                "",
+                &[(
+                    "RAMPART_ENCRYPTION__KEYS",
+                    &format!("k1:{}", encode(&[0u8; 32]))
+                )]
+            )
+            .is_ok()
         );
     }
 

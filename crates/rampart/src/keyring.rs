@@ -39,6 +39,12 @@ const KEY_BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// The key bytes of an `encryption.keys` entry's encoded part, as [`KeyRing::parse`]
+/// reads them; `None` when it is not base64.
+pub fn decode_key(encoded: &str) -> Option<Zeroizing<Vec<u8>>> {
+    KEY_BASE64.decode(encoded.trim()).ok().map(Zeroizing::new)
+}
+
 /// Why `encryption.keys` was refused. Positions are 0-based; no variant shows key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyRingError {

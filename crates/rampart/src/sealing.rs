@@ -31,8 +31,10 @@ pub fn account_key_aad(uid: &str, host_url: &str) -> Vec<u8> {
 }
 
 /// The associated data broker keys were sealed with before they were bound to their host.
-/// Such a value still opens, and is re-sealed with [`account_key_aad`] when it is next
-/// used or by `rampart keys rotate`.
+/// While `encryption.legacy_host_binding` is on, such a value still opens and is re-sealed
+/// with [`account_key_aad`], bound to whatever host its row names at that moment, when it
+/// is next used or by `rampart keys rotate` (the one pass that re-seals them all); each
+/// such re-seal is logged and audited as [`REBOUND`] with the host. Off, it is refused.
 pub fn legacy_account_key_aad(uid: &str) -> Vec<u8> {
     format!("trading_accounts:{uid}:api_key").into_bytes()
 }
@@ -63,6 +65,9 @@ pub fn canonical_host_url(host_url: &str) -> String {
     canonical
 }
 
+/// The audit action of a legacy broker key re-sealed bound to a host.
+pub const REBOUND: &str = "broker_key_rebound";
+
 /// The associated data a stored value of `kind` is sealed with now.
 pub fn aad(kind: SealedKind, value: &SealedValue) -> Vec<u8> {
     match kind {
@@ -83,6 +88,7 @@ fn legacy_aad(kind: SealedKind, value: &SealedValue) -> Option<Vec<u8>> {
 }
 
 /// A broker key, opened, and the value to store instead when it was sealed the legacy way.
+#[derive(Debug)]
 pub struct OpenedKey {
     /// The plaintext key.
     pub plaintext: Zeroizing<Vec<u8>>,
@@ -90,18 +96,20 @@ pub struct OpenedKey {
     pub rebound: Option<String>,
 }
 
-/// Opens a trading account's broker key, bound to `uid` and `host_url`; a value sealed
-/// before keys were bound to their host opens with the legacy associated data and comes
-/// back re-sealed for the caller to store.
+/// Opens a trading account's broker key, bound to `uid` and `host_url`. With
+/// `allow_legacy` (`encryption.legacy_host_binding`), a value sealed before keys were bound
+/// to their host opens with the legacy associated data and comes back re-sealed for the
+/// caller to store (and audit); without, it is refused like a value of another host.
 ///
 /// # Errors
 /// As [`KeyRing::decrypt`]: [`DecryptError::Authentication`] when the value belongs to
-/// another row or another host.
+/// another row or another host, or is a legacy value and `allow_legacy` is off.
 pub fn open_account_key(
     ring: &KeyRing,
     sealed: &str,
     uid: &str,
     host_url: &str,
+    allow_legacy: bool,
 ) -> Result<OpenedKey, DecryptError> {
     let bound = account_key_aad(uid, host_url);
     match ring.decrypt(sealed, &bound) {
@@ -111,6 +119,15 @@ pub fn open_account_key(
         }),
         Err(DecryptError::Authentication) => {
             let plaintext = ring.decrypt(sealed, &legacy_account_key_aad(uid))?;
+            if !allow_legacy {
+                drop(plaintext);
+                tracing::warn!(
+                    uid,
+                    "a broker key sealed before host binding was refused \
+                     (encryption.legacy_host_binding = false); set api_key again"
+                );
+                return Err(DecryptError::Authentication);
+            }
             let rebound = Some(ring.encrypt(&plaintext, &bound));
             Ok(OpenedKey { plaintext, rebound })
         }
@@ -119,15 +136,18 @@ pub fn open_account_key(
 }
 
 /// Re-seals `value` with the primary key and its current associated data; `None` when
-/// it already is.
+/// it already is. The flag tells a legacy value, re-bound (only with `allow_legacy`).
 fn reseal(
     ring: &KeyRing,
     kind: SealedKind,
     value: &SealedValue,
-) -> Result<Option<String>, DecryptError> {
+    allow_legacy: bool,
+) -> Result<Option<(String, bool)>, DecryptError> {
     let bound = aad(kind, value);
     let Some(legacy) = legacy_aad(kind, value) else {
-        return ring.rotate(&value.sealed, &bound);
+        return Ok(ring
+            .rotate(&value.sealed, &bound)?
+            .map(|sealed| (sealed, false)));
     };
     // A value that may still carry legacy associated data is opened even when its key is
     // current, so that rotation also moves it to the bound form.
@@ -136,8 +156,10 @@ fn reseal(
             drop(plaintext);
             Ok(None)
         }
-        Ok(plaintext) => Ok(Some(ring.encrypt(&plaintext, &bound))),
-        Err(DecryptError::Authentication) => ring.rebind(&value.sealed, &legacy, &bound).map(Some),
+        Ok(plaintext) => Ok(Some((ring.encrypt(&plaintext, &bound), false))),
+        Err(DecryptError::Authentication) if allow_legacy => ring
+            .rebind(&value.sealed, &legacy, &bound)
+            .map(|sealed| Some((sealed, true))),
         Err(error) => Err(error),
     }
 }
@@ -163,17 +185,23 @@ pub struct RotationReport {
     /// Values that changed while being rotated (rewritten by a request meanwhile); those
     /// were sealed with the first key by whoever wrote them.
     pub raced: u64,
+    /// Of `rotated`, legacy broker keys re-sealed bound to their row's host (each
+    /// audited as [`REBOUND`]).
+    pub rebound: u64,
     /// Values that did not open; left unchanged.
     pub failed: Vec<Unopened>,
 }
 
-/// Re-seals every stored secret with `ring`'s first key and audits `secrets_rotated`.
+/// Re-seals every stored secret with `ring`'s first key and audits `secrets_rotated`:
+/// the one pass that also moves every legacy broker key to the host-bound form (with
+/// `allow_legacy`, each audited as [`REBOUND`] with its host; without, they fail).
 ///
 /// # Errors
 /// The store fails; what was rotated until then stays rotated.
 pub async fn rotate_all(
     store: &dyn Store,
     ring: &KeyRing,
+    allow_legacy: bool,
     now: i64,
     context: &RequestContext,
 ) -> StoreResult<RotationReport> {
@@ -187,14 +215,19 @@ pub async fn rotate_all(
             };
             after = last.id;
             for value in page {
-                match reseal(ring, kind, &value) {
+                match reseal(ring, kind, &value, allow_legacy) {
                     Ok(None) => report.current += 1,
-                    Ok(Some(resealed)) => {
+                    Ok(Some((resealed, legacy))) => {
                         if store
                             .reseal(kind, value.id, &value.sealed, &resealed)
                             .await?
                         {
                             report.rotated += 1;
+                            if legacy {
+                                report.rebound += 1;
+                                let host = value.host_url.as_deref().unwrap_or_default();
+                                audit_rebound(store, value.id, host, now, context).await?;
+                            }
                         } else {
                             report.raced += 1;
                         }
@@ -221,12 +254,42 @@ pub async fn rotate_all(
                 "rotated": report.rotated,
                 "already_current": report.current,
                 "changed_meanwhile": report.raced,
+                "legacy_rebound": report.rebound,
                 "failed": report.failed.len(),
             }),
             context,
         ))
         .await?;
     Ok(report)
+}
+
+/// Logs and audits that the legacy broker key of trading account `id` was re-sealed
+/// bound to `host_url` (the host its row named then).
+///
+/// # Errors
+/// The store fails.
+pub async fn audit_rebound(
+    store: &dyn Store,
+    id: i64,
+    host_url: &str,
+    now: i64,
+    context: &RequestContext,
+) -> StoreResult<()> {
+    let host_url = canonical_host_url(host_url);
+    tracing::warn!(
+        account_id = id,
+        host_url = %host_url,
+        "a broker key sealed before host binding was opened and re-sealed bound to this host"
+    );
+    store
+        .append_audit(NewAuditEntry::new(
+            now,
+            REBOUND,
+            None,
+            serde_json::json!({ "account_id": id, "host_url": host_url }),
+            context,
+        ))
+        .await
 }
 
 /// How a broker key is shown: its first and last four characters, or `***` when it is
@@ -313,26 +376,39 @@ mod tests {
         let ring = KeyRing::parse(&[KeyRing::generate_entry("k1")]).unwrap();
         let host = "https://broker.example.com";
         let legacy = ring.encrypt(b"broker-key", &legacy_account_key_aad("u1"));
-        let opened = open_account_key(&ring, &legacy, "u1", host).unwrap();
+        assert_eq!(
+            open_account_key(&ring, &legacy, "u1", host, false).err(),
+            Some(DecryptError::Authentication),
+            "refused with legacy_host_binding = false"
+        );
+        let opened = open_account_key(&ring, &legacy, "u1", host, true).unwrap();
         assert_eq!(opened.plaintext.as_slice(), b"broker-key");
         let bound = opened.rebound.unwrap();
-        let again = open_account_key(&ring, &bound, "u1", host).unwrap();
+        let again = open_account_key(&ring, &bound, "u1", host, false).unwrap();
         assert!(again.rebound.is_none());
         assert_eq!(
-            open_account_key(&ring, &bound, "u1", "https://evil.example.com").err(),
+            open_account_key(&ring, &bound, "u1", "https://evil.example.com", true).err(),
             Some(DecryptError::Authentication)
         );
         assert_eq!(
-            open_account_key(&ring, &bound, "u2", host).err(),
+            open_account_key(&ring, &bound, "u2", host, true).err(),
             Some(DecryptError::Authentication)
         );
         // Rotation moves a legacy value sealed with the current key to the bound form.
         let mut stored = value("u1", host);
         stored.sealed = legacy;
-        let resealed = reseal(&ring, SealedKind::AccountKey, &stored)
+        assert_eq!(
+            reseal(&ring, SealedKind::AccountKey, &stored, false),
+            Err(DecryptError::Authentication)
+        );
+        let (resealed, legacy) = reseal(&ring, SealedKind::AccountKey, &stored, true)
             .unwrap()
             .unwrap();
+        assert!(legacy);
         stored.sealed = resealed;
-        assert_eq!(reseal(&ring, SealedKind::AccountKey, &stored), Ok(None));
+        assert_eq!(
+            reseal(&ring, SealedKind::AccountKey, &stored, false),
+            Ok(None)
+        );
     }
 }

@@ -66,9 +66,14 @@ pub fn generate_key_entry(id: &str) -> String {
     format!("{id}:{}", STANDARD.encode(random_bytes::<32>()))
 }
 
-/// Words that mark a placeholder or example value rather than a generated secret. Six
-/// letters or more, so that a random base64 or hex secret contains one by chance with a
-/// probability far below one in a million.
+/// Words that mark a placeholder or example value rather than a generated secret, six
+/// characters or more. A random secret can contain one by chance, and is then refused
+/// (a false refusal: generate another). After folding case, each 6-letter word matches at
+/// a position of a base64 secret with probability (2/62)^6 ≈ 1.1e-9, so a 64-character
+/// secret from `rampart keygen` is refused about once in four million (≈ 2.3e-7, mostly
+/// from the 6-letter words). A hex secret can only contain `123456`: (1/16)^6 per
+/// position, about once in 280 000 for 64 hex characters (≈ 3.5e-6) and once in 600 000
+/// for 32 (≈ 1.6e-6).
 const PLACEHOLDER_WORDS: [&str; 14] = [
     "changeme",
     "changethis",
@@ -142,6 +147,32 @@ pub fn weakness(secret: &str) -> Option<&'static str> {
     None
 }
 
+/// Why a decoded 32-byte encryption key looks trivial, or `None`: all zeros, few distinct
+/// bytes (a random key has about 30 of 32 distinct; fewer than 16 happens by chance with
+/// probability below 1e-20), a counting sequence (each byte a fixed step from the one
+/// before, like `00 01 02 …`) or printable text (a typed passphrase encoded as the key;
+/// (95/256)^32 ≈ 2e-14 by chance).
+pub fn key_weakness(key: &[u8]) -> Option<&'static str> {
+    if key.iter().all(|&byte| byte == 0) {
+        return Some("it is all zeros");
+    }
+    let distinct: std::collections::HashSet<u8> = key.iter().copied().collect();
+    if distinct.len() < 16 {
+        return Some("it has too few distinct bytes");
+    }
+    if key.len() > 2
+        && key
+            .windows(2)
+            .all(|pair| pair[1].wrapping_sub(pair[0]) == key[1].wrapping_sub(key[0]))
+    {
+        return Some("it is a counting sequence");
+    }
+    if key.iter().all(|byte| (0x20..0x7f).contains(byte)) {
+        return Some("it is printable text, not random bytes");
+    }
+    None
+}
+
 /// Fills in secrets the configuration left out, from `<data_dir>/secrets.toml`,
 /// generating that file first if it does not exist.
 ///
@@ -176,6 +207,20 @@ pub fn fill_generated(config: &mut Config) -> anyhow::Result<()> {
             .collect();
     }
     Ok(())
+}
+
+/// Whether [`fill_generated`] would generate a new audit chain key: none is configured
+/// and `<data_dir>/secrets.toml` holds none.
+pub fn would_generate_chain_key(config: &Config) -> bool {
+    if config.audit_chain_key.is_some() {
+        return false;
+    }
+    let path = config.data_dir.join("secrets.toml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return true;
+    };
+    toml::from_str::<GeneratedSecrets>(&text)
+        .map_or(true, |secrets| secrets.audit_chain_key.is_none())
 }
 
 fn load_or_generate(path: &Path) -> anyhow::Result<GeneratedSecrets> {
@@ -247,6 +292,26 @@ fn write_secrets(path: &Path, secrets: &GeneratedSecrets, new: bool) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trivial_encryption_keys_are_weak_and_random_ones_are_not() {
+        let counting: Vec<u8> = (0u8..32).collect();
+        let stepped: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(7)).collect();
+        for (key, reason) in [
+            (vec![0u8; 32], "all zeros"),
+            (vec![0xffu8; 32], "distinct"),
+            ([1u8, 2, 3, 4].repeat(8), "distinct"),
+            (counting, "counting"),
+            (stepped, "counting"),
+            (b"correct horse battery staple 123".to_vec(), "printable"),
+        ] {
+            let found = key_weakness(&key).unwrap_or_else(|| panic!("{key:?} passed"));
+            assert!(found.contains(reason), "{key:?}: {found}");
+        }
+        for _ in 0..1000 {
+            assert_eq!(key_weakness(&random_bytes::<32>()), None);
+        }
+    }
 
     #[test]
     fn a_secret_never_prints_its_value() {

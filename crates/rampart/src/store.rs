@@ -323,8 +323,18 @@ pub struct ChainRecord {
     pub row_id: i64,
     /// That row's hash (for `legacy_start`, the hash the row links to).
     pub hash: String,
-    /// HMAC of the above under the chain key; `None` until first sealed.
+    /// HMAC of the above under the chain key; a record without one is not trusted.
     pub mac: Option<String>,
+}
+
+/// What [`Store::audit_snapshot`] hands to its visitor.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one at a time, never stored
+pub enum AuditItem {
+    /// The chain records, before any row.
+    Chain(Vec<ChainRecord>),
+    /// One row, in id order.
+    Row(AuditRecord),
 }
 
 /// One sealed value and what it is bound to.
@@ -392,6 +402,13 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_audit(&self, before: i64, audit: NewAuditEntry) -> StoreResult<u64>;
     /// The audit chain's records (head and switch-over).
     async fn audit_chain(&self) -> StoreResult<Vec<ChainRecord>>;
+    /// Reads the trail as of one moment, for verification: first the chain records, then
+    /// every row up to the head's row id in id order (all rows if there is no head), each
+    /// handed to `visit` until it returns `false`. Rows appended meanwhile are not seen.
+    async fn audit_snapshot(
+        &self,
+        visit: &mut (dyn FnMut(AuditItem) -> bool + Send),
+    ) -> StoreResult<()>;
     /// Stores an API key unless the owner already has `max` keys; its id joins the audit
     /// details as `api_key_id`.
     ///

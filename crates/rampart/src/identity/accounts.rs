@@ -360,6 +360,7 @@ pub async fn refresh(
         &account.api_key,
         &account.uid,
         &account.host_url,
+        state.config.encryption_legacy_host_binding,
     )
     .map_err(|error| match error {
         // Sealed for another row or another host: nothing is sent anywhere.
@@ -380,8 +381,9 @@ pub async fn refresh(
         )),
     })?;
     if let Some(rebound) = &opened.rebound {
-        // Sealed before keys were bound to their host: store it bound from now on.
-        state
+        // Sealed before keys were bound to their host: store it bound, to the host the
+        // row names now, from now on; logged and audited with that host.
+        if state
             .stores
             .data
             .reseal(
@@ -390,7 +392,17 @@ pub async fn refresh(
                 &account.api_key,
                 rebound,
             )
+            .await?
+        {
+            crate::sealing::audit_rebound(
+                &*state.stores.data,
+                account.id,
+                &account.host_url,
+                state.clock.unix(),
+                &context,
+            )
             .await?;
+        }
     }
     let key = std::str::from_utf8(&opened.plaintext).map_err(|_| {
         ApiError::internal(anyhow::anyhow!(

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use crate::audit::{self, AuditRecord, ChainKey, GENESIS, NewAuditEntry};
 use crate::store::{
-    AccountPatch, ApiKey, Attempt, AuditFilter, ChainRecord, Counter, Family, LockScope, NewUser,
-    Rotation, SealedKind, SealedValue, SessionStore, Store, StoreError, StoreResult,
+    AccountPatch, ApiKey, Attempt, AuditFilter, AuditItem, ChainRecord, Counter, Family, LockScope,
+    NewUser, Rotation, SealedKind, SealedValue, SessionStore, Store, StoreError, StoreResult,
     TradingAccount, User, UserPatch,
 };
 
@@ -257,6 +257,15 @@ fn sealed_host_column(kind: SealedKind) -> &'static str {
     }
 }
 
+const KEY_MISMATCH: &str = "the audit chain's head is not sealed with this audit.chain_key: \
+    the key is not the one the chain was written with (a secrets.toml from another \
+    directory, or a changed RAMPART_AUDIT__CHAIN_KEY), or the head was tampered with; \
+    nothing was written. Use the chain's key, and run `rampart audit verify`";
+
+const HEAD_MISSING: &str = "the audit chain's head record is missing although the chain \
+    was keyed (rows or records sealed with a key exist): the trail was tampered with; \
+    nothing was written. Run `rampart audit verify` and restore from a backup";
+
 /// Adds the new row's id to an audit entry's details.
 fn with_id(mut audit: NewAuditEntry, field: &str, id: i64) -> NewAuditEntry {
     if let serde_json::Value::Object(details) = &mut audit.details {
@@ -276,27 +285,97 @@ macro_rules! sql_store {
         $db:ty,
         lock_audit = $lock_audit:expr,
         for_update = $for_update:expr,
-        log_head = $log_head:expr
+        log_head = $log_head:expr,
+        snapshot = $snapshot:expr
     ) => {
         impl $store {
-            /// Keys the audit chain with `key` and seals the switch-over records the
-            /// migration left unsealed (the first start after the chain was keyed).
+            /// Keys the audit chain with `key`.
+            ///
+            /// A chain with a head must have it sealed by `key`: otherwise the key is not
+            /// the one the chain was written with (or the head was tampered with), and
+            /// opening fails rather than append links no one can verify. A chain without
+            /// a head is keyed now, once, under the audit lock: the switch-over is read
+            /// from `audit_log` itself (not from the unsealed records migration 0004 left)
+            /// and sealed together with a head at the legacy end, or at row 0 for an empty
+            /// trail. A record is never sealed just because its seal is missing.
             ///
             /// # Errors
-            /// The database fails.
+            /// The database fails, the key does not match, or the head was removed from a
+            /// chain that was already keyed.
             pub async fn with_audit_key(mut self, key: ChainKey) -> anyhow::Result<Self> {
-                let unsealed: Vec<(String, i64, String)> = sqlx::query_as(
-                    "SELECT name, row_id, hash FROM audit_chain WHERE mac IS NULL",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                for (name, row_id, hash) in unsealed {
-                    sqlx::query("UPDATE audit_chain SET mac = $1 WHERE name = $2 AND mac IS NULL")
-                        .bind(key.seal_record(&name, row_id, &hash))
-                        .bind(&name)
-                        .execute(&self.pool)
+                let mut tx = self.pool.begin().await?;
+                Self::lock_audit(&mut tx).await?;
+                let records: Vec<(String, i64, String, Option<String>)> =
+                    sqlx::query_as("SELECT name, row_id, hash, mac FROM audit_chain")
+                        .fetch_all(&mut *tx)
                         .await?;
+                let records: Vec<ChainRecord> = records
+                    .into_iter()
+                    .map(|(name, row_id, hash, mac)| ChainRecord {
+                        name,
+                        row_id,
+                        hash,
+                        mac,
+                    })
+                    .collect();
+                if let Some(head) = records.iter().find(|record| record.name == audit::HEAD) {
+                    anyhow::ensure!(key.record_is_sealed(head), KEY_MISMATCH);
+                    tx.rollback().await?;
+                    self.audit_key = Some(Arc::new(key));
+                    return Ok(self);
                 }
+                anyhow::ensure!(
+                    records.iter().all(|record| record.mac.is_none()),
+                    HEAD_MISSING
+                );
+                let last: Option<AuditTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY id DESC LIMIT 1"
+                )))
+                .fetch_optional(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM audit_chain").execute(&mut *tx).await?;
+                let mut sealed = Vec::new();
+                match last.map(audit_from) {
+                    None => sealed.push((audit::HEAD, 0, GENESIS.to_owned())),
+                    Some(last) => {
+                        // Rows from before the key are plain SHA-256; a keyed last row
+                        // means the chain was keyed and its head removed.
+                        let plain = audit::row_hash(
+                            &last.prev_hash,
+                            last.at,
+                            last.user_id,
+                            &last.action,
+                            &last.details,
+                            &last.request_id,
+                            &last.pii_digest,
+                        );
+                        anyhow::ensure!(plain == last.hash, HEAD_MISSING);
+                        let (first_id, first_prev): (i64, String) = sqlx::query_as(
+                            "SELECT id, prev_hash FROM audit_log ORDER BY id LIMIT 1",
+                        )
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        sealed.push((audit::LEGACY_START, first_id, first_prev));
+                        sealed.push((audit::LEGACY_END, last.id, last.hash.clone()));
+                        sealed.push((audit::HEAD, last.id, last.hash));
+                        tracing::warn!(
+                            legacy_end = last.id,
+                            "keyed the audit chain: earlier rows stay checked with plain SHA-256"
+                        );
+                    }
+                }
+                for (name, row_id, hash) in sealed {
+                    sqlx::query(
+                        "INSERT INTO audit_chain (name, row_id, hash, mac) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(name)
+                    .bind(row_id)
+                    .bind(&hash)
+                    .bind(key.seal_record(name, row_id, &hash))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
                 self.audit_key = Some(Arc::new(key));
                 Ok(self)
             }
@@ -308,33 +387,48 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            /// The hash the next row links to: the sealed head's, else (before the first
-            /// keyed row) the last row's.
-            async fn chain_tip(tx: &mut sqlx::Transaction<'_, $db>) -> Row<String> {
-                let head: Option<String> =
-                    sqlx::query_scalar("SELECT hash FROM audit_chain WHERE name = 'head'")
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                if let Some(head) = head {
-                    return Ok(head);
-                }
-                let last: Option<String> =
-                    sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                Ok(last.unwrap_or_else(|| GENESIS.to_owned()))
+            /// A transaction that holds the audit lock from its start. Every transaction
+            /// that touches `audit_log` begins so: taking the lock after row locks on
+            /// `audit_log` deadlocks against a purge, which holds the lock and deletes.
+            async fn begin_audited(&self) -> StoreResult<sqlx::Transaction<'static, $db>> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                Self::lock_audit(&mut tx).await.map_err(classify)?;
+                Ok(tx)
             }
 
-            async fn insert_audit(
-                &self,
+            /// The sealed head's row id and hash, which the next row links to. A head that
+            /// is missing or not sealed with the key is not extended: a forged head would
+            /// otherwise be sealed by the next append.
+            async fn chain_tip(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                entry: &NewAuditEntry,
-            ) -> Row<()> {
-                Self::lock_audit(tx).await?;
-                self.insert_audit_locked(tx, entry).await
+                key: &ChainKey,
+            ) -> Row<(i64, String)> {
+                let head: Option<(i64, String, Option<String>)> = sqlx::query_as(
+                    "SELECT row_id, hash, mac FROM audit_chain WHERE name = 'head'",
+                )
+                .fetch_optional(&mut **tx)
+                .await?;
+                match head {
+                    Some((row_id, hash, mac))
+                        if key.record_is_sealed(&ChainRecord {
+                            name: audit::HEAD.to_owned(),
+                            row_id,
+                            hash: hash.clone(),
+                            mac: mac.clone(),
+                        }) =>
+                    {
+                        Ok((row_id, hash))
+                    }
+                    _ => Err(sqlx::Error::Protocol(
+                        "the audit chain's head is missing or not sealed with the chain key; \
+                         nothing is appended (run `rampart audit verify`)"
+                            .into(),
+                    )),
+                }
             }
 
-            async fn insert_audit_locked(
+            /// Appends `entry` in `tx`, which began with [`Self::begin_audited`].
+            async fn insert_audit(
                 &self,
                 tx: &mut sqlx::Transaction<'_, $db>,
                 entry: &NewAuditEntry,
@@ -342,7 +436,7 @@ macro_rules! sql_store {
                 let key = self.audit_key.as_deref().ok_or_else(|| {
                     sqlx::Error::Configuration("the audit chain key is not set".into())
                 })?;
-                let prev = Self::chain_tip(tx).await?;
+                let (_, prev) = Self::chain_tip(tx, key).await?;
                 let sealed = audit::seal(entry, &prev, key);
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO audit_log (at, user_id, action, details, ip_address, \
@@ -494,7 +588,7 @@ macro_rules! sql_store {
                 user: NewUser,
                 mut audit: NewAuditEntry,
             ) -> StoreResult<User> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 let claimed = sqlx::query(
                     "INSERT INTO bootstrap (name) VALUES ('first_admin') ON CONFLICT DO NOTHING",
                 )
@@ -603,7 +697,7 @@ macro_rules! sql_store {
                 audit: NewAuditEntry,
                 revoke_api_keys: Option<NewAuditEntry>,
             ) -> StoreResult<Vec<i64>> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 let changed = sqlx::query(
                     "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3",
                 )
@@ -633,7 +727,7 @@ macro_rules! sql_store {
                 user_id: i64,
                 audit: NewAuditEntry,
             ) -> StoreResult<Vec<i64>> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 let revoked = self.delete_keys_in(&mut tx, user_id, audit)
                     .await
                     .map_err(classify)?;
@@ -647,7 +741,7 @@ macro_rules! sql_store {
                 patch: UserPatch,
                 audit: Vec<NewAuditEntry>,
             ) -> StoreResult<User> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 let admins = Self::active_admins(&mut tx).await.map_err(classify)?;
                 let user = Self::user_in(&mut tx, id)
                     .await
@@ -687,7 +781,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_user(&self, id: i64, audit: NewAuditEntry) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 let admins = Self::active_admins(&mut tx).await.map_err(classify)?;
                 let user = Self::user_in(&mut tx, id)
                     .await
@@ -725,7 +819,7 @@ macro_rules! sql_store {
             }
 
             async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 self.insert_audit(&mut tx, &entry).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(())
@@ -763,8 +857,7 @@ macro_rules! sql_store {
             }
 
             async fn purge_audit(&self, before: i64, mut audit: NewAuditEntry) -> StoreResult<u64> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                Self::lock_audit(&mut tx).await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 // Only a prefix of the chain goes: every row before the first one that is
                 // not older than `before`. A row older than that which follows a newer one
                 // (clocks of several instances) waits for a later purge.
@@ -787,15 +880,18 @@ macro_rules! sql_store {
                         .map_err(classify)?;
                 let anchor = match first_kept {
                     Some(anchor) => anchor,
-                    None => Self::chain_tip(&mut tx).await.map_err(classify)?,
+                    None => {
+                        let key = self.audit_key.as_deref().ok_or_else(|| {
+                            StoreError::Other(anyhow::anyhow!("the audit chain key is not set"))
+                        })?;
+                        Self::chain_tip(&mut tx, key).await.map_err(classify)?.1
+                    }
                 };
                 if let serde_json::Value::Object(details) = &mut audit.details {
                     details.insert("removed".into(), removed.into());
                     details.insert("anchor".into(), anchor.into());
                 }
-                self.insert_audit_locked(&mut tx, &audit)
-                    .await
-                    .map_err(classify)?;
+                self.insert_audit(&mut tx, &audit).await.map_err(classify)?;
                 tx.commit().await.map_err(classify)?;
                 Ok(removed)
             }
@@ -817,13 +913,72 @@ macro_rules! sql_store {
                     .collect())
             }
 
+            async fn audit_snapshot(
+                &self,
+                visit: &mut (dyn FnMut(AuditItem) -> bool + Send),
+            ) -> StoreResult<()> {
+                // One transaction: a repeatable-read snapshot on PostgreSQL, a read
+                // transaction (one WAL snapshot) on SQLite. The head is read first and rows
+                // after it are not walked, so appends meanwhile do not look like a cut end.
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                if let Some(statement) = $snapshot {
+                    sqlx::query(statement)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                }
+                let records: Vec<(String, i64, String, Option<String>)> =
+                    sqlx::query_as("SELECT name, row_id, hash, mac FROM audit_chain ORDER BY name")
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                let records: Vec<ChainRecord> = records
+                    .into_iter()
+                    .map(|(name, row_id, hash, mac)| ChainRecord {
+                        name,
+                        row_id,
+                        hash,
+                        mac,
+                    })
+                    .collect();
+                let until = records
+                    .iter()
+                    .find(|record| record.name == audit::HEAD)
+                    .map_or(i64::MAX, |head| head.row_id);
+                if !visit(AuditItem::Chain(records)) {
+                    return Ok(());
+                }
+                let mut after = i64::MIN;
+                loop {
+                    let page: Vec<AuditTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id > $1 AND id <= $2 \
+                         ORDER BY id LIMIT 1000"
+                    )))
+                    .bind(after)
+                    .bind(until)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    if page.is_empty() {
+                        return Ok(());
+                    }
+                    for row in page {
+                        let record = audit_from(row);
+                        after = record.id;
+                        if !visit(AuditItem::Row(record)) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+
             async fn create_api_key(
                 &self,
                 key: ApiKey,
                 max: i64,
                 audit: NewAuditEntry,
             ) -> StoreResult<ApiKey> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 let owned: i64 =
                     sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE user_id = $1")
                         .bind(key.user_id)
@@ -884,7 +1039,7 @@ macro_rules! sql_store {
                 id: i64,
                 audit: NewAuditEntry,
             ) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 let deleted = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND user_id = $2")
                     .bind(id)
                     .bind(user_id)
@@ -906,7 +1061,7 @@ macro_rules! sql_store {
                 max: i64,
                 audit: NewAuditEntry,
             ) -> StoreResult<TradingAccount> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 let owned: i64 =
                     sqlx::query_scalar("SELECT COUNT(*) FROM trading_accounts WHERE user_id = $1")
                         .bind(account.user_id)
@@ -971,7 +1126,7 @@ macro_rules! sql_store {
                 patch: AccountPatch,
                 audit: NewAuditEntry,
             ) -> StoreResult<TradingAccount> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 let (sealed, masked) = patch.api_key.unzip();
                 let row: Option<AccountTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "UPDATE trading_accounts SET name = COALESCE($1, name), \
@@ -1003,7 +1158,7 @@ macro_rules! sql_store {
                 id: i64,
                 audit: NewAuditEntry,
             ) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let mut tx = self.begin_audited().await?;
                 let deleted =
                     sqlx::query("DELETE FROM trading_accounts WHERE id = $1 AND user_id = $2")
                         .bind(id)
@@ -1470,12 +1625,14 @@ sql_store!(
     sqlx::Sqlite,
     lock_audit = None::<&str>,
     for_update = "",
-    log_head = "SELECT CAST(seq AS BIGINT) FROM sqlite_sequence WHERE name = 'revocations'"
+    log_head = "SELECT CAST(seq AS BIGINT) FROM sqlite_sequence WHERE name = 'revocations'",
+    snapshot = None::<&str>
 );
 sql_store!(
     PostgresStore,
     sqlx::Postgres,
     lock_audit = Some("SELECT pg_advisory_xact_lock(7260001)"),
     for_update = " FOR UPDATE",
-    log_head = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM revocations_id_seq"
+    log_head = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM revocations_id_seq",
+    snapshot = Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 );

@@ -605,7 +605,7 @@ async fn rotation_reseals_every_secret_and_reports_what_does_not_open(backend: B
 
     let context = RequestContext::default();
     let now = both.clock.unix();
-    let report = rampart::sealing::rotate_all(&**store, &both.state.keyring, now, &context)
+    let report = rampart::sealing::rotate_all(&**store, &both.state.keyring, true, now, &context)
         .await
         .unwrap();
     assert_eq!(report.rotated, 2, "{report:?}");
@@ -614,7 +614,7 @@ async fn rotation_reseals_every_secret_and_reports_what_does_not_open(backend: B
     assert_eq!(report.failed[0].kind, SealedKind::AccountKey);
     assert_eq!(report.failed[0].id, broken_id);
     // Run again: nothing left to do, the broken row is still reported and untouched.
-    let again = rampart::sealing::rotate_all(&**store, &both.state.keyring, now, &context)
+    let again = rampart::sealing::rotate_all(&**store, &both.state.keyring, true, now, &context)
         .await
         .unwrap();
     assert_eq!(
@@ -942,6 +942,7 @@ async fn keys_sealed_before_host_binding_open_and_are_bound_when_touched(backend
             &value.sealed,
             &value.binding,
             value.host_url.as_deref().unwrap(),
+            false,
         )
         .is_ok_and(|opened| opened.rebound.is_none())
     };
@@ -964,12 +965,31 @@ async fn keys_sealed_before_host_binding_open_and_are_bound_when_touched(backend
     // Rotated: `rampart keys rotate` binds it, even though its key is already current.
     let (rotated, _) = &ids[1];
     assert!(!bound(&sealed_account_key(&app, *rotated).await));
-    let report =
-        rampart::sealing::rotate_all(&**store, ring, app.clock.unix(), &RequestContext::default())
-            .await
-            .unwrap();
-    assert_eq!((report.rotated, report.failed.len()), (1, 0), "{report:?}");
+    let report = rampart::sealing::rotate_all(
+        &**store,
+        ring,
+        true,
+        app.clock.unix(),
+        &RequestContext::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.rotated, report.rebound, report.failed.len()),
+        (1, 1, 0),
+        "{report:?}"
+    );
     assert!(bound(&sealed_account_key(&app, *rotated).await));
+    // Each re-bind is audited with the host it was bound to.
+    let rebound = rebound_entries(&app).await;
+    assert_eq!(rebound.len(), 2, "{rebound:?}");
+    for (entry, (id, _)) in rebound.iter().rev().zip(&ids) {
+        assert_eq!(entry["account_id"], *id);
+        assert_eq!(
+            entry["host_url"].as_str().unwrap(),
+            rampart::sealing::canonical_host_url(&home.url)
+        );
+    }
 
     // Bound now, neither moves with its row's host.
     for (id, _) in &ids {
@@ -994,7 +1014,94 @@ async fn keys_sealed_before_host_binding_open_and_are_bound_when_touched(backend
     assert_eq!(elsewhere.hits.load(Ordering::SeqCst), 0);
 }
 
+async fn rebound_entries(app: &TestApp) -> Vec<Value> {
+    app.state
+        .stores
+        .data
+        .list_audit(&rampart::store::AuditFilter {
+            action: Some(rampart::sealing::REBOUND.into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|record| serde_json::from_str(&record.details).unwrap())
+        .collect()
+}
+
+async fn legacy_keys_are_refused_when_legacy_host_binding_is_off(backend: Backend) {
+    let setup =
+        Setup::toml(LOOPBACK_BROKERS).env("RAMPART_ENCRYPTION__LEGACY_HOST_BINDING", "false");
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    assert!(!app.state.config.encryption_legacy_host_binding);
+    let home = broker().await;
+    let alice = app.user("alice_1").await;
+    let store = &app.state.stores.data;
+    let ring = &app.state.keyring;
+    let created = add_account(&app, &alice, &home.url, "LEGACYkey-refused-0123").await;
+    let id = created["id"].as_i64().unwrap();
+    let value = sealed_account_key(&app, id).await;
+    let legacy = ring.encrypt(
+        b"LEGACYkey-refused-0123",
+        &rampart::sealing::legacy_account_key_aad(&value.binding),
+    );
+    store
+        .tamper_sealed_for_test(SealedKind::AccountKey, id, &legacy)
+        .await
+        .unwrap();
+    let response = app
+        .send_with(
+            Method::POST,
+            &format!("/accounts/{id}/refresh"),
+            &alice.access_token,
+            None,
+        )
+        .await;
+    assert_error(response, 409, "conflict").await;
+    assert_eq!(home.hits.load(Ordering::SeqCst), 0, "nothing was sent");
+    assert_eq!(
+        sealed_account_key(&app, id).await.sealed,
+        legacy,
+        "left as it is"
+    );
+    let report = rampart::sealing::rotate_all(
+        &**store,
+        ring,
+        false,
+        app.clock.unix(),
+        &RequestContext::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.rebound, report.failed.len()), (0, 1), "{report:?}");
+    assert_eq!(sealed_account_key(&app, id).await.sealed, legacy);
+    assert!(rebound_entries(&app).await.is_empty());
+    // Setting the key again stores it bound; it is sent.
+    let response = app
+        .send_with(
+            Method::PATCH,
+            &format!("/accounts/{id}"),
+            &alice.access_token,
+            Some(json!({ "api_key": "NEWkey-0123456789abcdef" })),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let response = app
+        .send_with(
+            Method::POST,
+            &format!("/accounts/{id}/refresh"),
+            &alice.access_token,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
 crate::on_databases!(
+    legacy_keys_are_refused_when_legacy_host_binding_is_off,
     moving_an_account_to_another_host_takes_its_key_again,
     a_key_moved_behind_the_gateways_back_is_never_sent,
     keys_sealed_before_host_binding_open_and_are_bound_when_touched,

@@ -389,14 +389,11 @@ async fn a_purge_of_everything_still_verifies_and_a_second_purge_moves_the_ancho
     broken_at(verify(&app).await, "a deleted purge record");
 }
 
-async fn rows_from_before_the_keyed_chain_verify_as_legacy_up_to_the_switch_over(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
-    // Three rows written by an earlier release (plain SHA-256), then the migration's
-    // switch-over records, unsealed, as `0004` leaves them.
+/// Turns the app's database into one an earlier release wrote: three plain SHA-256 rows and
+/// the unsealed switch-over records migration 0004 leaves, no head.
+async fn make_legacy(app: &TestApp, backend: Backend) {
     let mut prev = rampart::audit::GENESIS.to_owned();
-    let mut statements = Vec::new();
+    let mut statements = vec!["DELETE FROM audit_chain;".to_owned()];
     for id in 1..=3 {
         let hash = rampart::audit::row_hash(&prev, 1000 + id, None, "login_failed", "{}", "r", "d");
         statements.push(format!(
@@ -416,15 +413,58 @@ async fn rows_from_before_the_keyed_chain_verify_as_legacy_up_to_the_switch_over
     if backend == Backend::Postgres {
         statements.push("SELECT setval('audit_log_id_seq', 3);".into());
     }
-    execute_behind_the_gateway(&app, &statements.join("\n")).await;
-    // The first start with a key seals them.
+    execute_behind_the_gateway(app, &statements.join("\n")).await;
+}
+
+/// Opens the app's database again with its chain key, as a restart or a CLI command does.
+async fn reopen(app: &TestApp) -> anyhow::Result<rampart::app::StoreHandle> {
     rampart::app::open_store(
         &app.database_url,
         1,
         app.state.config.audit_chain_key.as_ref(),
     )
     .await
-    .unwrap();
+}
+
+async fn chain_macs(app: &TestApp) -> Vec<(String, Option<String>)> {
+    app.state
+        .stores
+        .data
+        .audit_chain()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| (record.name, record.mac))
+        .collect()
+}
+
+async fn rows_from_before_the_keyed_chain_verify_as_legacy_up_to_the_switch_over(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    make_legacy(&app, backend).await;
+    // The first open with a key reads the switch-over from the trail and seals it.
+    reopen(&app).await.unwrap();
+    assert!(
+        chain_macs(&app).await.iter().all(|(_, mac)| mac.is_some()),
+        "switch-over and head are sealed"
+    );
+    let Verification::Intact {
+        rows,
+        legacy_rows,
+        head,
+        legacy_end,
+        ..
+    } = verify(&app).await
+    else {
+        panic!("a freshly keyed legacy trail verifies");
+    };
+    assert_eq!((rows, legacy_rows), (3, 3));
+    assert_eq!(
+        (head.0, legacy_end),
+        (3, Some(3)),
+        "the head is at the legacy end"
+    );
     app.user("admin_1").await;
     let Verification::Intact {
         rows, legacy_rows, ..
@@ -433,6 +473,12 @@ async fn rows_from_before_the_keyed_chain_verify_as_legacy_up_to_the_switch_over
         panic!("a trail with a legacy part verifies");
     };
     assert_eq!((rows, legacy_rows), (5, 3));
+    // Opening again changes nothing.
+    reopen(&app).await.unwrap();
+    assert!(matches!(
+        verify(&app).await,
+        Verification::Intact { rows: 5, .. }
+    ));
     // A legacy row is still checked, and keyed rows cannot pass as legacy ones.
     app.state
         .stores
@@ -441,6 +487,256 @@ async fn rows_from_before_the_keyed_chain_verify_as_legacy_up_to_the_switch_over
         .await
         .unwrap();
     assert_eq!(broken_at(verify(&app).await, "an edited legacy row"), 2);
+}
+
+/// A chain record without its seal is tampering: neither an open nor an append seals it.
+async fn an_unsealed_chain_record_is_never_sealed_later(backend: Backend) {
+    // Rows cut off the end and the head rewritten, unsealed, to the new last row.
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.user("admin_1").await;
+    app.user("bob_22").await;
+    let last = last_id(&app).await;
+    let kept = app.state.stores.data.audit_page(last - 2, 1).await.unwrap();
+    let kept = &kept[0];
+    execute_behind_the_gateway(
+        &app,
+        &format!(
+            "DELETE FROM audit_log WHERE id > {id};\n\
+             UPDATE audit_chain SET row_id = {id}, hash = '{hash}', mac = NULL WHERE name = 'head';",
+            id = kept.id,
+            hash = kept.hash
+        ),
+    )
+    .await;
+    broken_at(verify(&app).await, "an unsealed head");
+    let refused = reopen(&app)
+        .await
+        .err()
+        .expect("an open refuses an unsealed head");
+    assert!(refused.to_string().contains("audit.chain_key"), "{refused}");
+    assert!(
+        app.state
+            .stores
+            .data
+            .append_audit(rampart::audit::NewAuditEntry::new(
+                1,
+                "login_failed",
+                None,
+                json!({}),
+                &rampart::audit::RequestContext::default(),
+            ))
+            .await
+            .is_err(),
+        "nothing is appended after an unsealed head"
+    );
+    assert_eq!(last_id(&app).await, kept.id, "nothing was written");
+    broken_at(
+        verify(&app).await,
+        "an unsealed head after an open and an append",
+    );
+    assert!(
+        chain_macs(&app)
+            .await
+            .iter()
+            .any(|(name, mac)| name == "head" && mac.is_none()),
+        "the forged head stays unsealed"
+    );
+
+    // A legacy_end slipped in without a seal, after the whole trail was recomputed with
+    // plain SHA-256: every row would count as legacy.
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.user("admin_1").await;
+    recompute_without_the_key(&app, false).await;
+    let rows = app.state.stores.data.audit_page(0, 1000).await.unwrap();
+    let last = rows.last().unwrap();
+    execute_behind_the_gateway(
+        &app,
+        &format!(
+            "INSERT INTO audit_chain (name, row_id, hash) VALUES ('legacy_end', {}, '{}');\n\
+             INSERT INTO audit_chain (name, row_id, hash) VALUES ('legacy_start', 1, '{}');",
+            last.id,
+            last.hash,
+            rampart::audit::GENESIS
+        ),
+    )
+    .await;
+    let _ = reopen(&app).await;
+    app.user("bob_22").await;
+    broken_at(verify(&app).await, "an unsealed legacy_end");
+    assert!(
+        chain_macs(&app)
+            .await
+            .iter()
+            .filter(|(name, _)| name.starts_with("legacy"))
+            .all(|(_, mac)| mac.is_none()),
+        "the forged switch-over stays unsealed"
+    );
+
+    // The chain records removed from a keyed trail: no new switch-over is made.
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.user("admin_1").await;
+    execute_behind_the_gateway(&app, "DELETE FROM audit_chain").await;
+    assert!(
+        reopen(&app).await.is_err(),
+        "a keyed trail without its head"
+    );
+    broken_at(verify(&app).await, "a removed head");
+    assert!(chain_macs(&app).await.is_empty(), "nothing was sealed");
+}
+
+async fn a_missing_head_is_broken(backend: Backend) {
+    // A fresh trail has a sealed head at row 0 from the start.
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    assert_eq!(
+        verify(&app).await,
+        Verification::Intact {
+            rows: 0,
+            legacy_rows: 0,
+            anchor: None,
+            head: (0, rampart::audit::GENESIS.to_owned()),
+            legacy_end: None,
+        }
+    );
+    assert_eq!(chain_macs(&app).await.len(), 1, "the head");
+    app.user("admin_1").await;
+    execute_behind_the_gateway(
+        &app,
+        "DELETE FROM audit_log; DELETE FROM audit_chain WHERE name = 'head';",
+    )
+    .await;
+    broken_at(verify(&app).await, "every row and the head deleted");
+    // The head kept, every row deleted.
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.user("admin_1").await;
+    execute_behind_the_gateway(&app, "DELETE FROM audit_log").await;
+    broken_at(verify(&app).await, "every row deleted");
+
+    // An upgraded trail: the head is written at the switch-over.
+    for attack in [
+        "DELETE FROM audit_log WHERE id > 3; DELETE FROM audit_chain WHERE name = 'head';",
+        "DELETE FROM audit_chain WHERE name = 'head';",
+        "DELETE FROM audit_chain WHERE name = 'legacy_end';",
+        "DELETE FROM audit_chain WHERE name LIKE 'legacy%';",
+        "DELETE FROM audit_log WHERE id = 3; DELETE FROM audit_chain WHERE name = 'legacy_end';",
+    ] {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        make_legacy(&app, backend).await;
+        reopen(&app).await.unwrap();
+        assert!(matches!(verify(&app).await, Verification::Intact { .. }));
+        if !attack.contains("id > 3") {
+            app.user("admin_1").await;
+        }
+        execute_behind_the_gateway(&app, attack).await;
+        broken_at(verify(&app).await, attack);
+    }
+}
+
+async fn a_wrong_chain_key_is_refused_at_open(backend: Backend) {
+    for rows in [false, true] {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        if rows {
+            app.user("admin_1").await;
+        }
+        let before = chain_macs(&app).await;
+        let other = rampart::secrets::Secret::new(rampart::secrets::generate_token_secret());
+        let refused = rampart::app::open_store(&app.database_url, 1, Some(&other))
+            .await
+            .err()
+            .expect("another key is refused");
+        assert!(
+            refused
+                .to_string()
+                .contains("not sealed with this audit.chain_key"),
+            "{refused}"
+        );
+        assert_eq!(chain_macs(&app).await, before, "nothing was written");
+        assert!(matches!(verify(&app).await, Verification::Intact { .. }));
+        // The right key still opens.
+        reopen(&app).await.unwrap();
+    }
+}
+
+async fn verify_during_appends_sees_a_consistent_trail(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.user("admin_1").await;
+    let store = app.state.stores.data.clone();
+    let writer = tokio::spawn(async move {
+        for _ in 0..300 {
+            store
+                .append_audit(rampart::audit::NewAuditEntry::new(
+                    1,
+                    "login_failed",
+                    None,
+                    json!({}),
+                    &rampart::audit::RequestContext::default(),
+                ))
+                .await
+                .unwrap();
+        }
+    });
+    let mut checks = 0;
+    while !writer.is_finished() {
+        let verification = verify(&app).await;
+        assert!(
+            matches!(verification, Verification::Intact { .. }),
+            "a verify during appends: {verification:?}"
+        );
+        checks += 1;
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    assert!(checks > 0);
+    assert!(matches!(verify(&app).await, Verification::Intact { .. }));
+}
+
+async fn purge_and_user_deletion_do_not_deadlock(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.user("admin_1").await;
+    let store = app.state.stores.data.clone();
+    let context = rampart::audit::RequestContext::default();
+    for round in 0..15 {
+        let user = app.user(&format!("user_{round}")).await;
+        for _ in 0..3 {
+            app.login(&format!("user_{round}")).await;
+        }
+        let now = app.clock.unix();
+        let delete = store.delete_user(
+            user.user_id,
+            rampart::audit::NewAuditEntry::new(now, "user_deleted", None, json!({}), &context),
+        );
+        let purge = store.purge_audit(
+            now + 1,
+            rampart::audit::NewAuditEntry::new(
+                now,
+                rampart::audit::PURGED,
+                None,
+                json!({}),
+                &context,
+            ),
+        );
+        let (deleted, purged) = tokio::join!(delete, purge);
+        deleted.unwrap_or_else(|error| panic!("round {round}: delete_user: {error}"));
+        purged.unwrap_or_else(|error| panic!("round {round}: purge: {error}"));
+    }
+    assert!(matches!(verify(&app).await, Verification::Intact { .. }));
 }
 
 async fn the_audit_trail_exports_as_jsonl_and_csv(backend: Backend) {
@@ -534,5 +830,10 @@ crate::on_databases!(
     a_purge_is_audited_and_verify_checks_from_its_anchor,
     a_purge_of_everything_still_verifies_and_a_second_purge_moves_the_anchor,
     rows_from_before_the_keyed_chain_verify_as_legacy_up_to_the_switch_over,
+    an_unsealed_chain_record_is_never_sealed_later,
+    a_missing_head_is_broken,
+    a_wrong_chain_key_is_refused_at_open,
+    verify_during_appends_sees_a_consistent_trail,
+    purge_and_user_deletion_do_not_deadlock,
     the_audit_trail_exports_as_jsonl_and_csv,
 );
