@@ -10,8 +10,16 @@
 //! - once no request is in flight, the next one must begin within `idle_timeout`, and
 //!   (HTTP/1.1) its head must be complete within `header_read_timeout` of its first byte;
 //! - a write that finds the socket full for `idle_timeout` (a client that stopped
-//!   reading) ends the connection, and so does a request body that the handler waits on
-//!   for `idle_timeout` without a byte arriving (a half-sent request).
+//!   reading) ends the connection.
+//!
+//! Every request (HTTP/2: every stream) also has deadlines of its own, so that one stalled
+//! stream neither holds nor takes down its siblings:
+//! - a request body that its handler waits on for `idle_timeout` without a byte arriving
+//!   fails; the request is answered 408 (`invalid_request`, "Request timed out") unless
+//!   its answer had begun;
+//! - an HTTP/2 response the client does not take for `idle_timeout` (its flow-control
+//!   window stays shut) ends that stream with RST_STREAM; when no stream is left in
+//!   flight, the connection is closed too.
 //!
 //! While a request is in flight no other read deadline applies: the handler (and the
 //! upstream's own timeout) decide. A body trickled a byte at a time within `idle_timeout`
@@ -47,7 +55,7 @@ use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -307,12 +315,14 @@ struct Shared {
     router: Router,
     tls: Option<Arc<Tls>>,
     limits: Limits,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<StreamExecutor>>,
 }
 
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+fn http_builder(limits: &Limits) -> auto::Builder<StreamExecutor> {
     let parser_limit = parser_limit(limits.max_header_bytes);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(StreamExecutor {
+        idle_timeout: limits.idle_timeout,
+    });
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -444,31 +454,49 @@ async fn serve_http<I>(
         let shared = Arc::clone(shared);
         let activity = Arc::clone(&activity);
         hyper::service::service_fn(move |request: Request<Incoming>| {
-            let guard = activity.begin(request.version() == Version::HTTP_2);
-            let watcher = Arc::clone(&activity);
+            let http2 = request.version() == Version::HTTP_2;
+            let guard = activity.begin(http2);
+            let stream = Arc::new(StreamClock::new(Arc::clone(&activity)));
+            if http2 {
+                // hyper spawns this stream's task right after this call, on this thread.
+                NEXT_STREAM.with(|next| *next.borrow_mut() = Some(Arc::clone(&stream)));
+            }
             let size = head_size(&request);
             let refusal = (size > shared.limits.max_header_bytes)
                 .then(|| headers_too_large(&shared.state, &request, size, peer));
             let router = shared.router.clone();
+            let idle_timeout = shared.limits.idle_timeout;
             async move {
                 let response = match refusal {
                     Some(response) => response,
                     None => {
+                        let version = request.version();
                         let mut request = request.map(|body| {
                             Body::new(Watched {
                                 body,
-                                activity: watcher,
+                                stream: Arc::clone(&stream),
+                                idle_timeout,
+                                timer: None,
+                                waiting: false,
+                                timed_out: false,
                             })
                         });
                         request.extensions_mut().insert(ConnectInfo(peer));
-                        match router.oneshot(request).await {
+                        let response = match router.oneshot(request).await {
                             Ok(response) => response,
                             Err(never) => match never {},
+                        };
+                        if stream.body_timed_out.load(Ordering::Acquire) {
+                            request_timed_out(response, version)
+                        } else {
+                            response
                         }
                     }
                 };
+                stream.waiting_on_client();
                 Ok::<_, Infallible>(response.map(|body| Counted {
                     body,
+                    stream,
                     _guard: guard,
                 }))
             }
@@ -627,8 +655,9 @@ struct Activity {
     head_since: AtomicU64,
     /// When a write found the socket full, plus one; 0 while writes go through.
     write_blocked_since: AtomicU64,
-    /// When a handler found no request body bytes to read, plus one; 0 otherwise.
-    body_waiting_since: AtomicU64,
+    /// An HTTP/2 stream was ended because the client did not take its response, and none
+    /// is left in flight: the connection is closed.
+    stalled: AtomicBool,
     /// Wakes the connection's watchdog when its deadline may have moved earlier.
     changed: Notify,
 }
@@ -641,8 +670,8 @@ enum Expired {
     Head,
     /// The client stopped reading.
     Write,
-    /// The client stopped sending a request body.
-    Body,
+    /// Every stream in flight was ended because the client did not take its response.
+    Stalled,
 }
 
 impl Expired {
@@ -651,7 +680,7 @@ impl Expired {
             Self::Idle => "idle_timeout",
             Self::Head => "header_read_timeout",
             Self::Write => "client stopped reading (idle_timeout)",
-            Self::Body => "request body stalled (idle_timeout)",
+            Self::Stalled => "client stopped taking its responses (idle_timeout)",
         }
     }
 }
@@ -666,7 +695,7 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
-            body_waiting_since: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -702,10 +731,6 @@ impl Activity {
         self.mark(&self.write_blocked_since, blocked);
     }
 
-    fn on_body(&self, waiting: bool) {
-        self.mark(&self.body_waiting_since, waiting);
-    }
-
     /// Starts (or clears) a "since" clock.
     fn mark(&self, clock: &AtomicU64, stuck: bool) {
         let since = clock.load(Ordering::Relaxed);
@@ -723,32 +748,32 @@ impl Activity {
             |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX / 4);
         let read = if self.in_flight.load(Ordering::Acquire) > 0 {
             None
+        } else if self.stalled.load(Ordering::Acquire) {
+            Some((0, Expired::Stalled))
         } else if !self.served.load(Ordering::Acquire) {
             Some((millis(limits.header_read_timeout), Expired::Head))
         } else {
             match self.head_since.load(Ordering::Acquire) {
                 since if since != 0 && !self.http2.load(Ordering::Relaxed) => Some((
-                    since - 1 + millis(limits.header_read_timeout),
+                    (since - 1).saturating_add(millis(limits.header_read_timeout)),
                     Expired::Head,
                 )),
                 _ => Some((
-                    self.idle_since.load(Ordering::Acquire) + millis(limits.idle_timeout),
+                    self.idle_since
+                        .load(Ordering::Acquire)
+                        .saturating_add(millis(limits.idle_timeout)),
                     Expired::Idle,
                 )),
             }
         };
         let stalled = |clock: &AtomicU64, why: Expired| match clock.load(Ordering::Relaxed) {
             0 => None,
-            since => Some((since - 1 + millis(limits.idle_timeout), why)),
+            since => Some(((since - 1).saturating_add(millis(limits.idle_timeout)), why)),
         };
-        [
-            read,
-            stalled(&self.write_blocked_since, Expired::Write),
-            stalled(&self.body_waiting_since, Expired::Body),
-        ]
-        .into_iter()
-        .flatten()
-        .min_by_key(|(at, _)| *at)
+        match (read, stalled(&self.write_blocked_since, Expired::Write)) {
+            (Some(read), Some(write)) => Some(if write.0 < read.0 { write } else { read }),
+            (read, write) => read.or(write),
+        }
     }
 
     fn deadline(&self, limits: &Limits) -> Option<Duration> {
@@ -778,6 +803,7 @@ impl Drop for InFlight {
 /// A response body that holds its request's place until it is sent (or dropped).
 struct Counted {
     body: Body,
+    stream: Arc<StreamClock>,
     _guard: InFlight,
 }
 
@@ -789,34 +815,13 @@ impl HttpBody for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A request body that reports when its handler waits for bytes the client does not send.
-struct Watched {
-    body: Incoming,
-    activity: Arc<Activity>,
-}
-
-impl HttpBody for Watched {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let result = Pin::new(&mut self.body).poll_frame(cx);
-        self.activity.on_body(result.is_pending());
+        match &result {
+            // The frame is out; the next poll waits on the client's flow-control window.
+            Poll::Ready(Some(Ok(_))) => self.stream.waiting_on_client(),
+            // Waiting on the handler or upstream, or done: not the client's doing.
+            _ => self.stream.not_waiting(),
+        }
         result
     }
 
@@ -829,9 +834,207 @@ impl HttpBody for Watched {
     }
 }
 
-impl Drop for Watched {
-    fn drop(&mut self) {
-        self.activity.on_body(false);
+/// A request body with its own deadline: when its handler has waited `idle_timeout` for
+/// bytes the client does not send, reading it fails (and the request is answered 408 if
+/// nothing was sent yet). Other requests on the connection are not affected.
+struct Watched {
+    body: Incoming,
+    stream: Arc<StreamClock>,
+    idle_timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the last poll found no bytes (the timer runs since then).
+    waiting: bool,
+    timed_out: bool,
+}
+
+/// The error a stalled request body fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stopped arriving (server.idle_timeout)")]
+pub struct BodyTimedOut;
+
+impl HttpBody for Watched {
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if self.timed_out {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Pending => {
+                let idle_timeout = self.idle_timeout;
+                let fresh = !std::mem::replace(&mut self.waiting, true);
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_timeout)));
+                if fresh {
+                    timer.as_mut().reset(
+                        Instant::now()
+                            .checked_add(idle_timeout)
+                            .unwrap_or_else(far_future),
+                    );
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.timed_out = true;
+                    self.stream.body_timed_out.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(result) => {
+                self.waiting = false;
+                Poll::Ready(result.map(|frame| frame.map_err(axum::BoxError::from)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.timed_out || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// The 408 that replaces the handler's answer when the request body stopped arriving.
+fn request_timed_out(response: Response<Body>, version: Version) -> Response<Body> {
+    let id: Arc<str> = Arc::from(
+        response
+            .headers()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("-"),
+    );
+    let (mut parts, _) = response.into_parts();
+    let fresh = REQUEST_ID.sync_scope(id, || ApiError::RequestTimedOut.into_response());
+    let (fresh_parts, body) = fresh.into_parts();
+    parts.status = fresh_parts.status;
+    for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
+        parts.headers.remove(&name);
+        if let Some(value) = fresh_parts.headers.get(&name) {
+            parts.headers.insert(name, value.clone());
+        }
+    }
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    if version < Version::HTTP_2 {
+        // The rest of the body may still come: the connection cannot be reused.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Response::from_parts(parts, body)
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-stream deadlines (HTTP/2)
+
+/// One request's clock: whether its response waits on the client, and whether its body
+/// timed out.
+#[derive(Debug)]
+struct StreamClock {
+    activity: Arc<Activity>,
+    /// Since when the response body waits for the client to take what was sent (its
+    /// flow-control window), plus one; 0 while it does not.
+    waiting_since: AtomicU64,
+    body_timed_out: AtomicBool,
+}
+
+impl StreamClock {
+    fn new(activity: Arc<Activity>) -> Self {
+        Self {
+            activity,
+            waiting_since: AtomicU64::new(0),
+            body_timed_out: AtomicBool::new(false),
+        }
+    }
+
+    fn waiting_on_client(&self) {
+        self.waiting_since
+            .store(self.activity.now() + 1, Ordering::Relaxed);
+    }
+
+    fn not_waiting(&self) {
+        if self.waiting_since.load(Ordering::Relaxed) != 0 {
+            self.waiting_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When the stream is ended unless the client takes more of its response.
+    fn deadline(&self, idle_timeout: Duration) -> Instant {
+        match self.waiting_since.load(Ordering::Relaxed) {
+            0 => Instant::now()
+                .checked_add(idle_timeout)
+                .unwrap_or_else(far_future),
+            since => self
+                .activity
+                .started
+                .checked_add(Duration::from_millis(since - 1))
+                .and_then(|at| at.checked_add(idle_timeout))
+                .unwrap_or_else(far_future),
+        }
+    }
+}
+
+thread_local! {
+    /// The stream hyper is about to spawn (set by the service, taken by the executor).
+    static NEXT_STREAM: std::cell::RefCell<Option<Arc<StreamClock>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Spawns each HTTP/2 stream with its idle deadline: a response the client does not take
+/// (its flow-control window stays shut) for `idle_timeout` ends that stream with
+/// RST_STREAM, as Envoy's `stream_idle_timeout` does.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamExecutor {
+    idle_timeout: Duration,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let Some(stream) = NEXT_STREAM.with(|next| next.borrow_mut().take()) else {
+            tokio::spawn(future);
+            return;
+        };
+        let idle_timeout = self.idle_timeout;
+        tokio::spawn(async move {
+            let cut = {
+                let mut future = pin!(future);
+                let mut timer = pin!(tokio::time::sleep(idle_timeout));
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = future.as_mut() => break false,
+                        () = timer.as_mut() => {
+                            let at = stream.deadline(idle_timeout);
+                            if at <= Instant::now() {
+                                break true;
+                            }
+                            timer.as_mut().reset(at);
+                        }
+                    }
+                }
+            };
+            // The stream's future is dropped: h2 resets the stream (CANCEL).
+            if cut {
+                let activity = &stream.activity;
+                tracing::debug!(reason = Expired::Stalled.as_str(), "ending HTTP/2 stream");
+                if activity.in_flight.load(Ordering::Acquire) == 0 {
+                    activity.stalled.store(true, Ordering::Release);
+                    activity.changed.notify_one();
+                }
+            }
+        });
     }
 }
 
@@ -949,14 +1152,6 @@ mod tests {
         assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(60)));
         activity.on_write(false);
         assert_eq!(activity.deadline(&limits), None);
-        // So does a request body the handler waits on.
-        tokio::time::advance(Duration::from_secs(3)).await;
-        activity.on_body(true);
-        assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(63)));
-        tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(matches!(activity.expired(&limits), Some(Expired::Body)));
-        activity.on_body(false);
-        assert_eq!(activity.expired(&limits).map(Expired::as_str), None);
     }
 
     #[tokio::test(start_paused = true)]

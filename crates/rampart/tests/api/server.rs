@@ -887,22 +887,158 @@ async fn an_unusable_certificate_stops_start_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_request_body_is_cut_off_after_idle_timeout() {
+async fn a_stalled_request_body_is_answered_408_after_idle_timeout() {
     let server = serve("header_read_timeout = \"300ms\"\nidle_timeout = \"1s\"").await;
     for request in [
         // Half a JSON body of the length announced.
         &b"POST /auth/login HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user"[..],
         // A chunked body that never ends.
         &b"POST /auth/login HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"use\r\n"[..],
+        // No body byte at all.
+        &b"POST /auth/login HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n"[..],
     ] {
         let mut stream = connect(&server).await;
+        let started = Instant::now();
         stream.write_all(request).await.unwrap();
-        let closed = closed_within(&mut stream, Duration::from_secs(5))
+        let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut stream))
             .await
-            .expect("a stalled body is cut off");
-        assert!(closed >= Duration::from_millis(800), "{closed:?}");
-        assert!(closed < Duration::from_millis(3000), "{closed:?}");
+            .expect("a stalled body is cut off")
+            .expect("and answered");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(800), "{took:?}");
+        assert!(took < Duration::from_millis(3000), "{took:?}");
+        assert_eq!(answer.status, 408);
+        let body = answer.json();
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(body["message"], "Request timed out");
+        assert_eq!(answer.headers.get("connection").map(String::as_str), Some("close"));
+        assert!(answer.headers.contains_key("x-request-id"));
+        assert!(
+            closed_within(&mut stream, Duration::from_secs(2))
+                .await
+                .is_some()
+        );
     }
+}
+
+/// An h2c connection from the `h2` crate, for frames hyper's client would not send.
+async fn raw_h2(
+    server: &Server,
+    initial_window: u32,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let stream = connect(server).await;
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(initial_window)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .expect("h2c handshake");
+    (sender, tokio::spawn(connection))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_whose_window_stays_shut_is_reset_after_idle_timeout() {
+    let server = serve("idle_timeout = \"1s\"").await;
+    let (sender, mut connection) = raw_h2(&server, 0).await;
+    let started = Instant::now();
+    let mut bodies = Vec::new();
+    for _ in 0..5 {
+        let mut sender = sender.clone().ready().await.expect("ready");
+        let (response, _) = sender
+            .send_request(
+                http::Request::get(format!("http://{}/healthz", server.address))
+                    .body(())
+                    .unwrap(),
+                true,
+            )
+            .expect("sent");
+        let response = response.await.expect("headers are not flow-controlled");
+        assert_eq!(response.status(), 200);
+        bodies.push(response.into_body());
+    }
+    for mut body in bodies {
+        let data = tokio::time::timeout(Duration::from_secs(5), body.data())
+            .await
+            .expect("a stalled stream is ended");
+        let error = data.expect("with a reset").expect_err("not with data");
+        assert_eq!(error.reason(), Some(h2::Reason::CANCEL), "{error}");
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(800), "{took:?}");
+    assert!(took < Duration::from_millis(3500), "{took:?}");
+    // Every stream was stalled: the connection goes too.
+    tokio::time::timeout(Duration::from_secs(3), &mut connection)
+        .await
+        .expect("the connection is closed")
+        .ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_body_that_stalls_fails_alone() {
+    let server = serve("idle_timeout = \"1s\"").await;
+    let (sender, connection) = raw_h2(&server, 65_535).await;
+    let mut stalled_sender = sender.clone().ready().await.expect("ready");
+    let (stalled, mut body) = stalled_sender
+        .send_request(
+            http::Request::post(format!("http://{}/auth/login", server.address))
+                .header("content-type", "application/json")
+                .body(())
+                .unwrap(),
+            false,
+        )
+        .expect("sent");
+    body.send_data(Bytes::from_static(b"{\"username\":"), false)
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile another stream on the same connection keeps making progress.
+    let busy = {
+        let sender = sender.clone();
+        let address = server.address;
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..15 {
+                let mut sender = sender.clone().ready().await.expect("ready");
+                let (response, _) = sender
+                    .send_request(
+                        http::Request::get(format!("http://{address}/healthz"))
+                            .body(())
+                            .unwrap(),
+                        true,
+                    )
+                    .expect("sent");
+                let response = response.await.expect("answered");
+                statuses.push(response.status().as_u16());
+                let mut body = response.into_body();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.expect("body");
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            statuses
+        })
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), stalled)
+        .await
+        .expect("the stalled request is answered")
+        .expect("with a response, not a reset");
+    let took = started.elapsed();
+    assert_eq!(response.status(), 408);
+    assert!(took >= Duration::from_millis(800), "{took:?}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    let mut answer = response.into_body();
+    let mut json = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        json.extend_from_slice(&chunk.expect("body"));
+    }
+    let json: Value = serde_json::from_slice(&json).expect("JSON");
+    assert_eq!(json["error"], "invalid_request");
+    assert_eq!(json["message"], "Request timed out");
+    let statuses = busy.await.unwrap();
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    assert!(!connection.is_finished(), "the connection stays open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
