@@ -212,6 +212,27 @@ async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
     assert!(status.success(), "{status:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_tls_is_logged_and_the_server_keeps_serving() {
+    let dir = temp_dir();
+    let mut serve = Serve::start(&dir, "", None);
+    for _ in 0..2 {
+        serve.signal("HUP");
+        serve
+            .wait_for("need a restart", Duration::from_secs(10))
+            .expect("SIGHUP logged");
+        assert!(serve.child.try_wait().unwrap().is_none(), "still running");
+        let mut stream = TcpStream::connect(serve.address).await.unwrap();
+        assert_eq!(healthz(&mut stream).await, Some(200));
+    }
+    assert!(
+        serve
+            .drain_log()
+            .iter()
+            .any(|line| line.contains("no certificate to reload"))
+    );
+}
+
 async fn healthz(stream: &mut TcpStream) -> Option<u16> {
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")

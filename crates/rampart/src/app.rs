@@ -268,10 +268,11 @@ impl Application {
     /// # Errors
     /// The server fails.
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
-        if let Some(tls) = self.tls.clone() {
-            self.background
-                .push(tokio::spawn(crate::server::reload_on_hangup(tls)));
-        }
+        // Always: SIGHUP's default action would end the process.
+        self.background
+            .push(tokio::spawn(crate::server::reload_on_hangup(
+                self.tls.clone(),
+            )));
         self.run_until(shutdown_signal()).await
     }
 

@@ -221,6 +221,14 @@ fn load(config: &TlsConfig, provider: &CryptoProvider) -> anyhow::Result<Certifi
     }
     let private_key = PrivateKeyDer::from_pem_file(&config.key)
         .map_err(|error| anyhow::anyhow!("server.tls.key ({key}): {error}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        });
+    for warning in certificate_warnings(&chain, key_mode(&config.key), now) {
+        tracing::warn!(cert = %cert, key = %key, "{warning}");
+    }
     CertifiedKey::from_der(chain, private_key, provider).map_err(|error| {
         anyhow::anyhow!(
             "server.tls: the key ({key}) and the certificate ({cert}) do not go together: {error}"
@@ -228,9 +236,10 @@ fn load(config: &TlsConfig, provider: &CryptoProvider) -> anyhow::Result<Certifi
     })
 }
 
-/// Reloads the TLS certificate on every SIGHUP; a bad new file is refused with the reason
-/// logged and the previous certificate kept.
-pub async fn reload_on_hangup(tls: Arc<Tls>) {
+/// Handles SIGHUP for the life of the process (without a handler, SIGHUP would end it):
+/// reloads the TLS certificate when `server.tls` is set (a bad new file is refused with the
+/// reason logged and the previous certificate kept) and says what a restart is needed for.
+pub async fn reload_on_hangup(tls: Option<Arc<Tls>>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -242,19 +251,74 @@ pub async fn reload_on_hangup(tls: Arc<Tls>) {
             }
         };
         while hangups.recv().await.is_some() {
-            match tls.reload() {
-                Ok(()) => tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded"),
-                Err(error) => tracing::error!(
-                    error = %error,
-                    "TLS certificate not reloaded; the previous one stays in use"
-                ),
+            tracing::info!("SIGHUP received");
+            match &tls {
+                Some(tls) => {
+                    // Files are read off the runtime's workers.
+                    let reloading = Arc::clone(tls);
+                    match tokio::task::spawn_blocking(move || reloading.reload()).await {
+                        Ok(Ok(())) => {
+                            tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded");
+                        }
+                        Ok(Err(error)) => tracing::error!(
+                            error = %error,
+                            "TLS certificate not reloaded; the previous one stays in use"
+                        ),
+                        Err(error) => tracing::error!(
+                            error = %error,
+                            "TLS certificate not reloaded; the previous one stays in use"
+                        ),
+                    }
+                }
+                None => tracing::info!("no server.tls: no certificate to reload"),
             }
+            tracing::warn!(
+                "SIGHUP reloads only the TLS certificate: changes to routes, upstreams, roles, \
+                 tiers and every other setting need a restart"
+            );
         }
     }
     #[cfg(not(unix))]
     {
         let _ = tls;
     }
+}
+
+/// What an operator should hear about a certificate and key that load: a certificate
+/// outside its validity period, a key file others can read.
+fn certificate_warnings(
+    chain: &[CertificateDer<'_>],
+    key_mode: Option<u32>,
+    now: i64,
+) -> Vec<&'static str> {
+    let mut warnings = Vec::new();
+    if let Some(first) = chain.first()
+        && let Ok((_, certificate)) = x509_parser::parse_x509_certificate(first.as_ref())
+    {
+        let validity = certificate.validity();
+        if validity.not_after.timestamp() < now {
+            warnings.push("the TLS certificate has expired");
+        } else if validity.not_before.timestamp() > now {
+            warnings.push("the TLS certificate is not valid yet");
+        }
+    }
+    if key_mode.is_some_and(|mode| mode & 0o077 != 0) {
+        warnings.push("the TLS key file can be read by other users than its owner (chmod 600)");
+    }
+    warnings
+}
+
+#[cfg(unix)]
+fn key_mode(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|metadata| metadata.permissions().mode())
+}
+
+#[cfg(not(unix))]
+fn key_mode(_path: &std::path::Path) -> Option<u32> {
+    None
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1162,6 +1226,30 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         activity.on_read();
         assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn certificate_warnings_name_expiry_and_readable_keys() {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2030, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let chain = [params.self_signed(&key).unwrap().der().clone()];
+        // 2025, 2033 and 2017.
+        let now = 1_750_000_000;
+        assert!(certificate_warnings(&chain, Some(0o100_600), now).is_empty());
+        assert_eq!(
+            certificate_warnings(&chain, Some(0o100_644), now),
+            ["the TLS key file can be read by other users than its owner (chmod 600)"]
+        );
+        assert_eq!(
+            certificate_warnings(&chain, Some(0o600), 2_000_000_000),
+            ["the TLS certificate has expired"]
+        );
+        assert_eq!(
+            certificate_warnings(&chain, Some(0o600), 1_500_000_000),
+            ["the TLS certificate is not valid yet"]
+        );
     }
 
     #[test]
