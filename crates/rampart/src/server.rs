@@ -324,8 +324,10 @@ fn key_mode(_path: &std::path::Path) -> Option<u32> {
 // ---------------------------------------------------------------------------------------
 // The accept loop
 
-/// Serves `router` on `listener` until `shutdown` completes, then: `/readyz` fails, the
-/// listener closes, open connections finish what they are serving (HTTP/1.1 with
+/// Serves `router` on `listener` until `shutdown` completes, then: `/readyz` fails while
+/// the listener still accepts for [`drain_delay`] (HTTP/1.1 answers carry
+/// `Connection: close`, HTTP/2 connections get GOAWAY), the listener closes, open
+/// connections finish what they are serving (HTTP/1.1 with
 /// `Connection: close`, HTTP/2 with GOAWAY), and whatever is still open after
 /// `shutdown_timeout` is closed.
 pub async fn serve(
@@ -338,7 +340,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(http_builder(&limits));
-    let (stop, stopped) = watch::channel(false);
+    let (stop, stopped) = watch::channel(Phase::Serving);
     let mut connections = JoinSet::new();
     let shared = Arc::new(Shared {
         state,
@@ -346,22 +348,39 @@ pub async fn serve(
         tls,
         limits,
         builder,
+        stopping: stopping.clone(),
     });
+    let delay = drain_delay(limits.shutdown_timeout);
     {
-        let accepting = accept_loop(&listener, &shared, &stopped, &mut connections);
+        let mut accepting = pin!(accept_loop(&listener, &shared, &stopped, &mut connections));
+        let mut accepting_ended = false;
         tokio::select! {
             () = shutdown => {}
-            () = accepting => {}
+            () = accepting.as_mut() => accepting_ended = true,
+        }
+        // First fail /readyz while still accepting, so that load balancers see the
+        // instance go unready (503) rather than refuse connections.
+        stopping.begin();
+        let _ = stop.send(Phase::Draining);
+        tracing::info!(
+            connections = connections_len(&shared),
+            drain_delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "shutting down: /readyz fails, still accepting for the drain delay"
+        );
+        if !accepting_ended {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = accepting.as_mut() => {}
+            }
         }
     }
-    stopping.begin();
     drop(listener);
     tracing::info!(
         connections = connections.len(),
         "shutting down: stopped accepting, draining open connections"
     );
-    let _ = stop.send(true);
-    let drained = tokio::time::timeout(limits.shutdown_timeout, async {
+    let _ = stop.send(Phase::Closing);
+    let drained = tokio::time::timeout(limits.shutdown_timeout.saturating_sub(delay), async {
         while connections.join_next().await.is_some() {}
     })
     .await;
@@ -374,7 +393,29 @@ pub async fn serve(
     }
 }
 
+/// How long a stopping server keeps accepting (with `/readyz` failing) before it closes
+/// its listener: a third of `shutdown_timeout`, at most 5 s.
+pub fn drain_delay(shutdown_timeout: Duration) -> Duration {
+    (shutdown_timeout / 3).min(Duration::from_secs(5))
+}
+
+/// Connections open: each holds the shared state once.
+fn connections_len(shared: &Arc<Shared>) -> usize {
+    Arc::strong_count(shared).saturating_sub(1)
+}
+
+/// Where the server is in its life, for its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// `/readyz` fails; HTTP/1.1 answers carry `Connection: close`, HTTP/2 gets GOAWAY.
+    Draining,
+    /// The listener is closed: every connection finishes what it serves and closes.
+    Closing,
+}
+
 struct Shared {
+    stopping: Stopping,
     state: AppState,
     router: Router,
     tls: Option<Arc<Tls>>,
@@ -409,7 +450,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<StreamExecutor> {
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
-    stopped: &watch::Receiver<bool>,
+    stopped: &watch::Receiver<Phase>,
     connections: &mut JoinSet<()>,
 ) {
     let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
@@ -472,7 +513,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    mut stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<Phase>,
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
@@ -510,7 +551,7 @@ async fn serve_http<I>(
     peer: SocketAddr,
     shared: &Arc<Shared>,
     activity: Arc<Activity>,
-    mut stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<Phase>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -530,6 +571,7 @@ async fn serve_http<I>(
                 .then(|| headers_too_large(&shared.state, &request, size, peer));
             let router = shared.router.clone();
             let idle_timeout = shared.limits.idle_timeout;
+            let stopping = shared.stopping.clone();
             async move {
                 let response = match refusal {
                     Some(response) => response,
@@ -550,11 +592,17 @@ async fn serve_http<I>(
                             Ok(response) => response,
                             Err(never) => match never {},
                         };
-                        if stream.body_timed_out.load(Ordering::Acquire) {
+                        let mut response = if stream.body_timed_out.load(Ordering::Acquire) {
                             request_timed_out(response, version)
                         } else {
                             response
+                        };
+                        if version < Version::HTTP_2 && stopping.is_stopping() {
+                            response
+                                .headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
                         }
+                        response
                     }
                 };
                 stream.waiting_on_client();
@@ -587,9 +635,16 @@ async fn serve_http<I>(
                 }
                 return;
             }
-            () = stop_requested(&mut stopped), if !draining => {
-                draining = true;
-                connection.as_mut().graceful_shutdown();
+            changed = stopped.changed(), if !draining => {
+                let phase = if changed.is_ok() { *stopped.borrow_and_update() } else { Phase::Closing };
+                // HTTP/1.1 answers carry `Connection: close` from Draining on (see the
+                // service); HTTP/2 gets its GOAWAY now.
+                if phase == Phase::Closing
+                    || (phase == Phase::Draining && activity.http2.load(Ordering::Relaxed))
+                {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
             }
             () = activity.changed.notified() => {}
             () = timer.as_mut(), if deadline.is_some() => {
@@ -611,8 +666,11 @@ async fn serve_http<I>(
 }
 
 /// Completes once shutdown begins (or the server is gone).
-async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stopped| *stopped).await.map(|_| ());
+async fn stop_requested(stopped: &mut watch::Receiver<Phase>) {
+    let _ = stopped
+        .wait_for(|phase| *phase == Phase::Closing)
+        .await
+        .map(|_| ());
 }
 
 /// The size of a request head as HTTP/1.1 writes it.

@@ -529,9 +529,30 @@ async fn shutdown_fails_readyz_then_closes_everything_by_shutdown_timeout() {
     assert_eq!(answer.status, 503);
     assert_eq!(answer.json()["status"], "stopping");
     assert_eq!(answer.headers["connection"], "close");
+    // During the drain delay (a third of shutdown_timeout) new connections are still
+    // accepted, and told the same, over HTTP/1.1 and HTTP/2.
+    let mut late = connect(&server).await;
+    late.write_all(get("/readyz").as_bytes()).await.unwrap();
+    let answer = read_answer(&mut late)
+        .await
+        .expect("answered while draining");
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.headers["connection"], "close");
+    assert!(
+        closed_within(&mut late, Duration::from_millis(500))
+            .await
+            .is_some()
+    );
+    let response = h2_get(
+        connect(&server).await,
+        format!("http://{}/readyz", server.address),
+    )
+    .await;
+    assert_eq!(response.status(), 503);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         TcpStream::connect(server.address).await.is_err(),
-        "no longer accepting"
+        "no longer accepting after the drain delay"
     );
 
     tokio::time::timeout(Duration::from_secs(3), &mut server.done)
@@ -552,8 +573,8 @@ async fn shutdown_fails_readyz_then_closes_everything_by_shutdown_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_with_nothing_open_is_immediate() {
-    let mut server = serve("shutdown_timeout = \"10s\"").await;
+async fn shutdown_with_nothing_open_ends_after_the_drain_delay() {
+    let mut server = serve("shutdown_timeout = \"1500ms\"").await;
     let mut idle = connect(&server).await;
     idle.write_all(get("/healthz").as_bytes()).await.unwrap();
     assert_eq!(read_answer(&mut idle).await.expect("answered").status, 200);
@@ -575,21 +596,26 @@ async fn shutdown_with_nothing_open_is_immediate() {
     assert_eq!(response.status(), 200);
     let started = Instant::now();
     drop(server.stop.take());
+    // The HTTP/2 connection gets its GOAWAY as the drain delay begins.
+    tokio::time::timeout(Duration::from_millis(400), h2)
+        .await
+        .expect("the HTTP/2 connection is closed (GOAWAY)")
+        .unwrap()
+        .ok();
+    assert!(!server.done.is_finished(), "still in the drain delay");
     tokio::time::timeout(Duration::from_secs(2), &mut server.done)
         .await
         .expect("idle keep-alives do not hold shutdown")
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1));
+    let stopped = started.elapsed();
+    // The drain delay is a third of shutdown_timeout; nothing else holds it.
+    assert!(stopped >= Duration::from_millis(450), "{stopped:?}");
+    assert!(stopped < Duration::from_millis(1000), "{stopped:?}");
     assert!(
         closed_within(&mut idle, Duration::from_secs(1))
             .await
             .is_some()
     );
-    tokio::time::timeout(Duration::from_secs(1), h2)
-        .await
-        .expect("the HTTP/2 connection is closed (GOAWAY)")
-        .unwrap()
-        .ok();
 }
 
 // ---------------------------------------------------------------------------------------
