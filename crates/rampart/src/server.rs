@@ -35,8 +35,17 @@
 //! Request heads over `max_header_bytes` are refused with 431 and the JSON error body.
 //! The size is the head as HTTP/1.1 writes it: request line, `name: value` lines and the
 //! blank line (HTTP/2 likewise, with `:authority` counted once). The HTTP parser itself
-//! buffers at most [`parser_limit`] (twice the limit, at least 16 KiB more), so an absurd
-//! head is cut off there with the parser's own bare 431 and never held in memory.
+//! buffers at most [`parser_limit`] (`max_header_bytes` + 16 KiB), so an absurd head is
+//! cut off there with the parser's own bare 431 and never held in memory. Two more cases
+//! get hyper's bare 431 (no JSON body): an HTTP/1.1 head with more than
+//! [`MAX_HEADER_FIELDS`] fields, and a request target over 64 KiB.
+//!
+//! Memory per connection, at worst: HTTP/1.1 holds its read buffer (`max_header_bytes` +
+//! 16 KiB) and the response being written; HTTP/2 holds the header block being decoded
+//! (at most the same), request data the client sent and no handler read yet (at most the
+//! 1 MiB connection window, 256 KiB per stream) and, per open stream (at most 100),
+//! 64 KiB of response queued beyond the client's window, so about 7.5 MiB; TLS adds about
+//! 34 KiB of record buffers. `max_connections` times that bounds the listener's share.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -105,10 +114,20 @@ impl Limits {
 /// What the HTTP parser buffers of a request head at most: past this it answers a bare 431
 /// and closes, before Rampart sees the request.
 pub fn parser_limit(max_header_bytes: usize) -> usize {
-    max_header_bytes
-        .saturating_mul(2)
-        .max(max_header_bytes.saturating_add(16 * 1024))
+    max_header_bytes.saturating_add(16 * 1024)
 }
+
+/// Header fields an HTTP/1.1 request may have: past this hyper answers a bare 431.
+pub const MAX_HEADER_FIELDS: usize = 256;
+
+/// What one HTTP/2 stream's response may have queued beyond its flow-control window.
+const MAX_SEND_BUFFER: usize = 64 * 1024;
+/// HTTP/2 flow-control windows Rampart grants: what a client may have sent and not yet
+/// read by its handler, per stream and per connection.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Streams one HTTP/2 connection may have open at once.
+const MAX_STREAMS: u32 = 100;
 
 /// Set once shutdown begins; `/readyz` then answers 503.
 #[derive(Debug, Clone, Default)]
@@ -434,15 +453,21 @@ fn http_builder(limits: &Limits) -> auto::Builder<StreamExecutor> {
         // Rampart keeps its own deadlines: hyper's would also cut idle keep-alives.
         .header_read_timeout(None)
         .keep_alive(true)
+        .max_headers(MAX_HEADER_FIELDS)
         .max_buf_size(parser_limit.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(parser_limit).unwrap_or(u32::MAX))
-        .max_concurrent_streams(100)
+        .max_concurrent_streams(MAX_STREAMS)
         .max_pending_accept_reset_streams(20)
+        .max_send_buf_size(MAX_SEND_BUFFER)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .keep_alive_interval(Some(limits.idle_timeout.min(Duration::from_secs(20))))
-        .keep_alive_timeout(Duration::from_secs(20));
+        // A ping queued behind data on a slow link must not cut a download that the
+        // write deadline (idle_timeout) would let finish.
+        .keep_alive_timeout(limits.idle_timeout.max(Duration::from_secs(20)));
     builder
 }
 
@@ -1242,9 +1267,10 @@ mod tests {
 
     #[test]
     fn the_parser_holds_more_than_the_limit_but_not_without_bound() {
-        assert_eq!(parser_limit(32 * 1024), 64 * 1024);
+        assert_eq!(parser_limit(32 * 1024), 48 * 1024);
         assert_eq!(parser_limit(1024), 17 * 1024);
-        assert_eq!(parser_limit(1024 * 1024), 2 * 1024 * 1024);
+        assert_eq!(parser_limit(1024 * 1024), 1040 * 1024);
+        assert_eq!(parser_limit(usize::MAX), usize::MAX);
     }
 
     #[tokio::test(start_paused = true)]
