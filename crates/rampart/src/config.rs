@@ -820,6 +820,11 @@ impl RawConfig {
         }
         if self.server.max_connections == 0 {
             bad("server.max_connections", "must be at least 1".into());
+        } else if self.server.max_connections > MAX_CONNECTIONS {
+            bad(
+                "server.max_connections",
+                format!("must be at most {MAX_CONNECTIONS}"),
+            );
         }
         if self.server.worker_threads > 1024 {
             bad("server.worker_threads", "must be at most 1024".into());
@@ -1346,6 +1351,9 @@ fn parse_networks(items: &[String]) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
+/// The most connections `server.max_connections` may allow.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
 /// Parses a duration such as `250ms`, `30s`, `5min`, `1h`, `7d`.
 ///
 /// # Errors
@@ -1356,7 +1364,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| bad())?;
     let seconds_per = match unit {
-        "ms" => return positive(Duration::from_millis(number), text),
+        "ms" => {
+            if number / 1000 > 100 * 365 * 86_400 {
+                return Err(format!("`{text}` is longer than a hundred years"));
+            }
+            return positive(Duration::from_millis(number), text);
+        }
         "s" => 1,
         "m" | "min" => 60,
         "h" => 3600,
@@ -1531,6 +1544,8 @@ mod tests {
             "0s",
             "1w",
             "99999999999999999999d",
+            "18446744073709551615ms",
+            "3153600001000ms",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
@@ -1538,6 +1553,22 @@ mod tests {
         assert_eq!(parse_size("1MiB"), Ok(1_048_576));
         for bad in ["", "KiB", "0B", "1TiB", "-1B"] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn extreme_listener_values_are_refused() {
+        assert!(load("[server]\nmax_connections = 1000000\n", &[]).is_ok());
+        for bad in [
+            "max_connections = 1000001",
+            "max_connections = 9223372036854775807",
+            "idle_timeout = \"18446744073709551615ms\"",
+            "shutdown_timeout = \"99999999999999ms\"",
+        ] {
+            let error = load(&format!("[server]\n{bad}\n"), &[])
+                .map(|_| ())
+                .expect_err(bad);
+            assert!(error.to_string().contains("server."), "{bad}: {error}");
         }
     }
 

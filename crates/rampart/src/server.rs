@@ -551,7 +551,10 @@ async fn connection(
         return serve_http(io, peer, &shared, activity, stopped).await;
     };
     let handshake = tokio::time::timeout_at(
-        activity.started + shared.limits.header_read_timeout,
+        activity
+            .started
+            .checked_add(shared.limits.header_read_timeout)
+            .unwrap_or_else(far_future),
         tls.acceptor.accept(io),
     );
     let stream = tokio::select! {
@@ -648,7 +651,9 @@ async fn serve_http<I>(
         let deadline = activity.deadline(&limits);
         if deadline != armed {
             if let Some(at) = deadline {
-                timer.as_mut().reset(activity.started + at);
+                timer
+                    .as_mut()
+                    .reset(activity.started.checked_add(at).unwrap_or_else(far_future));
             }
             armed = deadline;
         }
@@ -1300,6 +1305,26 @@ mod tests {
         assert_eq!(activity.deadline(&limits), Some(Duration::from_secs(60)));
         activity.on_write(false);
         assert_eq!(activity.deadline(&limits), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extreme_timeouts_do_not_wrap() {
+        let limits = Limits {
+            header_read_timeout: Duration::MAX,
+            idle_timeout: Duration::MAX,
+            ..limits()
+        };
+        let activity = Arc::new(Activity::new());
+        let far = activity.deadline(&limits).expect("a deadline");
+        assert!(far >= Duration::from_secs(86_400 * 365 * 100));
+        drop(activity.begin(false));
+        activity.on_read();
+        activity.on_write(true);
+        assert!(activity.deadline(&limits).expect("a deadline") >= far / 2);
+        assert!(activity.expired(&limits).is_none());
+        let stream = StreamClock::new(Arc::clone(&activity));
+        stream.waiting_on_client();
+        assert!(stream.deadline(limits.idle_timeout) > Instant::now());
     }
 
     #[tokio::test(start_paused = true)]
