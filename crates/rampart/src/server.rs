@@ -499,8 +499,12 @@ async fn accept_loop(
                     permit,
                 ));
             }
-            Err(error) if is_connection_error(&error) => {
+            Err(error) if !is_exhaustion(&error) => {
+                // ECONNABORTED, EPROTO, ENETUNREACH, ...: that connection failed, the
+                // listener is fine. Take the next one (after letting others run).
                 tracing::debug!(error = %error, "a connection failed before it was accepted");
+                drop(permit);
+                tokio::task::yield_now().await;
             }
             Err(error) => {
                 // Out of descriptors (EMFILE/ENFILE) or memory: the pending connection
@@ -522,16 +526,18 @@ async fn accept_loop(
     }
 }
 
-/// Errors that concern one connection only, not the listener.
-fn is_connection_error(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
+/// Whether `accept` failed for want of descriptors (EMFILE, ENFILE), buffers (ENOBUFS) or
+/// memory (ENOMEM): then the listener backs off. Every other error concerns the one
+/// connection being accepted.
+fn is_exhaustion(error: &io::Error) -> bool {
+    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+    const CODES: [i32; 4] = [24, 23, 55, 12];
+    #[cfg(not(any(target_os = "macos", target_os = "ios", target_os = "freebsd")))]
+    const CODES: [i32; 4] = [24, 23, 105, 12];
+    error.kind() == io::ErrorKind::OutOfMemory
+        || error
+            .raw_os_error()
+            .is_some_and(|code| CODES.contains(&code))
 }
 
 async fn connection(
@@ -1361,12 +1367,22 @@ mod tests {
         );
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn per_connection_accept_errors_are_told_apart_from_exhaustion() {
-        assert!(is_connection_error(&io::Error::from(
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM
+        for code in [24, 23, 105, 12] {
+            assert!(is_exhaustion(&io::Error::from_raw_os_error(code)), "{code}");
+        }
+        // ECONNABORTED, EPROTO, ENETUNREACH, EHOSTUNREACH, EPERM, ETIMEDOUT
+        for code in [103, 71, 101, 113, 1, 110] {
+            assert!(
+                !is_exhaustion(&io::Error::from_raw_os_error(code)),
+                "{code}"
+            );
+        }
+        assert!(!is_exhaustion(&io::Error::from(
             io::ErrorKind::ConnectionAborted
         )));
-        // EMFILE
-        assert!(!is_connection_error(&io::Error::from_raw_os_error(24)));
     }
 }
