@@ -131,6 +131,10 @@ impl Application {
     /// Secrets, stores, keys or the listener cannot be set up.
     pub async fn build_with(mut config: Config, options: BuildOptions) -> anyhow::Result<Self> {
         crate::secrets::fill_generated(&mut config)?;
+        crate::server::descriptor_budget(
+            config.server.max_connections,
+            crate::server::descriptor_reserve(options.max_db_connections, config.upstreams.len()),
+        );
         let database = open_store(config.database_url.expose(), options.max_db_connections).await?;
         let sessions: Arc<dyn SessionStore> = match &config.tokens.store {
             StateStoreKind::Database => database.sessions(),

@@ -341,6 +341,51 @@ fn key_mode(_path: &std::path::Path) -> Option<u32> {
 }
 
 // ---------------------------------------------------------------------------------------
+// The descriptor budget
+
+/// Raises the process's soft limit on open files to its hard limit, and warns when
+/// `max_connections` plus `reserve` (database and upstream pools, logs, the listener)
+/// does not fit under it: past it `accept` fails with EMFILE and the listener backs off.
+/// Returns the limit in force, if known.
+pub fn descriptor_budget(max_connections: usize, reserve: u64) -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let needed = u64::try_from(max_connections)
+                .unwrap_or(u64::MAX)
+                .saturating_add(reserve);
+            if needed > limit {
+                tracing::warn!(
+                    open_files = limit,
+                    needed,
+                    "server.max_connections plus the descriptors Rampart needs besides exceed \
+                     the open-file limit (ulimit -n): lower max_connections or raise the limit"
+                );
+            } else {
+                tracing::debug!(open_files = limit, needed, "open-file limit");
+            }
+            Some(limit)
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "the open-file limit cannot be read or raised");
+            None
+        }
+    }
+}
+
+/// Descriptors Rampart uses besides client connections: its database pool, upstream
+/// connection pools (256 idle per upstream at most) and 64 for logs, the listener, DNS
+/// and the like.
+pub fn descriptor_reserve(database_pool: u32, upstreams: usize) -> u64 {
+    u64::from(database_pool)
+        .saturating_add(
+            u64::try_from(upstreams)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(256),
+        )
+        .saturating_add(64)
+}
+
+// ---------------------------------------------------------------------------------------
 // The accept loop
 
 /// Serves `router` on `listener` until `shutdown` completes, then: `/readyz` fails while
