@@ -96,6 +96,7 @@ pub struct RawServer {
     pub header_read_timeout: String,
     pub idle_timeout: String,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub max_header_bytes: String,
     pub shutdown_timeout: String,
 }
@@ -112,6 +113,7 @@ impl Default for RawServer {
             header_read_timeout: "10s".into(),
             idle_timeout: "60s".into(),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             max_header_bytes: "32KiB".into(),
             shutdown_timeout: "30s".into(),
         }
@@ -484,6 +486,10 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Connections served at once; beyond, new ones wait in the backlog.
     pub max_connections: usize,
+    /// Connections one client address (IPv6: its `rate_limits.ipv6_prefix` network) may
+    /// hold at once; beyond, new ones are closed at once. Peers in `trusted_proxies` are
+    /// exempt.
+    pub max_connections_per_ip: usize,
     /// Largest request head (request line and headers) accepted; 431 beyond.
     pub max_header_bytes: usize,
     /// How long a stopping server drains before it closes what is left.
@@ -823,6 +829,14 @@ impl RawConfig {
         } else if self.server.max_connections > MAX_CONNECTIONS {
             bad(
                 "server.max_connections",
+                format!("must be at most {MAX_CONNECTIONS}"),
+            );
+        }
+        if self.server.max_connections_per_ip == 0 {
+            bad("server.max_connections_per_ip", "must be at least 1".into());
+        } else if self.server.max_connections_per_ip > MAX_CONNECTIONS {
+            bad(
+                "server.max_connections_per_ip",
                 format!("must be at most {MAX_CONNECTIONS}"),
             );
         }
@@ -1195,6 +1209,7 @@ impl RawConfig {
                 header_read_timeout,
                 idle_timeout,
                 max_connections: self.server.max_connections,
+                max_connections_per_ip: self.server.max_connections_per_ip,
                 max_header_bytes,
                 shutdown_timeout,
             },
@@ -1562,6 +1577,8 @@ mod tests {
         for bad in [
             "max_connections = 1000001",
             "max_connections = 9223372036854775807",
+            "max_connections_per_ip = 0",
+            "max_connections_per_ip = 1000001",
             "idle_timeout = \"18446744073709551615ms\"",
             "shutdown_timeout = \"99999999999999ms\"",
         ] {

@@ -27,6 +27,11 @@
 //! so between streams an HTTP/2 connection is held to `idle_timeout` alone; HTTP/2 pings
 //! find dead peers while streams are open.
 //!
+//! One client address holds at most `max_connections_per_ip` of them (IPv6: one
+//! `rate_limits.ipv6_prefix` network; peers in `trusted_proxies` are exempt, since a proxy
+//! carries many clients): a connection over that is closed as soon as it is accepted,
+//! before a byte is read, so no request is cut off.
+//!
 //! At most `max_connections` connections are served at once: beyond, the listener stops
 //! calling `accept`, so new connections wait in the kernel's backlog and none is cut off
 //! mid-request. When the process runs out of descriptors, `accept` fails; the listener logs
@@ -92,6 +97,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections one client address (IPv6: network) may hold at once.
+    pub max_connections_per_ip: usize,
     /// Largest request head answered; 431 beyond.
     pub max_header_bytes: usize,
     /// How long a stopping server drains before it closes what is left.
@@ -105,6 +112,7 @@ impl Limits {
             header_read_timeout: server.header_read_timeout,
             idle_timeout: server.idle_timeout,
             max_connections: server.max_connections.max(1),
+            max_connections_per_ip: server.max_connections_per_ip.max(1),
             max_header_bytes: server.max_header_bytes,
             shutdown_timeout: server.shutdown_timeout,
         }
@@ -413,6 +421,7 @@ pub async fn serve(
         limits,
         builder,
         stopping: stopping.clone(),
+        per_client: Arc::default(),
     });
     let delay = drain_delay(limits.shutdown_timeout);
     {
@@ -478,7 +487,50 @@ enum Phase {
     Closing,
 }
 
+/// Connections open per client address, for `server.max_connections_per_ip`.
+#[derive(Debug, Default)]
+struct PerClient(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl PerClient {
+    /// A place for one more connection from `key`, unless it holds `cap` already.
+    fn admit(self: &Arc<Self>, key: std::net::IpAddr, cap: usize) -> Option<ClientSlot> {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(key).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            clients: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+/// One connection's place in [`PerClient`], given back when it closes.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    key: std::net::IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .clients
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 struct Shared {
+    per_client: Arc<PerClient>,
     stopping: Stopping,
     state: AppState,
     router: Router,
@@ -535,13 +587,25 @@ async fn accept_loop(
                     tracing::info!("accepting connections again");
                     backoff = Duration::ZERO;
                 }
+                let slot = match client_slot(shared, peer) {
+                    Ok(slot) => slot,
+                    Err(key) => {
+                        // Closed before a byte is read: never mid-request.
+                        tracing::debug!(
+                            client = %key,
+                            "server.max_connections_per_ip reached: connection closed"
+                        );
+                        drop(stream);
+                        continue;
+                    }
+                };
                 while connections.try_join_next().is_some() {}
                 connections.spawn(connection(
                     stream,
                     peer,
                     Arc::clone(shared),
                     stopped.clone(),
-                    permit,
+                    (permit, slot),
                 ));
             }
             Err(error) if !is_exhaustion(&error) => {
@@ -571,6 +635,30 @@ async fn accept_loop(
     }
 }
 
+/// A place for a connection from `peer`, or the key it is counted under when that holds
+/// `max_connections_per_ip` already. Trusted proxies carry many clients: not counted.
+fn client_slot(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+) -> Result<Option<ClientSlot>, std::net::IpAddr> {
+    let ip = peer.ip().to_canonical();
+    let config = &shared.state.config;
+    if config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|network| network.contains(&ip))
+    {
+        return Ok(None);
+    }
+    let key = crate::client_ip::bucket(ip, config.rate_limits.ipv6_prefix);
+    shared
+        .per_client
+        .admit(key, shared.limits.max_connections_per_ip)
+        .map(Some)
+        .ok_or(key)
+}
+
 /// Whether `accept` failed for want of descriptors (EMFILE, ENFILE), buffers (ENOBUFS) or
 /// memory (ENOMEM): then the listener backs off. Every other error concerns the one
 /// connection being accepted.
@@ -590,7 +678,7 @@ async fn connection(
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<Phase>,
-    _permit: OwnedSemaphorePermit,
+    _places: (OwnedSemaphorePermit, Option<ClientSlot>),
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
@@ -1305,6 +1393,7 @@ mod tests {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10,
+            max_connections_per_ip: 5,
             max_header_bytes: 32 * 1024,
             shutdown_timeout: Duration::from_secs(30),
         }

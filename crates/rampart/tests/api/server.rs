@@ -1129,3 +1129,62 @@ async fn shutdown_drains_an_http2_stream_in_flight() {
         .expect("then the server stops")
         .unwrap();
 }
+
+/// Serves `/healthz` on `stream`; `None` when the server closed it instead.
+async fn served(stream: &mut TcpStream) -> Option<u16> {
+    stream.write_all(get("/healthz").as_bytes()).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(3), read_answer(stream))
+        .await
+        .expect("answered or closed in time")
+        .map(|answer| answer.status)
+}
+
+async fn one_client_holds_at_most(server: &Server, cap: usize) {
+    let mut held = Vec::new();
+    for _ in 0..cap {
+        let mut stream = connect(server).await;
+        assert_eq!(served(&mut stream).await, Some(200));
+        held.push(stream);
+    }
+    // Over the cap: closed before a byte is read.
+    for _ in 0..3 {
+        let mut over = connect(server).await;
+        assert_eq!(served(&mut over).await, None, "over the per-address cap");
+    }
+    // A place given back is taken again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = connect(server).await;
+    assert_eq!(served(&mut again).await, Some(200));
+    // And the connections held were never disturbed.
+    for stream in &mut held {
+        assert_eq!(served(stream).await, Some(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let server = serve("max_connections_per_ip = 3").await;
+    one_client_holds_at_most(&server, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ipv6_network_cannot_take_every_connection() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine; skipped");
+        return;
+    }
+    let server = serve_on("[::1]:0", "max_connections_per_ip = 2").await;
+    one_client_holds_at_most(&server, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_is_not_held_to_the_per_address_cap() {
+    let server = serve("max_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.1/32\"]").await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect(&server).await;
+        assert_eq!(served(&mut stream).await, Some(200));
+        held.push(stream);
+    }
+}
