@@ -787,7 +787,11 @@ async fn serve_http<I>(
     let mut draining = false;
     let mut armed = None;
     loop {
-        let deadline = activity.deadline(&limits);
+        // While requests are in flight there is no read deadline; the timer still looks
+        // again `idle_timeout` on, so that the end of a request needs no wake-up.
+        let deadline = activity.deadline(&limits).or_else(|| {
+            Some(Duration::from_millis(activity.now()).saturating_add(limits.idle_timeout))
+        });
         if deadline != armed {
             if let Some(at) = deadline {
                 timer
@@ -1085,8 +1089,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.0;
         if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // No wake-up: while requests are in flight the watchdog's timer stays armed
+            // `idle_timeout` ahead, never later than the idle deadline this starts.
             activity.idle_since.store(activity.now(), Ordering::Release);
-            activity.changed.notify_one();
         }
     }
 }
