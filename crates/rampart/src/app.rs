@@ -59,6 +59,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     tls: Option<Arc<Tls>>,
+    /// SIGHUP, watched from start-up on so that it never ends the process.
+    hangups: Option<crate::server::Hangups>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -243,6 +245,7 @@ impl Application {
             listener,
             state,
             tls,
+            hangups: Some(crate::server::Hangups::watch()),
             background,
         })
     }
@@ -273,10 +276,13 @@ impl Application {
     /// The server fails.
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         // Always: SIGHUP's default action would end the process.
-        self.background
-            .push(tokio::spawn(crate::server::reload_on_hangup(
-                self.tls.clone(),
-            )));
+        if let Some(hangups) = self.hangups.take() {
+            self.background
+                .push(tokio::spawn(crate::server::reload_on_hangup(
+                    hangups,
+                    self.tls.clone(),
+                )));
+        }
         self.run_until(shutdown_signal()).await
     }
 

@@ -266,17 +266,44 @@ fn load(config: &TlsConfig, provider: &CryptoProvider) -> anyhow::Result<Certifi
 /// Handles SIGHUP for the life of the process (without a handler, SIGHUP would end it):
 /// reloads the TLS certificate when `server.tls` is set (a bad new file is refused with the
 /// reason logged and the previous certificate kept) and says what a restart is needed for.
-pub async fn reload_on_hangup(tls: Option<Arc<Tls>>) {
+pub async fn reload_on_hangup(hangups: Hangups, tls: Option<Arc<Tls>>) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(error) => {
-                tracing::warn!(error = %error, "SIGHUP cannot be watched; TLS reload is off");
-                return;
-            }
-        };
+        {
+            let mut hangups = match hangups.0 {
+                Ok(hangups) => hangups,
+                Err(error) => {
+                    tracing::warn!(error = %error, "SIGHUP cannot be watched; TLS reload is off");
+                    return;
+                }
+            };
+            reload_loop(&mut hangups, tls).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (hangups, tls);
+    }
+}
+
+/// SIGHUP, watched from the moment the gateway is built: from then on it never takes its
+/// default action (ending the process), and none sent after start-up is missed.
+#[derive(Debug)]
+pub struct Hangups(#[cfg(unix)] io::Result<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    /// Starts watching SIGHUP (needs the Tokio runtime).
+    pub fn watch() -> Self {
+        Self(
+            #[cfg(unix)]
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
+        )
+    }
+}
+
+#[cfg(unix)]
+async fn reload_loop(hangups: &mut tokio::signal::unix::Signal, tls: Option<Arc<Tls>>) {
+    {
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP received");
             match &tls {
@@ -304,10 +331,6 @@ pub async fn reload_on_hangup(tls: Option<Arc<Tls>>) {
                  tiers and every other setting need a restart"
             );
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tls;
     }
 }
 
