@@ -41,6 +41,11 @@ impl Serve {
     /// Starts `rampart serve` in `dir` with `server` as its `[server]` section, optionally
     /// under `ulimit -n`.
     fn start(dir: &Path, server: &str, open_files: Option<u32>) -> Self {
+        Self::start_under(dir, server, open_files.map(|limit| format!("-n {limit}")))
+    }
+
+    /// Starts `rampart serve` under `ulimit {ulimit}` (e.g. `-S -n 256`).
+    fn start_under(dir: &Path, server: &str, ulimit: Option<String>) -> Self {
         let config = dir.join("rampart.toml");
         std::fs::write(
             &config,
@@ -51,12 +56,12 @@ impl Serve {
         )
         .unwrap();
         let binary = env!("CARGO_BIN_EXE_rampart");
-        let mut command = match open_files {
+        let mut command = match ulimit {
             Some(limit) => {
                 let mut command = Command::new("sh");
                 command
                     .arg("-c")
-                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(format!("ulimit {limit} && exec \"$0\" \"$@\""))
                     .arg(binary);
                 command
             }
@@ -210,6 +215,84 @@ async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// The soft and hard open-file limits of a process.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let mut fields = line.split_whitespace().skip(3);
+    (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    )
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_open_file_limit_is_raised_and_a_short_budget_is_warned_about() {
+    let dir = temp_dir();
+    let hard: u64 = open_file_limits(std::process::id())
+        .1
+        .parse()
+        .unwrap_or(4096);
+    let soft = 256.min(hard);
+    let mut serve =
+        Serve::start_under(&dir, "max_connections = 100", Some(format!("-S -n {soft}")));
+    let (now_soft, now_hard) = open_file_limits(serve.child.id());
+    assert_eq!(
+        now_soft, now_hard,
+        "the soft limit is raised to the hard one"
+    );
+    assert!(
+        !serve
+            .drain_log()
+            .iter()
+            .any(|line| line.contains("open-file limit (ulimit -n)")),
+        "100 connections fit"
+    );
+    drop(serve);
+    // Both limits low: 10,000 connections cannot fit, and the log says so.
+    let mut serve = Serve::start_under(&dir, "max_connections = 10000", Some("-n 512".to_owned()));
+    assert!(
+        serve
+            .drain_log()
+            .iter()
+            .any(|line| line.contains("open-file limit (ulimit -n)")),
+        "{:?}",
+        serve.log
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_tls_is_logged_and_the_server_keeps_serving() {
+    let dir = temp_dir();
+    let mut serve = Serve::start(&dir, "", None);
+    for _ in 0..2 {
+        serve.signal("HUP");
+        if serve
+            .wait_for("need a restart", Duration::from_secs(10))
+            .is_none()
+        {
+            panic!(
+                "SIGHUP not logged: {:?} {:?}",
+                serve.child.try_wait(),
+                serve.drain_log()
+            );
+        }
+        assert!(serve.child.try_wait().unwrap().is_none(), "still running");
+        let mut stream = TcpStream::connect(serve.address).await.unwrap();
+        assert_eq!(healthz(&mut stream).await, Some(200));
+    }
+    assert!(
+        serve
+            .drain_log()
+            .iter()
+            .any(|line| line.contains("no certificate to reload"))
+    );
 }
 
 async fn healthz(stream: &mut TcpStream) -> Option<u16> {

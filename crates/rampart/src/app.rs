@@ -63,6 +63,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     tls: Option<Arc<Tls>>,
+    /// SIGHUP, watched from start-up on so that it never ends the process.
+    hangups: Option<crate::server::Hangups>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -145,6 +147,10 @@ impl Application {
     /// Secrets, stores, keys or the listener cannot be set up.
     pub async fn build_with(mut config: Config, options: BuildOptions) -> anyhow::Result<Self> {
         crate::secrets::fill_generated(&mut config)?;
+        crate::server::descriptor_budget(
+            config.server.max_connections,
+            crate::server::descriptor_reserve(options.max_db_connections, config.upstreams.len()),
+        );
         let database = open_store(
             config.database_url.expose(),
             options.max_db_connections,
@@ -269,6 +275,7 @@ impl Application {
             listener,
             state,
             tls,
+            hangups: Some(crate::server::Hangups::watch()),
             background,
         })
     }
@@ -298,9 +305,13 @@ impl Application {
     /// # Errors
     /// The server fails.
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
-        if let Some(tls) = self.tls.clone() {
+        // Always: SIGHUP's default action would end the process.
+        if let Some(hangups) = self.hangups.take() {
             self.background
-                .push(tokio::spawn(crate::server::reload_on_hangup(tls)));
+                .push(tokio::spawn(crate::server::reload_on_hangup(
+                    hangups,
+                    self.tls.clone(),
+                )));
         }
         self.run_until(shutdown_signal()).await
     }

@@ -96,6 +96,7 @@ pub struct RawServer {
     pub header_read_timeout: String,
     pub idle_timeout: String,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub max_header_bytes: String,
     pub shutdown_timeout: String,
 }
@@ -112,6 +113,7 @@ impl Default for RawServer {
             header_read_timeout: "10s".into(),
             idle_timeout: "60s".into(),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             max_header_bytes: "32KiB".into(),
             shutdown_timeout: "30s".into(),
         }
@@ -488,6 +490,10 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Connections served at once; beyond, new ones wait in the backlog.
     pub max_connections: usize,
+    /// Connections one client address (IPv6: its `rate_limits.ipv6_prefix` network) may
+    /// hold at once; beyond, new ones are closed at once. Peers in `trusted_proxies` are
+    /// exempt.
+    pub max_connections_per_ip: usize,
     /// Largest request head (request line and headers) accepted; 431 beyond.
     pub max_header_bytes: usize,
     /// How long a stopping server drains before it closes what is left.
@@ -831,6 +837,19 @@ impl RawConfig {
         }
         if self.server.max_connections == 0 {
             bad("server.max_connections", "must be at least 1".into());
+        } else if self.server.max_connections > MAX_CONNECTIONS {
+            bad(
+                "server.max_connections",
+                format!("must be at most {MAX_CONNECTIONS}"),
+            );
+        }
+        if self.server.max_connections_per_ip == 0 {
+            bad("server.max_connections_per_ip", "must be at least 1".into());
+        } else if self.server.max_connections_per_ip > MAX_CONNECTIONS {
+            bad(
+                "server.max_connections_per_ip",
+                format!("must be at most {MAX_CONNECTIONS}"),
+            );
         }
         if self.server.worker_threads > 1024 {
             bad("server.worker_threads", "must be at most 1024".into());
@@ -1265,6 +1284,7 @@ impl RawConfig {
                 header_read_timeout,
                 idle_timeout,
                 max_connections: self.server.max_connections,
+                max_connections_per_ip: self.server.max_connections_per_ip,
                 max_header_bytes,
                 shutdown_timeout,
             },
@@ -1423,6 +1443,9 @@ fn parse_networks(items: &[String]) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
+/// The most connections `server.max_connections` may allow.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
 /// Parses a duration such as `250ms`, `30s`, `5min`, `1h`, `7d`.
 ///
 /// # Errors
@@ -1433,7 +1456,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| bad())?;
     let seconds_per = match unit {
-        "ms" => return positive(Duration::from_millis(number), text),
+        "ms" => {
+            if number / 1000 > 100 * 365 * 86_400 {
+                return Err(format!("`{text}` is longer than a hundred years"));
+            }
+            return positive(Duration::from_millis(number), text);
+        }
         "s" => 1,
         "m" | "min" => 60,
         "h" => 3600,
@@ -1722,6 +1750,8 @@ mod tests {
             "0s",
             "1w",
             "99999999999999999999d",
+            "18446744073709551615ms",
+            "3153600001000ms",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
@@ -1729,6 +1759,24 @@ mod tests {
         assert_eq!(parse_size("1MiB"), Ok(1_048_576));
         for bad in ["", "KiB", "0B", "1TiB", "-1B"] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn extreme_listener_values_are_refused() {
+        assert!(load("[server]\nmax_connections = 1000000\n", &[]).is_ok());
+        for bad in [
+            "max_connections = 1000001",
+            "max_connections = 9223372036854775807",
+            "max_connections_per_ip = 0",
+            "max_connections_per_ip = 1000001",
+            "idle_timeout = \"18446744073709551615ms\"",
+            "shutdown_timeout = \"99999999999999ms\"",
+        ] {
+            let error = load(&format!("[server]\n{bad}\n"), &[])
+                .map(|_| ())
+                .expect_err(bad);
+            assert!(error.to_string().contains("server."), "{bad}: {error}");
         }
     }
 

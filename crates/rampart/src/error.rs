@@ -72,6 +72,9 @@ pub enum ApiError {
     /// 415 `unsupported_media_type`.
     #[error("Expected Content-Type: application/json")]
     UnsupportedMediaType,
+    /// 408, reported as `invalid_request`: the request body stopped arriving.
+    #[error("Request timed out")]
+    RequestTimedOut,
     /// 431 `headers_too_large`: the request head is over `server.max_header_bytes`.
     #[error("Request headers are too large")]
     HeadersTooLarge,
@@ -169,6 +172,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RequestTimedOut => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } | Self::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -180,7 +184,9 @@ impl ApiError {
     /// The `error` code of the body.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest { .. } | Self::MethodNotAllowed => "invalid_request",
+            Self::InvalidRequest { .. } | Self::MethodNotAllowed | Self::RequestTimedOut => {
+                "invalid_request"
+            }
             Self::Unauthorized(..) => "unauthorized",
             Self::InvalidCredentials => "invalid_credentials",
             Self::TokenReused => "token_reused",

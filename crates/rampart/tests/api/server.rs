@@ -402,8 +402,8 @@ fn assert_headers_too_large(answer: &Answer) {
 async fn heads_over_max_header_bytes_get_a_json_431_over_http1() {
     let server = serve("").await;
     let limit = 32 * 1024;
-    // One large header, or many (at most 100 header fields are parsed).
-    for chunk in [64 * 1024, 1000, 400] {
+    // One large header, or many (up to 256 header fields are parsed).
+    for chunk in [64 * 1024, 1000, 400, 150] {
         let (answer, _) = send_raw(&server, &head_of(limit, chunk, None)).await;
         let answer = answer.expect("answered");
         assert_eq!(
@@ -419,8 +419,11 @@ async fn heads_over_max_header_bytes_get_a_json_431_over_http1() {
             "the connection is closed after a 431"
         );
     }
-    // More than 100 header fields are refused by the parser, whatever their size.
+    // About 190 small header fields are served; more than 256 are refused by the parser,
+    // whatever their size (a bare 431).
     let (answer, _) = send_raw(&server, &head_of(6000, 20, None)).await;
+    assert_eq!(answer.expect("answered").status, 200);
+    let (answer, _) = send_raw(&server, &head_of(12000, 20, None)).await;
     assert_eq!(answer.expect("answered").status, 431);
     // The client's own well-formed request id is kept on the refusal.
     let (answer, _) = send_raw(&server, &head_of(limit + 500, 4000, Some("trace-431"))).await;
@@ -529,9 +532,30 @@ async fn shutdown_fails_readyz_then_closes_everything_by_shutdown_timeout() {
     assert_eq!(answer.status, 503);
     assert_eq!(answer.json()["status"], "stopping");
     assert_eq!(answer.headers["connection"], "close");
+    // During the drain delay (a third of shutdown_timeout) new connections are still
+    // accepted, and told the same, over HTTP/1.1 and HTTP/2.
+    let mut late = connect(&server).await;
+    late.write_all(get("/readyz").as_bytes()).await.unwrap();
+    let answer = read_answer(&mut late)
+        .await
+        .expect("answered while draining");
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.headers["connection"], "close");
+    assert!(
+        closed_within(&mut late, Duration::from_millis(500))
+            .await
+            .is_some()
+    );
+    let response = h2_get(
+        connect(&server).await,
+        format!("http://{}/readyz", server.address),
+    )
+    .await;
+    assert_eq!(response.status(), 503);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         TcpStream::connect(server.address).await.is_err(),
-        "no longer accepting"
+        "no longer accepting after the drain delay"
     );
 
     tokio::time::timeout(Duration::from_secs(3), &mut server.done)
@@ -552,8 +576,8 @@ async fn shutdown_fails_readyz_then_closes_everything_by_shutdown_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_with_nothing_open_is_immediate() {
-    let mut server = serve("shutdown_timeout = \"10s\"").await;
+async fn shutdown_with_nothing_open_ends_after_the_drain_delay() {
+    let mut server = serve("shutdown_timeout = \"1500ms\"").await;
     let mut idle = connect(&server).await;
     idle.write_all(get("/healthz").as_bytes()).await.unwrap();
     assert_eq!(read_answer(&mut idle).await.expect("answered").status, 200);
@@ -575,21 +599,26 @@ async fn shutdown_with_nothing_open_is_immediate() {
     assert_eq!(response.status(), 200);
     let started = Instant::now();
     drop(server.stop.take());
+    // The HTTP/2 connection gets its GOAWAY as the drain delay begins.
+    tokio::time::timeout(Duration::from_millis(400), h2)
+        .await
+        .expect("the HTTP/2 connection is closed (GOAWAY)")
+        .unwrap()
+        .ok();
+    assert!(!server.done.is_finished(), "still in the drain delay");
     tokio::time::timeout(Duration::from_secs(2), &mut server.done)
         .await
         .expect("idle keep-alives do not hold shutdown")
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1));
+    let stopped = started.elapsed();
+    // The drain delay is a third of shutdown_timeout; nothing else holds it.
+    assert!(stopped >= Duration::from_millis(450), "{stopped:?}");
+    assert!(stopped < Duration::from_millis(1000), "{stopped:?}");
     assert!(
         closed_within(&mut idle, Duration::from_secs(1))
             .await
             .is_some()
     );
-    tokio::time::timeout(Duration::from_secs(1), h2)
-        .await
-        .expect("the HTTP/2 connection is closed (GOAWAY)")
-        .unwrap()
-        .ok();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -887,22 +916,158 @@ async fn an_unusable_certificate_stops_start_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_request_body_is_cut_off_after_idle_timeout() {
+async fn a_stalled_request_body_is_answered_408_after_idle_timeout() {
     let server = serve("header_read_timeout = \"300ms\"\nidle_timeout = \"1s\"").await;
     for request in [
         // Half a JSON body of the length announced.
         &b"POST /auth/login HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user"[..],
         // A chunked body that never ends.
         &b"POST /auth/login HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"use\r\n"[..],
+        // No body byte at all.
+        &b"POST /auth/login HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n"[..],
     ] {
         let mut stream = connect(&server).await;
+        let started = Instant::now();
         stream.write_all(request).await.unwrap();
-        let closed = closed_within(&mut stream, Duration::from_secs(5))
+        let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut stream))
             .await
-            .expect("a stalled body is cut off");
-        assert!(closed >= Duration::from_millis(800), "{closed:?}");
-        assert!(closed < Duration::from_millis(3000), "{closed:?}");
+            .expect("a stalled body is cut off")
+            .expect("and answered");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(800), "{took:?}");
+        assert!(took < Duration::from_millis(3000), "{took:?}");
+        assert_eq!(answer.status, 408);
+        let body = answer.json();
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(body["message"], "Request timed out");
+        assert_eq!(answer.headers.get("connection").map(String::as_str), Some("close"));
+        assert!(answer.headers.contains_key("x-request-id"));
+        assert!(
+            closed_within(&mut stream, Duration::from_secs(2))
+                .await
+                .is_some()
+        );
     }
+}
+
+/// An h2c connection from the `h2` crate, for frames hyper's client would not send.
+async fn raw_h2(
+    server: &Server,
+    initial_window: u32,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let stream = connect(server).await;
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(initial_window)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .expect("h2c handshake");
+    (sender, tokio::spawn(connection))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_whose_window_stays_shut_is_reset_after_idle_timeout() {
+    let server = serve("idle_timeout = \"1s\"").await;
+    let (sender, mut connection) = raw_h2(&server, 0).await;
+    let started = Instant::now();
+    let mut bodies = Vec::new();
+    for _ in 0..5 {
+        let mut sender = sender.clone().ready().await.expect("ready");
+        let (response, _) = sender
+            .send_request(
+                http::Request::get(format!("http://{}/healthz", server.address))
+                    .body(())
+                    .unwrap(),
+                true,
+            )
+            .expect("sent");
+        let response = response.await.expect("headers are not flow-controlled");
+        assert_eq!(response.status(), 200);
+        bodies.push(response.into_body());
+    }
+    for mut body in bodies {
+        let data = tokio::time::timeout(Duration::from_secs(5), body.data())
+            .await
+            .expect("a stalled stream is ended");
+        let error = data.expect("with a reset").expect_err("not with data");
+        assert_eq!(error.reason(), Some(h2::Reason::CANCEL), "{error}");
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(800), "{took:?}");
+    assert!(took < Duration::from_millis(3500), "{took:?}");
+    // Every stream was stalled: the connection goes too.
+    tokio::time::timeout(Duration::from_secs(3), &mut connection)
+        .await
+        .expect("the connection is closed")
+        .ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_body_that_stalls_fails_alone() {
+    let server = serve("idle_timeout = \"1s\"").await;
+    let (sender, connection) = raw_h2(&server, 65_535).await;
+    let mut stalled_sender = sender.clone().ready().await.expect("ready");
+    let (stalled, mut body) = stalled_sender
+        .send_request(
+            http::Request::post(format!("http://{}/auth/login", server.address))
+                .header("content-type", "application/json")
+                .body(())
+                .unwrap(),
+            false,
+        )
+        .expect("sent");
+    body.send_data(Bytes::from_static(b"{\"username\":"), false)
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile another stream on the same connection keeps making progress.
+    let busy = {
+        let sender = sender.clone();
+        let address = server.address;
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..15 {
+                let mut sender = sender.clone().ready().await.expect("ready");
+                let (response, _) = sender
+                    .send_request(
+                        http::Request::get(format!("http://{address}/healthz"))
+                            .body(())
+                            .unwrap(),
+                        true,
+                    )
+                    .expect("sent");
+                let response = response.await.expect("answered");
+                statuses.push(response.status().as_u16());
+                let mut body = response.into_body();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.expect("body");
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            statuses
+        })
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), stalled)
+        .await
+        .expect("the stalled request is answered")
+        .expect("with a response, not a reset");
+    let took = started.elapsed();
+    assert_eq!(response.status(), 408);
+    assert!(took >= Duration::from_millis(800), "{took:?}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    let mut answer = response.into_body();
+    let mut json = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        json.extend_from_slice(&chunk.expect("body"));
+    }
+    let json: Value = serde_json::from_slice(&json).expect("JSON");
+    assert_eq!(json["error"], "invalid_request");
+    assert_eq!(json["message"], "Request timed out");
+    let statuses = busy.await.unwrap();
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    assert!(!connection.is_finished(), "the connection stays open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -963,4 +1128,63 @@ async fn shutdown_drains_an_http2_stream_in_flight() {
         .await
         .expect("then the server stops")
         .unwrap();
+}
+
+/// Serves `/healthz` on `stream`; `None` when the server closed it instead.
+async fn served(stream: &mut TcpStream) -> Option<u16> {
+    stream.write_all(get("/healthz").as_bytes()).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(3), read_answer(stream))
+        .await
+        .expect("answered or closed in time")
+        .map(|answer| answer.status)
+}
+
+async fn one_client_holds_at_most(server: &Server, cap: usize) {
+    let mut held = Vec::new();
+    for _ in 0..cap {
+        let mut stream = connect(server).await;
+        assert_eq!(served(&mut stream).await, Some(200));
+        held.push(stream);
+    }
+    // Over the cap: closed before a byte is read.
+    for _ in 0..3 {
+        let mut over = connect(server).await;
+        assert_eq!(served(&mut over).await, None, "over the per-address cap");
+    }
+    // A place given back is taken again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = connect(server).await;
+    assert_eq!(served(&mut again).await, Some(200));
+    // And the connections held were never disturbed.
+    for stream in &mut held {
+        assert_eq!(served(stream).await, Some(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let server = serve("max_connections_per_ip = 3").await;
+    one_client_holds_at_most(&server, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ipv6_network_cannot_take_every_connection() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine; skipped");
+        return;
+    }
+    let server = serve_on("[::1]:0", "max_connections_per_ip = 2").await;
+    one_client_holds_at_most(&server, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_is_not_held_to_the_per_address_cap() {
+    let server = serve("max_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.1/32\"]").await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect(&server).await;
+        assert_eq!(served(&mut stream).await, Some(200));
+        held.push(stream);
+    }
 }
