@@ -262,6 +262,7 @@ impl Application {
             audit_throttle: AuditThrottle::new(60),
             keyring,
             brokers,
+            verified_keys: Default::default(),
             stopping: Stopping::default(),
             config,
         });
