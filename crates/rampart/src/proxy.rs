@@ -413,14 +413,16 @@ fn outgoing_request(
     let proto = if state.proxy.tls { "https" } else { "http" };
     if let Some(client) = parts.extensions.get::<ClientIp>() {
         // Built from the trusted client IP alone: whatever chain the client sent is dropped,
-        // so a backend can never be told a client-chosen address. An unknown client gets
-        // `Forwarded: for=unknown` (RFC 7239 §6) and no address at all.
-        if let Some(ip) = client.known()
-            && let Ok(value) = HeaderValue::from_str(&ip.to_string())
-        {
-            headers.insert(X_REAL_IP, value.clone());
-            headers.insert(X_FORWARDED_FOR, value);
-        }
+        // so a backend can never be told a client-chosen address. An unknown client is
+        // said to be `unknown` in all three (`Forwarded: for=unknown`, RFC 7239 §6): with no
+        // header at all, a backend falling back to its socket peer would take it for the
+        // gateway itself.
+        let value = client
+            .known()
+            .and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        headers.insert(X_REAL_IP, value.clone());
+        headers.insert(X_FORWARDED_FOR, value);
         let node = match client.known() {
             Some(std::net::IpAddr::V4(ip)) => ip.to_string(),
             Some(std::net::IpAddr::V6(ip)) => format!("\"[{ip}]\""),
