@@ -122,11 +122,14 @@ pub enum Failure {
     Replay,
     /// `Authorization` and `X-API-Key` together.
     Ambiguous,
+    /// A valid session cookie on an unsafe request without its current `X-CSRF-Token`
+    /// (answered 403 `csrf_failed`): a forged cross-site request, or a stolen cookie.
+    Csrf,
 }
 
 impl Failure {
     /// Every kind, for metrics that exist from start-up.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Bearer,
         Self::Cookie,
         Self::ApiKey,
@@ -135,6 +138,7 @@ impl Failure {
         Self::Nonce,
         Self::Replay,
         Self::Ambiguous,
+        Self::Csrf,
     ];
 
     /// The metric label and audit `reason`.
@@ -148,6 +152,7 @@ impl Failure {
             Self::Nonce => "nonce",
             Self::Replay => "replay",
             Self::Ambiguous => "ambiguous",
+            Self::Csrf => "csrf",
         }
     }
 }
@@ -283,15 +288,12 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
                 Ok(authentication) => authentication,
                 Err(error) => return axum::response::IntoResponse::into_response(error),
             };
-        let failure = matches!(
-            authentication,
-            Authentication::Refused(Refusal::InvalidToken)
-        )
-        .then_some(if bearer {
-            Failure::Bearer
-        } else {
-            Failure::Cookie
-        });
+        let failure = match authentication {
+            Authentication::Refused(Refusal::InvalidToken) if bearer => Some(Failure::Bearer),
+            Authentication::Refused(Refusal::InvalidToken) => Some(Failure::Cookie),
+            Authentication::Refused(Refusal::CsrfFailed) => Some(Failure::Csrf),
+            _ => None,
+        };
         (authentication, failure)
     };
     if let Some(failure) = failure {

@@ -1059,6 +1059,7 @@ async fn the_metrics_alerts_use_exist_at_zero_from_start_up(backend: Backend) {
         "nonce",
         "replay",
         "ambiguous",
+        "csrf",
     ] {
         let name = format!("rampart_auth_failures_total{{reason=\"{reason}\"}}");
         assert_eq!(series(&metrics, &name), 0, "{name}");
