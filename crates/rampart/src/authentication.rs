@@ -345,22 +345,50 @@ async fn confirm_csrf(
 /// Counts a refused credential and audits it, one `auth_failed` row per client address
 /// and minute standing for every failure since the last.
 fn record_failure(state: &AppState, request: &Request, failure: Failure) {
+    let keys = crate::rate_limit::CallerKeys::of(state, request);
+    count_and_audit(state, failure, keys.ip(), |now, details| {
+        request_entry(now, "auth_failed", request, details)
+    });
+}
+
+/// [`record_failure`] for a cookie refresh (`POST /auth/refresh`) refused for its CSRF
+/// token, which the handler itself checks.
+pub fn record_refresh_csrf_failure(
+    state: &AppState,
+    client: Option<crate::client_ip::ClientIp>,
+    context: &crate::audit::RequestContext,
+) {
+    let ip = client.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
+    let keys =
+        crate::rate_limit::CallerKeys::new(ip, state.config.rate_limits.ipv6_prefix, None, None);
+    count_and_audit(state, Failure::Csrf, keys.ip(), |now, mut details| {
+        if let serde_json::Value::Object(fields) = &mut details {
+            fields.insert("route".into(), serde_json::Value::Null);
+            fields.insert("method".into(), "POST".into());
+        }
+        crate::audit::NewAuditEntry::new(now, "auth_failed", None, details, context)
+    });
+}
+
+fn count_and_audit(
+    state: &AppState,
+    failure: Failure,
+    client: &str,
+    entry: impl FnOnce(i64, serde_json::Value) -> crate::audit::NewAuditEntry,
+) {
     let reason = failure.label();
     state
         .metrics
         .auth_failures
         .get_or_create(&ReasonLabel { reason })
         .inc();
-    let keys = crate::rate_limit::CallerKeys::of(state, request);
     let now = state.now();
-    let throttle_key = format!("auth_failed|{}", keys.ip());
+    let throttle_key = format!("auth_failed|{client}");
     let Some(held_back) = state.audit_throttle.admit(&throttle_key, now) else {
         return;
     };
-    let entry = request_entry(
+    let entry = entry(
         now,
-        "auth_failed",
-        request,
         serde_json::json!({
             "reason": reason,
             "failures_since_last_entry": held_back,

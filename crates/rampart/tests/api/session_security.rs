@@ -1285,10 +1285,16 @@ async fn csrf_failures_are_counted_and_audited(backend: Backend) {
         .unwrap();
     assert_error(missing, 403, "csrf_failed").await;
     assert_eq!(count(&app.metrics().await), 4);
+    // A cookie refresh is checked by its handler: counted the same.
+    for csrf in ["wrong", other.csrf.as_str()] {
+        assert_error(session.refresh_with(&app, csrf).await, 403, "csrf_failed").await;
+    }
+    assert_eq!(count(&app.metrics().await), 6);
     // The right token is no failure.
     let csrf = session.csrf.clone();
     assert_eq!(session.unsafe_request(&app, &csrf).await.status(), 201);
-    assert_eq!(count(&app.metrics().await), 4);
+    assert_eq!(session.refresh(&app).await.status(), 200);
+    assert_eq!(count(&app.metrics().await), 6);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let rows: Value = app
         .get_with("/admin/audit?action=auth_failed", &admin.access_token)
@@ -1299,6 +1305,25 @@ async fn csrf_failures_are_counted_and_audited(backend: Backend) {
     let rows = rows["items"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "one row a minute per client: {rows:?}");
     assert_eq!(rows[0]["details"]["reason"], "csrf", "{rows:?}");
+    // A minute later, the next failure (a refresh) opens a row standing for those held back.
+    app.clock.advance(std::time::Duration::from_secs(61));
+    let refused = session.refresh_with(&app, "wrong").await;
+    assert_error(refused, 403, "csrf_failed").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rows: Value = app
+        .get_with("/admin/audit?action=auth_failed", &admin.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rows = rows["items"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let newest = rows
+        .iter()
+        .find(|row| row["details"]["failures_since_last_entry"] == 5)
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(newest["details"]["reason"], "csrf", "{rows:?}");
+    assert_eq!(newest["ip_address"], rows[0]["ip_address"], "{rows:?}");
 }
 
 crate::on_session_stores!(
