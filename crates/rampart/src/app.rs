@@ -268,6 +268,7 @@ impl Application {
             audit_throttle: AuditThrottle::new(60),
             keyring,
             brokers,
+            verified_keys: Default::default(),
             stopping: Stopping::default(),
             config,
         });

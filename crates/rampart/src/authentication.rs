@@ -11,9 +11,13 @@
 //! minute), and, being anonymous, it spends the client's anonymous budget at the rate
 //! limiter. An API key costs a database lookup to check, so it is charged to that budget
 //! before the lookup (and given the charge back when it holds): a client whose budget is
-//! spent gets 429 before its key is looked up, however many guesses it has in flight.
+//! spent gets 429 before its key is looked up, however many guesses it has in flight. A key
+//! that authenticated in the last ten minutes ([`verified`]) is looked up and checked as
+//! usual but spared that charge, so junk from a shared address cannot lock it out. Answers
+//! given here after the key held (a signed body too large or unreadable) are charged too.
 
 pub mod api_key;
+pub mod verified;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,11 +122,14 @@ pub enum Failure {
     Replay,
     /// `Authorization` and `X-API-Key` together.
     Ambiguous,
+    /// A valid session cookie on an unsafe request without its current `X-CSRF-Token`
+    /// (answered 403 `csrf_failed`): a forged cross-site request, or a stolen cookie.
+    Csrf,
 }
 
 impl Failure {
     /// Every kind, for metrics that exist from start-up.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Bearer,
         Self::Cookie,
         Self::ApiKey,
@@ -131,6 +138,7 @@ impl Failure {
         Self::Nonce,
         Self::Replay,
         Self::Ambiguous,
+        Self::Csrf,
     ];
 
     /// The metric label and audit `reason`.
@@ -144,6 +152,7 @@ impl Failure {
             Self::Nonce => "nonce",
             Self::Replay => "replay",
             Self::Ambiguous => "ambiguous",
+            Self::Csrf => "csrf",
         }
     }
 }
@@ -190,7 +199,8 @@ pub fn is_unsafe(method: &Method) -> bool {
 }
 
 /// Records who is asking; never refuses by itself, except with 429 when a client whose
-/// anonymous budget is spent presents an API key (checking it would cost a lookup) and with
+/// anonymous budget is spent presents an API key not verified recently (checking it would
+/// cost a lookup) and with
 /// 413/400/503 when a signed body cannot be read or a store is down.
 pub async fn identify(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     // Probes, scrapers and public documents need no identity (SPEC §8).
@@ -211,34 +221,62 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
             .extensions()
             .get::<crate::client_ip::ClientIp>()
             .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
-        // Charged before the lookup, so that guesses in flight at once cannot outrun the
-        // budget; given back as soon as the key is found to hold (a signature that then
-        // fails is charged by the limiter like any refused credential).
-        let charged = crate::rate_limit::charge_anonymous(&state, ip).await;
-        if let Some(refusal) = crate::rate_limit::refuse_when_spent(&state, &request, &charged) {
-            return refusal;
-        }
-        let refunded = AtomicBool::new(false);
-        let key_found = || async {
-            crate::rate_limit::refund_anonymous(&state, ip).await;
-            refunded.store(true, Ordering::Relaxed);
+        // A key that authenticated recently is looked up and checked as usual but not
+        // charged: junk from the same address cannot lock its client out, nor can the
+        // anonymous burst cap its requests in flight.
+        let now = state.now();
+        let digest = single_key(request.headers()).map(verified::digest);
+        let known = digest.is_some_and(|digest| state.verified_keys.contains(&digest, now));
+        // Any other is charged before the lookup, so that guesses in flight at once cannot
+        // outrun the budget; given back as soon as the key is found to hold (a signature
+        // that then fails is charged by the limiter like any refused credential).
+        let charged = if known {
+            None
+        } else {
+            let charged = crate::rate_limit::charge_anonymous(&state, ip).await;
+            if let Some(refusal) = crate::rate_limit::refuse_when_spent(&state, &request, &charged)
+            {
+                return refusal;
+            }
+            charged.ok()
         };
-        match api_key::authenticate(&state, request, key_found).await {
+        let held = AtomicBool::new(charged.is_some());
+        let key_found = || async {
+            if held.swap(false, Ordering::Relaxed) {
+                crate::rate_limit::refund_anonymous(&state, ip).await;
+            }
+        };
+        let outcome = api_key::authenticate(&state, request, key_found).await;
+        let held = held.load(Ordering::Relaxed);
+        if let (Some(digest), false) = (digest, outcome.is_ok()) {
+            // It failed: charged before its lookup again from now on.
+            state.verified_keys.remove(&digest);
+        }
+        match outcome {
             Ok((authenticated, principal)) => {
+                if let Some(digest) = digest {
+                    state.verified_keys.insert(digest, now);
+                }
                 request = authenticated;
                 (Authentication::Authenticated(principal), None)
             }
             Err(api_key::Rejection::Refused(refused, failure)) => {
                 request = *refused;
-                if let (Ok(decision), false) = (charged, refunded.load(Ordering::Relaxed)) {
+                if let (Some(decision), true) = (charged, held) {
                     let charge = crate::rate_limit::AnonymousCharge(decision);
                     request.extensions_mut().insert(charge);
                 }
                 (Authentication::Refused(Refusal::InvalidKey), Some(failure))
             }
             Err(api_key::Rejection::Respond(response)) => {
-                if !refunded.load(Ordering::Relaxed) {
+                if held {
+                    // Refused before the key was found (a store is down): not its fault.
                     crate::rate_limit::refund_anonymous(&state, ip).await;
+                } else {
+                    // A body over the limit or unreadable, a secret that cannot be opened:
+                    // answered here, before the limiter, so charged here, or such requests
+                    // (each two lookups and a body read) would cost nothing.
+                    let _ = crate::rate_limit::charge_anonymous(&state, ip).await;
                 }
                 return response;
             }
@@ -250,15 +288,12 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
                 Ok(authentication) => authentication,
                 Err(error) => return axum::response::IntoResponse::into_response(error),
             };
-        let failure = matches!(
-            authentication,
-            Authentication::Refused(Refusal::InvalidToken)
-        )
-        .then_some(if bearer {
-            Failure::Bearer
-        } else {
-            Failure::Cookie
-        });
+        let failure = match authentication {
+            Authentication::Refused(Refusal::InvalidToken) if bearer => Some(Failure::Bearer),
+            Authentication::Refused(Refusal::InvalidToken) => Some(Failure::Cookie),
+            Authentication::Refused(Refusal::CsrfFailed) => Some(Failure::Csrf),
+            _ => None,
+        };
         (authentication, failure)
     };
     if let Some(failure) = failure {
@@ -310,28 +345,63 @@ async fn confirm_csrf(
 /// Counts a refused credential and audits it, one `auth_failed` row per client address
 /// and minute standing for every failure since the last.
 fn record_failure(state: &AppState, request: &Request, failure: Failure) {
+    let keys = crate::rate_limit::CallerKeys::of(state, request);
+    count_and_audit(state, failure, keys.ip(), |now, details| {
+        request_entry(now, "auth_failed", request, details)
+    });
+}
+
+/// [`record_failure`] for a cookie refresh (`POST /auth/refresh`) refused for its CSRF
+/// token, which the handler itself checks.
+pub fn record_refresh_csrf_failure(
+    state: &AppState,
+    client: Option<crate::client_ip::ClientIp>,
+    context: &crate::audit::RequestContext,
+) {
+    let ip = client.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
+    let keys =
+        crate::rate_limit::CallerKeys::new(ip, state.config.rate_limits.ipv6_prefix, None, None);
+    count_and_audit(state, Failure::Csrf, keys.ip(), |now, mut details| {
+        if let serde_json::Value::Object(fields) = &mut details {
+            fields.insert("route".into(), serde_json::Value::Null);
+            fields.insert("method".into(), "POST".into());
+        }
+        crate::audit::NewAuditEntry::new(now, "auth_failed", None, details, context)
+    });
+}
+
+fn count_and_audit(
+    state: &AppState,
+    failure: Failure,
+    client: &str,
+    entry: impl FnOnce(i64, serde_json::Value) -> crate::audit::NewAuditEntry,
+) {
     let reason = failure.label();
     state
         .metrics
         .auth_failures
         .get_or_create(&ReasonLabel { reason })
         .inc();
-    let keys = crate::rate_limit::CallerKeys::of(state, request);
     let now = state.now();
-    let throttle_key = format!("auth_failed|{}", keys.ip());
+    let throttle_key = format!("auth_failed|{client}");
     let Some(held_back) = state.audit_throttle.admit(&throttle_key, now) else {
         return;
     };
-    let entry = request_entry(
+    let entry = entry(
         now,
-        "auth_failed",
-        request,
         serde_json::json!({
             "reason": reason,
             "failures_since_last_entry": held_back,
         }),
     );
     record_in_background(state.stores.data.clone(), entry);
+}
+
+/// The one `X-API-Key` value, if there is exactly one.
+fn single_key(headers: &HeaderMap) -> Option<&[u8]> {
+    let mut values = headers.get_all(api_key::KEY_HEADER).iter();
+    let first = values.next()?;
+    values.next().is_none().then(|| first.as_bytes())
 }
 
 /// Checks the credentials in `headers`.

@@ -375,10 +375,23 @@ fn outgoing_request(
     request: Request,
 ) -> Result<Request, ApiError> {
     let (mut parts, body) = request.into_parts();
+    // The host the client asked for: `Host`, else the target's authority (HTTP/2's
+    // `:authority`, or an absolute-form target), passed on only when it is plainly a host.
+    let original_host = parts
+        .headers
+        .remove(header::HOST)
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<axum::extract::OriginalUri>()
+                .map_or(&parts.uri, |original| &original.0)
+                .authority()
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        })
+        .filter(|host| host.to_str().is_ok_and(is_plain_host));
     parts.uri = upstream_uri(upstream, &parts.uri)?;
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
-    let original_host = headers.remove(header::HOST);
     strip_hop_by_hop(headers);
     upstream.forward.apply(headers);
     if let Some(Authentication::Authenticated(principal)) = parts.extensions.get::<Authentication>()
@@ -400,25 +413,23 @@ fn outgoing_request(
     let proto = if state.proxy.tls { "https" } else { "http" };
     if let Some(client) = parts.extensions.get::<ClientIp>() {
         // Built from the trusted client IP alone: whatever chain the client sent is dropped,
-        // so a backend can never be told a client-chosen address. An unknown client gets
-        // `Forwarded: for=unknown` (RFC 7239 §6) and no address at all.
-        if let Some(ip) = client.known()
-            && let Ok(value) = HeaderValue::from_str(&ip.to_string())
-        {
-            headers.insert(X_REAL_IP, value.clone());
-            headers.insert(X_FORWARDED_FOR, value);
-        }
+        // so a backend can never be told a client-chosen address. An unknown client is
+        // said to be `unknown` in all three (`Forwarded: for=unknown`, RFC 7239 §6): with no
+        // header at all, a backend falling back to its socket peer would take it for the
+        // gateway itself.
+        let value = client
+            .known()
+            .and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        headers.insert(X_REAL_IP, value.clone());
+        headers.insert(X_FORWARDED_FOR, value);
         let node = match client.known() {
             Some(std::net::IpAddr::V4(ip)) => ip.to_string(),
             Some(std::net::IpAddr::V6(ip)) => format!("\"[{ip}]\""),
             None => "unknown".to_owned(),
         };
         let mut forwarded = format!("for={node};proto={proto}");
-        if let Some(host) = original_host.as_ref().and_then(|host| host.to_str().ok())
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        {
+        if let Some(host) = original_host.as_ref().and_then(|host| host.to_str().ok()) {
             forwarded.push_str(&format!(";host=\"{host}\""));
         }
         if let Ok(value) = HeaderValue::from_str(&forwarded) {
@@ -430,6 +441,43 @@ fn outgoing_request(
         headers.insert(X_FORWARDED_HOST, host);
     }
     Ok(Request::from_parts(parts, body))
+}
+
+/// Whether `host` is plainly a host and perhaps a port: a name or IPv4 address
+/// (`[A-Za-z0-9.-]+`) or a bracketed IPv6 literal, then optionally `:` and digits. Nothing
+/// else is repeated to a backend, whose parser of `Forwarded` or `X-Forwarded-Host` might
+/// read a `,`, `;` or `=` in it as more than a host.
+fn is_plain_host(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((literal, port)) = rest.split_once(']') else {
+            return false;
+        };
+        if literal.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match port {
+            "" => return true,
+            port => match port.strip_prefix(':') {
+                Some(port) => ("[]", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    let name_ok = name == "[]"
+        || (!name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+    let port_ok = match port {
+        None => true,
+        Some(port) => (1..=5).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit()),
+    };
+    name_ok && port_ok
 }
 
 fn incoming_response(response: http::Response<hyper::body::Incoming>) -> Response {
@@ -446,6 +494,42 @@ fn incoming_response(response: http::Response<hyper::body::Incoming>) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_hosts_are_plain() {
+        for host in [
+            "a",
+            "a.example",
+            "a-b.c:8080",
+            "192.0.2.1:1",
+            "[::1]",
+            "[2001:db8::1]:443",
+        ] {
+            assert!(is_plain_host(host), "{host}");
+        }
+        for host in [
+            "",
+            ":80",
+            "a:",
+            "a:123456",
+            "a:8a",
+            "a, for=1.2.3.4",
+            "a;x=y",
+            "a=b",
+            "a\"b",
+            "a b",
+            "u@a",
+            "a:1:2",
+            "[::1]x",
+            "[::1]:",
+            "[zz]",
+            "[::1",
+            "a_b",
+            "a%2e",
+        ] {
+            assert!(!is_plain_host(host), "{host}");
+        }
+    }
 
     fn upstream(url: &str) -> Upstream {
         Upstream {

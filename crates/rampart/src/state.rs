@@ -41,6 +41,8 @@ pub struct Shared {
     pub keyring: KeyRing,
     /// Calls to users' broker hosts, with a circuit breaker per host.
     pub brokers: Brokers,
+    /// API keys that authenticated recently (spared the anonymous charge).
+    pub verified_keys: crate::authentication::verified::VerifiedKeys,
     /// Set when shutdown begins (`/readyz` then fails).
     pub stopping: crate::server::Stopping,
 }

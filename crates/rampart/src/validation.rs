@@ -10,7 +10,9 @@
 //! for SQL injection, XSS, path traversal and command injection: a match is counted in
 //! `rampart_suspicious_requests_total{pattern}` and audited as `suspicious_request` (one row
 //! per client and pattern a minute); `block` also refuses it with 400. Only the pattern's name
-//! is ever recorded, never the matching text, which may hold a password.
+//! is ever recorded, never the matching text, which may hold a password. With detection on,
+//! a request with a `Content-Encoding` other than `identity` is refused with 415 (its body
+//! could be neither scanned nor held to the limit as sent).
 
 use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
@@ -46,12 +48,16 @@ pub async fn validate(State(state): State<AppState>, request: Request, next: Nex
     if crate::operations::PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
+    let mode = state.config.intrusion;
+    if mode != IntrusionMode::Off && !is_identity_encoded(request.headers()) {
+        // A compressed body would be scanned, and held to the limit, as compressed bytes.
+        return ApiError::UnsupportedMediaType.into_response();
+    }
     let limit = body_limit(&state, &request);
     let declared = declared_length(request.headers());
     if declared.is_some_and(|length| length > limit as u64) {
         return too_large();
     }
-    let mode = state.config.intrusion;
     let (parts, body) = request.into_parts();
     let mut found = None;
     if mode != IntrusionMode::Off {
@@ -92,6 +98,20 @@ pub async fn validate(State(state): State<AppState>, request: Request, next: Nex
         }
     }
     next.run(request).await
+}
+
+/// Whether the body is sent as is: no `Content-Encoding`, or only `identity`.
+fn is_identity_encoded(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .all(|value| {
+            value.to_str().is_ok_and(|value| {
+                value
+                    .split(',')
+                    .all(|coding| coding.trim().eq_ignore_ascii_case("identity"))
+            })
+        })
 }
 
 /// 413, closing the connection: the rest of the body is never read, so the connection

@@ -515,6 +515,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIpText {
               (status = 403, description = "csrf_failed (cookie refresh without X-CSRF-Token)", body = crate::error::ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,
+    client: Option<axum::Extension<ClientIp>>,
     context: RequestContext,
     headers: HeaderMap,
     OptionalJson(body): OptionalJson<RefreshBody>,
@@ -547,6 +548,8 @@ pub async fn refresh(
             .tokens
             .csrf_matches_hash(family_id, existing.csrf_hash.as_deref(), presented)
         {
+            let client = client.map(|client| client.0);
+            authentication::record_refresh_csrf_failure(&state, client, &context);
             return Err(ApiError::CsrfFailed);
         }
     }

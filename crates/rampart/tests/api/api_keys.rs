@@ -960,6 +960,215 @@ async fn every_signing_failure_spends_the_anonymous_budget_and_is_counted(backen
     }
 }
 
+/// A gateway whose anonymous budget is four a minute, reading the client from
+/// `X-Forwarded-For`.
+async fn spawn_with_small_anonymous_budget(backend: Backend) -> Option<TestApp> {
+    let setup = crate::helpers::Setup::default()
+        .env("RAMPART_RATE_LIMITS__ANONYMOUS", "4/min")
+        .env("RAMPART_RATE_LIMITS__IPV6_PREFIX", "64")
+        .env(
+            "RAMPART_SERVER__TRUSTED_PROXIES",
+            r#"["::1/128", "127.0.0.0/8"]"#,
+        );
+    crate::helpers::spawn_app_with(backend, setup).await
+}
+
+async fn from(app: &TestApp, ip: &str, key: &str) -> reqwest::Response {
+    app.client
+        .get(app.url("/users/me"))
+        .header("x-api-key", key)
+        .header("x-forwarded-for", ip)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn a_verified_key_is_not_locked_out_by_junk_from_its_address(backend: Backend) {
+    let Some(app) = spawn_with_small_anonymous_budget(backend).await else {
+        return;
+    };
+    let alice = app.user("alice_1").await;
+    let key = create_key(&app, &alice, "bot").await;
+    let signed_key = create_key(&app, &alice, "signed bot").await;
+    let junk = || format!("rk_{}_{}", hex::encode(rand_bytes::<8>()), "1".repeat(64));
+    // The same address, and two addresses of one IPv6 /64 (one client to the limiter).
+    for (verified_from, junk_from, later_from) in [
+        ("192.0.2.10", "192.0.2.10", "192.0.2.10"),
+        ("2001:db8:1::1", "2001:db8:1::2", "2001:db8:1::3"),
+    ] {
+        assert_eq!(from(&app, verified_from, &key.key).await.status(), 200);
+        let signed = Signed::new(&app, Method::GET, "/users/me", b"", &signed_key);
+        let response = signed
+            .builder(&app)
+            .header("x-forwarded-for", verified_from)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{verified_from}: signed");
+        for i in 0..4 {
+            let response = from(&app, junk_from, &junk()).await;
+            assert_eq!(response.status(), 401, "{junk_from}: junk {i}");
+        }
+        let spent = from(&app, junk_from, &junk()).await;
+        assert_error(spent, 429, "rate_limited").await;
+        // The budget is spent: unknown keys are refused before any lookup, the verified
+        // ones still work, signed or not.
+        assert_eq!(from(&app, later_from, &junk()).await.status(), 429);
+        for _ in 0..3 {
+            assert_eq!(from(&app, later_from, &key.key).await.status(), 200);
+        }
+        let signed = Signed::new(&app, Method::GET, "/users/me", b"", &signed_key);
+        let response = signed
+            .builder(&app)
+            .header("x-forwarded-for", later_from)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{later_from}: signed, budget spent");
+    }
+
+    // More requests in flight at once than the anonymous burst.
+    let burst = (0..20).map(|_| from(&app, "192.0.2.20", &key.key));
+    let statuses: Vec<u16> = futures::future::join_all(burst)
+        .await
+        .into_iter()
+        .map(|response| response.status().as_u16())
+        .collect();
+    assert_eq!(statuses, [200; 20]);
+
+    // Still checked on every request: a deleted key is refused at once, and from then on
+    // charged before its lookup again.
+    let deleted = app
+        .send_with(
+            Method::DELETE,
+            &format!("/users/me/api-keys/{}", key.id),
+            &alice.access_token,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status(), 204);
+    assert_error(
+        from(&app, "192.0.2.30", &key.key).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_error(
+        from(&app, "192.0.2.10", &key.key).await,
+        429,
+        "rate_limited",
+    )
+    .await;
+
+    // A key not seen before is charged before its lookup, valid or not.
+    let fresh = create_key(&app, &alice, "fresh").await;
+    assert_error(
+        from(&app, "192.0.2.10", &fresh.key).await,
+        429,
+        "rate_limited",
+    )
+    .await;
+    // It expires from the set: ten minutes after its last use it is charged again.
+    assert_eq!(from(&app, "192.0.2.40", &fresh.key).await.status(), 200);
+    app.clock.advance(Duration::from_secs(601));
+    for i in 0..4 {
+        let response = from(&app, "192.0.2.41", &junk()).await;
+        assert_eq!(response.status(), 401, "junk {i}");
+    }
+    assert_error(
+        from(&app, "192.0.2.41", &fresh.key).await,
+        429,
+        "rate_limited",
+    )
+    .await;
+}
+
+fn rand_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    for byte in &mut bytes {
+        *byte = rand::random();
+    }
+    bytes
+}
+
+async fn signed_requests_answered_before_the_limiter_are_still_charged(backend: Backend) {
+    // A small limit, so that the refused bodies fit in the socket buffers and the client
+    // reads the answer instead of a reset.
+    let setup = crate::helpers::Setup::default()
+        .env("RAMPART_RATE_LIMITS__ANONYMOUS", "4/min")
+        .env("RAMPART_SERVER__MAX_BODY", "1KiB")
+        .env(
+            "RAMPART_SERVER__TRUSTED_PROXIES",
+            r#"["::1/128", "127.0.0.0/8"]"#,
+        );
+    let Some(app) = crate::helpers::spawn_app_with(backend, setup).await else {
+        return;
+    };
+    let alice = app.user("alice_1").await;
+    let key = create_key(&app, &alice, "bot").await;
+    let limit = app.state.config.server.max_body;
+    let oversized = vec![b'a'; limit + 1];
+    let fresh_client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    // Declared too large, or streamed without a length until it is too large; with a key
+    // that was never verified, or one that was.
+    for (ip, verify_first, chunked) in [
+        ("192.0.2.1", false, false),
+        ("192.0.2.2", false, true),
+        ("192.0.2.3", true, false),
+        ("192.0.2.4", true, true),
+    ] {
+        if verify_first {
+            assert_eq!(from(&app, ip, &key.key).await.status(), 200, "{ip}");
+        }
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            let signed = Signed::new(&app, Method::POST, "/accounts", &oversized, &key);
+            // A connection per request: the gateway closes one whose body it left unread.
+            let mut request = fresh_client
+                .post(app.url("/accounts"))
+                .header("x-api-key", &key.key)
+                .header("x-timestamp", &signed.timestamp)
+                .header("x-nonce", &signed.nonce)
+                .header("x-signature", &signed.signature)
+                .header("x-forwarded-for", ip)
+                .header("content-type", "application/json")
+                .body(oversized.clone());
+            if chunked {
+                let chunks: Vec<Result<Vec<u8>, std::io::Error>> = oversized
+                    .chunks(256)
+                    .map(|chunk| Ok(chunk.to_vec()))
+                    .collect();
+                request = request.body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)));
+            }
+            statuses.push(request.send().await.unwrap().status().as_u16());
+        }
+        let spent = 4;
+        assert_eq!(
+            statuses[..spent],
+            vec![413; spent][..],
+            "{ip}: {statuses:?}"
+        );
+        assert!(
+            statuses[spent..].iter().all(|status| *status == 429),
+            "{ip}: {statuses:?}"
+        );
+        // And the address's budget is spent for everything anonymous.
+        assert_eq!(
+            app.client
+                .get(app.url("/users/me"))
+                .header("x-forwarded-for", ip)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            429
+        );
+    }
+}
+
 crate::on_databases!(
     a_key_is_shown_once_and_acts_as_its_owner_with_the_current_role,
     a_key_is_read_only_from_its_header,
@@ -979,5 +1188,7 @@ mod signing {
         a_correctly_signed_request_is_accepted_once,
         every_signing_failure_is_refused_with_401,
         every_signing_failure_spends_the_anonymous_budget_and_is_counted,
+        a_verified_key_is_not_locked_out_by_junk_from_its_address,
+        signed_requests_answered_before_the_limiter_are_still_charged,
     );
 }

@@ -311,9 +311,93 @@ async fn json_that_is_not_an_object_is_refused_by_every_endpoint_with_a_body(bac
     assert_eq!(keys["items"].as_array().unwrap().len(), 0);
 }
 
+/// `Content-Encoding` values that are not `identity`, one header line per `\n`.
+const ENCODED: [&str; 9] = [
+    "gzip",
+    "deflate",
+    "br",
+    "zstd",
+    "GZIP",
+    "identity, gzip",
+    "identity\ngzip",
+    "x-custom",
+    "",
+];
+
+async fn compressed_bodies_are_refused_while_detection_is_on(backend: Backend) {
+    let upstream = backend::start().await;
+    for mode in ["detect", "block", "off"] {
+        let setup = routes_setup(&upstream, ROUTES, "").env("RAMPART_INTRUSION__MODE", mode);
+        let Some(app) = spawn_app_with(backend, setup).await else {
+            return;
+        };
+        let encoded = |request: reqwest::RequestBuilder, encoding: &str| {
+            encoding.split('\n').fold(request, |request, line| {
+                request.header("content-encoding", line)
+            })
+        };
+        for encoding in ENCODED {
+            // A proxied route, with a body an intrusion scan would have caught.
+            let hits = upstream.hits();
+            let request = app
+                .client
+                .post(app.url("/echo/x"))
+                .header("content-type", "application/json")
+                .body(r#"{"q":"1' OR '1'='1"}"#);
+            let response = encoded(request, encoding).send().await.unwrap();
+            // The identity API.
+            let login = app
+                .client
+                .post(app.url("/auth/register"))
+                .header("content-type", "application/json")
+                .body(r#"{"username":"x"}"#);
+            let login = encoded(login, encoding).send().await.unwrap();
+            // HTTP/2, no length declared.
+            let lines: Vec<(&str, &str)> = encoding
+                .split('\n')
+                .map(|line| ("content-encoding", line))
+                .collect();
+            let (h2_status, h2_body) = h2c(&app, "POST", "/echo/x", &lines, chunks(2, 10))
+                .await
+                .unwrap();
+            if mode == "off" {
+                assert_eq!(response.status(), 200, "{mode} {encoding:?}");
+                assert_eq!(upstream.hits(), hits + 2, "{mode} {encoding:?}");
+                // Read as sent, and refused for what it says.
+                assert_eq!(login.status(), 400, "{mode} {encoding:?}: register");
+                assert_eq!(h2_status, 200, "{mode} {encoding:?}: h2");
+            } else {
+                assert_error(response, 415, "unsupported_media_type").await;
+                assert_error(login, 415, "unsupported_media_type").await;
+                assert_eq!(h2_status, 415, "{mode} {encoding:?}: h2");
+                assert_eq!(h2_body["error"], "unsupported_media_type", "{h2_body}");
+                assert_eq!(
+                    upstream.hits(),
+                    hits,
+                    "{mode} {encoding:?}: nothing reached the backend"
+                );
+            }
+        }
+        // `identity` is the body as sent.
+        for encoding in ["identity", "Identity", "identity, identity"] {
+            let response = app
+                .client
+                .post(app.url("/echo/x"))
+                .header("content-type", "application/json")
+                .header("content-encoding", encoding)
+                .body(r#"{"a":1}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{mode} {encoding}");
+        }
+    }
+}
+
 crate::on_databases!(
     json_that_is_not_an_object_is_refused_by_every_endpoint_with_a_body,
     body_rules_hold_for_http2_bodies_with_and_without_a_length,
     chunked_http1_bodies_are_limited_and_scanned,
     the_identity_api_limits_and_reads_http2_bodies_without_a_length,
+    compressed_bodies_are_refused_while_detection_is_on,
 );

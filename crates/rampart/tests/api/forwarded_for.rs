@@ -80,8 +80,8 @@ async fn unreadable_forwarded_for_never_lends_the_proxy_its_standing(backend: Ba
         if statuses.is_empty() {
             let echo: Value = response.json().await.unwrap();
             let headers = &echo["headers"];
-            assert!(headers.get("x-forwarded-for").is_none(), "{echo}");
-            assert!(headers.get("x-real-ip").is_none(), "{echo}");
+            assert_eq!(headers["x-forwarded-for"], json!(["unknown"]), "{echo}");
+            assert_eq!(headers["x-real-ip"], json!(["unknown"]), "{echo}");
             assert!(
                 headers["forwarded"][0]
                     .as_str()
@@ -106,6 +106,67 @@ async fn unreadable_forwarded_for_never_lends_the_proxy_its_standing(backend: Ba
         .await
         .unwrap();
     assert_eq!(client.status(), 200, "a readable client has its own budget");
+}
+
+async fn a_backend_is_told_an_unknown_client_is_unknown(backend: Backend) {
+    let upstream = backend::start().await;
+    let setup = routes_setup(
+        &upstream,
+        "[[routes]]\npath = \"/echo/*\"\nupstream = \"app\"\nauth = false\n",
+        "",
+    )
+    .env("RAMPART_SERVER__TRUSTED_PROXIES", "127.0.0.0/8");
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    for chain in UNREADABLE {
+        // Whatever the client claims in the headers the gateway states itself.
+        let request = app
+            .client
+            .get(app.url("/echo/x"))
+            .header("x-real-ip", "127.0.0.1")
+            .header("forwarded", "for=127.0.0.1");
+        let response = from(request, chain).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{}", show(chain));
+        let echo: Value = response.json().await.unwrap();
+        let headers = &echo["headers"];
+        assert_eq!(
+            headers["x-forwarded-for"],
+            json!(["unknown"]),
+            "{}: {echo}",
+            show(chain)
+        );
+        assert_eq!(
+            headers["x-real-ip"],
+            json!(["unknown"]),
+            "{}: {echo}",
+            show(chain)
+        );
+        assert_eq!(
+            headers["forwarded"],
+            json!(["for=unknown;proto=http;host=\"".to_owned()
+                + app.address.trim_start_matches("http://")
+                + "\""]),
+            "{}: {echo}",
+            show(chain)
+        );
+    }
+    // A readable client is named in all three.
+    let response = from(app.client.get(app.url("/echo/x")), b"2001:db8::7")
+        .send()
+        .await
+        .unwrap();
+    let echo: Value = response.json().await.unwrap();
+    let headers = &echo["headers"];
+    assert_eq!(headers["x-forwarded-for"], json!(["2001:db8::7"]), "{echo}");
+    assert_eq!(headers["x-real-ip"], json!(["2001:db8::7"]), "{echo}");
+    assert!(
+        headers["forwarded"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("for=\"[2001:db8::7]\";"),
+        "{echo}"
+    );
 }
 
 async fn unknown_clients_are_locked_out_together_and_audited_as_unknown(backend: Backend) {
@@ -148,7 +209,10 @@ async fn unknown_clients_are_locked_out_together_and_audited_as_unknown(backend:
     }
 }
 
-crate::on_databases!(unreadable_forwarded_for_never_lends_the_proxy_its_standing);
+crate::on_databases!(
+    unreadable_forwarded_for_never_lends_the_proxy_its_standing,
+    a_backend_is_told_an_unknown_client_is_unknown,
+);
 
 /// Lockouts live in the session store: also run with it in Redis.
 mod lockout {

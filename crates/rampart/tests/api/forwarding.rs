@@ -188,8 +188,118 @@ fn credentials_and_rampart_headers_cannot_be_passed_to_a_backend() {
     }
 }
 
+/// Host values a backend's parser might read as more than a host.
+const HOSTILE_HOSTS: [&str; 10] = [
+    "a, for=127.0.0.1;x=y",
+    "a,for=127.0.0.1",
+    "a;for=127.0.0.1",
+    "a;host=b",
+    "a=b",
+    "a\"b",
+    "a b",
+    "user@a",
+    "a:80:90",
+    "[::1]x",
+];
+
+/// The `Forwarded` and `X-Forwarded-Host` a backend got.
+fn host_headers(echo: &Value) -> (String, Option<String>) {
+    let headers = echo["headers"].as_object().unwrap();
+    let forwarded = headers["forwarded"].as_array().unwrap();
+    assert_eq!(forwarded.len(), 1, "{echo}");
+    let host = headers
+        .get("x-forwarded-host")
+        .map(|values| values[0].as_str().unwrap().to_owned());
+    (forwarded[0].as_str().unwrap().to_owned(), host)
+}
+
+/// One request over HTTP/2 (h2c) with the given `:authority`; `None` when the client
+/// library will not send it.
+async fn h2c_with_authority(app: &crate::helpers::TestApp, authority: &str) -> Option<Value> {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let uri: http::Uri = format!("http://{authority}/app/x").parse().ok()?;
+    let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri(uri)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.ok()?;
+    assert_eq!(response.status(), 200, "{authority}");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+async fn only_a_plain_host_is_forwarded(backend: Backend) {
+    let upstream = backend::start().await;
+    let setup = routes_setup(
+        &upstream,
+        "[[routes]]\npath = \"/app/*\"\nupstream = \"app\"\nauth = false\n",
+        "",
+    );
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    let over_http1 = async |host: &str| -> Value {
+        let response = app
+            .client
+            .get(app.url("/app/x"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{host}");
+        response.json().await.unwrap()
+    };
+    for host in [
+        "example.com",
+        "api.example.com:8443",
+        "192.0.2.1:80",
+        "[2001:db8::1]:443",
+        "[::1]",
+    ] {
+        let (forwarded, forwarded_host) = host_headers(&over_http1(host).await);
+        assert_eq!(
+            forwarded,
+            format!("for=127.0.0.1;proto=http;host=\"{host}\"")
+        );
+        assert_eq!(forwarded_host.as_deref(), Some(host));
+        let echo = h2c_with_authority(&app, host).await.expect(host);
+        let (forwarded, forwarded_host) = host_headers(&echo);
+        assert_eq!(
+            forwarded,
+            format!("for=127.0.0.1;proto=http;host=\"{host}\""),
+            "h2 {host}"
+        );
+        assert_eq!(forwarded_host.as_deref(), Some(host), "h2 {host}");
+    }
+    let mut sent_over_h2 = 0;
+    for host in HOSTILE_HOSTS {
+        let (forwarded, forwarded_host) = host_headers(&over_http1(host).await);
+        assert_eq!(forwarded, "for=127.0.0.1;proto=http", "{host}");
+        assert_eq!(forwarded_host, None, "{host}");
+        if let Some(echo) = h2c_with_authority(&app, host).await {
+            sent_over_h2 += 1;
+            let (forwarded, forwarded_host) = host_headers(&echo);
+            assert_eq!(forwarded, "for=127.0.0.1;proto=http", "h2 {host}");
+            assert_eq!(forwarded_host, None, "h2 {host}");
+        }
+    }
+    assert!(
+        sent_over_h2 >= 4,
+        "the hostile authorities were sent over HTTP/2"
+    );
+}
+
 crate::on_databases!(
     client_set_override_identity_and_underscore_headers_never_reach_the_backend,
     a_signed_order_cannot_carry_an_unsigned_method_override,
     an_upstream_strips_more_and_passes_named_built_in_headers,
+    only_a_plain_host_is_forwarded,
 );

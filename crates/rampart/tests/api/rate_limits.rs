@@ -523,7 +523,7 @@ async fn refused_credentials_spend_the_anonymous_budget(backend: Backend, store:
         reference = Some(body);
     }
     // Once the budget is spent, an API key is refused before it is looked up: even the
-    // owner's valid key, from that address; from another it still works.
+    // owner's valid key, not used before, from that address; from another it still works.
     let valid = || client.get(&me).header("x-api-key", &key.key);
     let refused = valid()
         .header("x-forwarded-for", "203.0.113.6")
@@ -1059,6 +1059,7 @@ async fn the_metrics_alerts_use_exist_at_zero_from_start_up(backend: Backend) {
         "nonce",
         "replay",
         "ambiguous",
+        "csrf",
     ] {
         let name = format!("rampart_auth_failures_total{{reason=\"{reason}\"}}");
         assert_eq!(series(&metrics, &name), 0, "{name}");

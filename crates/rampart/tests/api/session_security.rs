@@ -1259,8 +1259,76 @@ async fn a_password_change_can_revoke_api_keys(backend: Backend) {
     );
 }
 
+async fn csrf_failures_are_counted_and_audited(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let admin = app.user("admin_1").await;
+    app.register("alice_1").await;
+    let session = CookieSession::login(&app, "alice_1", false).await;
+    let other = CookieSession::login(&app, "alice_1", false).await;
+    let count = |metrics: &str| {
+        crate::rate_limits::series(metrics, "rampart_auth_failures_total{reason=\"csrf\"}")
+    };
+    assert_eq!(count(&app.metrics().await), 0, "exists at zero");
+    // A wrong token, an empty one, another login's, and none at all.
+    for csrf in ["wrong", "", other.csrf.as_str()] {
+        assert_error(session.unsafe_request(&app, csrf).await, 403, "csrf_failed").await;
+    }
+    let missing = app
+        .client
+        .post(app.url("/users/me/api-keys"))
+        .header("cookie", &session.access)
+        .json(&json!({ "name": "k" }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(missing, 403, "csrf_failed").await;
+    assert_eq!(count(&app.metrics().await), 4);
+    // A cookie refresh is checked by its handler: counted the same.
+    for csrf in ["wrong", other.csrf.as_str()] {
+        assert_error(session.refresh_with(&app, csrf).await, 403, "csrf_failed").await;
+    }
+    assert_eq!(count(&app.metrics().await), 6);
+    // The right token is no failure.
+    let csrf = session.csrf.clone();
+    assert_eq!(session.unsafe_request(&app, &csrf).await.status(), 201);
+    assert_eq!(session.refresh(&app).await.status(), 200);
+    assert_eq!(count(&app.metrics().await), 6);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rows: Value = app
+        .get_with("/admin/audit?action=auth_failed", &admin.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rows = rows["items"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "one row a minute per client: {rows:?}");
+    assert_eq!(rows[0]["details"]["reason"], "csrf", "{rows:?}");
+    // A minute later, the next failure (a refresh) opens a row standing for those held back.
+    app.clock.advance(std::time::Duration::from_secs(61));
+    let refused = session.refresh_with(&app, "wrong").await;
+    assert_error(refused, 403, "csrf_failed").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rows: Value = app
+        .get_with("/admin/audit?action=auth_failed", &admin.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rows = rows["items"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let newest = rows
+        .iter()
+        .find(|row| row["details"]["failures_since_last_entry"] == 5)
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(newest["details"]["reason"], "csrf", "{rows:?}");
+    assert_eq!(newest["ip_address"], rows[0]["ip_address"], "{rows:?}");
+}
+
 crate::on_session_stores!(
     an_ipv6_lockout_covers_the_whole_prefix,
+    csrf_failures_are_counted_and_audited,
     ipv4_lockouts_stay_per_address,
     wrong_confirmations_lock_the_account,
     logins_and_confirmations_count_apart,
