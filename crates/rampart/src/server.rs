@@ -814,9 +814,15 @@ async fn serve_http<I>(
     loop {
         // While requests are in flight there is no read deadline; the timer still looks
         // again `idle_timeout` on, so that the end of a request needs no wake-up.
-        let deadline = activity.deadline(&limits).or_else(|| {
-            Some(Duration::from_millis(activity.now()).saturating_add(limits.idle_timeout))
-        });
+        // A head may also begin without waking this loop: looking again within
+        // `header_read_timeout` keeps its deadline exact.
+        let now = Duration::from_millis(activity.now());
+        let deadline = Some(
+            activity
+                .deadline(&limits)
+                .unwrap_or_else(|| now.saturating_add(limits.idle_timeout))
+                .min(now.saturating_add(limits.header_read_timeout)),
+        );
         if deadline != armed {
             if let Some(at) = deadline {
                 timer
@@ -1042,8 +1048,9 @@ impl Activity {
             && self.head_since.load(Ordering::Acquire) == 0
             && self.served.load(Ordering::Relaxed)
         {
+            // No wake-up (it would cost every keep-alive request one): the watchdog looks
+            // again within `header_read_timeout` of arming, so this deadline still holds.
             self.head_since.store(self.now() + 1, Ordering::Release);
-            self.changed.notify_one();
         }
     }
 
