@@ -472,8 +472,8 @@ mod tests {
         }
     }
 
-    fn table() -> RouteTable {
-        let upstreams = BTreeMap::from([(
+    fn orders_upstream() -> BTreeMap<String, RawUpstream> {
+        BTreeMap::from([(
             "orders".to_owned(),
             RawUpstream {
                 url: "http://127.0.0.1:9000".into(),
@@ -482,7 +482,11 @@ mod tests {
                 strip_request_headers: crate::config::List::default(),
                 pass_request_headers: crate::config::List::default(),
             },
-        )]);
+        )])
+    }
+
+    fn table() -> RouteTable {
+        let upstreams = orders_upstream();
         RouteTable::new(
             &[
                 route("/orders/*", &["GET"], Some("orders")),
@@ -550,16 +554,7 @@ mod tests {
         open.case_sensitive = false;
         let mut reports = route("/api/reports/*", &["GET"], Some("orders"));
         reports.case_sensitive = false;
-        let upstreams = BTreeMap::from([(
-            "orders".to_owned(),
-            RawUpstream {
-                url: "http://127.0.0.1:9000".into(),
-                timeout: "5s".into(),
-                circuit_breaker: None,
-                strip_request_headers: crate::config::List::default(),
-                pass_request_headers: crate::config::List::default(),
-            },
-        )]);
+        let upstreams = orders_upstream();
         RouteTable::new(
             &[
                 open,

@@ -43,39 +43,14 @@ impl SecurityHeaders {
 }
 
 /// Whether responses on this path carry personal or account data and must never be cached,
-/// whatever the upstream says. Compared without regard to case, as routes may be.
+/// whatever the upstream says. Decided on the path's canonical form, which is what routes
+/// and handlers serve (`/%61ccounts` is `/accounts`), without regard to case, as routes may
+/// be; a path with no canonical form is refused, and private to be safe.
 pub fn is_private(path: &str) -> bool {
-    // Routes match the decoded path, so `/%61ccounts` is `/accounts` here too.
-    if path.contains('%') {
-        return is_private_decoded(&percent_decode(path));
-    }
-    is_private_decoded(path)
+    crate::routes::path::canonical(path).map_or(true, |path| is_private_canonical(&path))
 }
 
-fn percent_decode(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let hex = bytes
-            .get(index + 1..index + 3)
-            .and_then(|pair| std::str::from_utf8(pair).ok())
-            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
-        match (bytes[index], hex) {
-            (b'%', Some(byte)) => {
-                decoded.push(byte);
-                index += 3;
-            }
-            (byte, _) => {
-                decoded.push(byte);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
-}
-
-fn is_private_decoded(path: &str) -> bool {
+fn is_private_canonical(path: &str) -> bool {
     ["/auth", "/users", "/admin", "/accounts"]
         .iter()
         .any(
@@ -104,15 +79,11 @@ fn carries_credentials(headers: &HeaderMap) -> bool {
 
 /// Adds the security headers to the response.
 pub async fn apply(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    // Decided on the canonical path, which is what the handlers serve (`/%75sers/me` is
-    // `/users/me`); a path with no canonical form is refused, and private to be safe.
     // A response to a request that carried a credential is someone's own data (their
     // orders, their positions) wherever it was served from: no cache may keep it, whatever
     // the upstream said, since a cookie does not stop a shared cache the way
     // `Authorization` does.
-    let private = carries_credentials(request.headers())
-        || crate::routes::path::canonical(request.uri().path())
-            .map_or(true, |path| is_private(&path));
+    let private = carries_credentials(request.headers()) || is_private(request.uri().path());
     let mut response = next.run(request).await;
     state
         .security_headers
