@@ -14,6 +14,11 @@
 #   +intrusion  ... + intrusion detection (detect)
 #   full        ... + access log (to a file): the full pipeline, in-memory limits
 #   full-redis  full, with rate limits in Redis (127.0.0.1:6379)
+#   apikey      full, the caller an API key (X-API-Key) instead of a JWT
+#   routes2000  full, with 2 000 more prefix routes in the table
+#   healthz     GET /healthz on the full configuration (no upstream)
+# Then, once: idle RSS of the full configuration, and RSS with $IDLE_CONNECTIONS idle keep-alive
+# client connections open (each has served one request).
 # The backend is nginx (1 worker) returning a small JSON body. Rampart runs on one runtime
 # worker thread (server.worker_threads = 1). The load is wrk (1 thread, $CONNECTIONS
 # connections). CPU time per request is read from /proc/PID/stat of the proxy process.
@@ -26,6 +31,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-32}
 FIXED_RPS=${FIXED_RPS:-5000}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 BACKEND_PORT=9201
 NGINX_PORT=9202
 RAMPART_PORT=9203
@@ -34,8 +40,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rampart-target}"
 for tool in nginx wrk curl python3 redis-cli; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx-light wrk curl redis-tools)"; exit 1; }
 done
-cargo build --release -q -p rampart-cli
-RAMPART="$CARGO_TARGET_DIR/release/rampart"
+if [ -z "${RAMPART:-}" ]; then   # RAMPART=/path/to/binary measures a build of your own
+  cargo build --release -q -p rampart-cli
+  RAMPART="$CARGO_TARGET_DIR/release/rampart"
+fi
 
 WORK=$(mktemp -d /tmp/rampart-bench.XXXXXX)
 PIDS=()
@@ -98,12 +106,14 @@ sleep 0.3
 nginx_worker() { pgrep -P "$(cat "$WORK/proxy.pid")" | head -n1; }
 
 # --- Rampart configurations ---------------------------------------------------------------
-rampart_config() { # name auth roles limit intrusion store
-  local name=$1 auth=$2 roles=$3 limit=$4 intrusion=$5 store=$6
+rampart_config() { # name auth roles limit intrusion store [extra-routes]
+  local name=$1 auth=$2 roles=$3 limit=$4 intrusion=$5 store=$6 extra=${7:-0}
   {
     echo '[server]'
     echo "listen = \"127.0.0.1:$RAMPART_PORT\""
     echo 'worker_threads = 1'
+    echo "max_connections = $((IDLE_CONNECTIONS + 1000))"
+    echo "max_connections_per_ip = $((IDLE_CONNECTIONS + 1000))"
     echo '[database]'
     echo "url = \"sqlite://$WORK/rampart.db\""
     echo '[tokens]'
@@ -123,6 +133,9 @@ rampart_config() { # name auth roles limit intrusion store
     [ "$auth" = no ] && echo 'auth = false'
     [ "$roles" = yes ] && echo 'roles = ["trader", "admin"]'
     [ "$limit" = yes ] && echo 'rate_limit = "1000000/s"'
+    for i in $(seq 1 "$extra"); do
+      printf '[[routes]]\npath = "/svc%d/*"\nmethods = ["GET"]\nupstream = "orders"\nroles = ["trader", "admin"]\n' "$i"
+    done
     echo '[upstreams.orders]'
     echo "url = \"http://127.0.0.1:$BACKEND_PORT\""
     echo 'timeout = "5s"'
@@ -135,12 +148,15 @@ rampart_config limit      yes yes yes off    memory
 rampart_config intrusion  yes yes yes detect memory
 rampart_config full       yes yes yes detect memory
 rampart_config full-redis yes yes yes detect redis://127.0.0.1:6379
+rampart_config routes2000 yes yes yes detect memory 2000
 
 RAMPART_PID=
 start_rampart() { # name
   local name=$1 log=warn
-  case $name in full|full-redis) log=info ;; esac
-  RAMPART_LOG=$log "$RAMPART" --config "$WORK/$name.toml" serve 2> "$WORK/$name.log" &
+  case $name in full|full-redis|apikey|routes2000|healthz) log=info ;; esac
+  local config=$name
+  case $name in apikey|healthz) config=full ;; esac
+  RAMPART_LOG=$log "$RAMPART" --config "$WORK/$config.toml" serve > "$WORK/$name.access" 2> "$WORK/$name.log" &
   RAMPART_PID=$!
   PIDS+=("$RAMPART_PID")
   for _ in $(seq 1 100); do
@@ -158,6 +174,9 @@ curl -sf "http://127.0.0.1:$RAMPART_PORT/auth/register" -H 'content-type: applic
 TOKEN=$(curl -sf "http://127.0.0.1:$RAMPART_PORT/auth/login" -H 'content-type: application/json' \
   -d '{"username":"bench_admin","password":"Tr4ding!Desk#42"}' \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+API_KEY=$(curl -sf "http://127.0.0.1:$RAMPART_PORT/users/me/api-keys" -H 'content-type: application/json' \
+  -H "authorization: Bearer $TOKEN" -d '{"name":"bench"}' \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 stop_rampart
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGINX_PORT/orders")" = 200 ]
 
@@ -171,9 +190,9 @@ function delay() return pause_ms end
 LUA
 
 # wrk with a summary line: rps p50_ms p99_ms requests
-drive() { # url extra-args...
-  local url=$1; shift
-  wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "authorization: Bearer $TOKEN" "$@" "$url" > "$WORK/wrk.out" 2>&1
+drive() { # credential-header url extra-args...
+  local credential=$1 url=$2; shift 2
+  wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "$credential" "$@" "$url" > "$WORK/wrk.out" 2>&1
   python3 - "$WORK/wrk.out" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
@@ -189,13 +208,13 @@ print(rps, ms('50%'), ms('99%'), requests, non2xx.group(1) if non2xx else 0)
 PY
 }
 
-measure() { # setup pid url mode
-  local setup=$1 pid=$2 url=$3 mode=$4 before after
+measure() { # setup pid url mode [credential-header]
+  local setup=$1 pid=$2 url=$3 mode=$4 credential=${5:-"authorization: Bearer $TOKEN"} before after
   before=$(cpu_ticks "$pid")
   if [ "$mode" = fixed ]; then
-    read -r rps p50 p99 requests bad < <(drive "$url" -s "$WORK/paced.lua")
+    read -r rps p50 p99 requests bad < <(drive "$credential" "$url" -s "$WORK/paced.lua")
   else
-    read -r rps p50 p99 requests bad < <(drive "$url")
+    read -r rps p50 p99 requests bad < <(drive "$credential" "$url")
   fi
   after=$(cpu_ticks "$pid")
   python3 -c "
@@ -203,7 +222,7 @@ cpu_us = ($after - $before) * 1e6 / $TICK / max($requests, 1)
 print(f'$setup $mode {$rps:.0f} {$p50:.3f} {$p99:.3f} {cpu_us:.1f} $bad')" >> "$WORK/results"
 }
 
-SETUPS=(direct nginx pass jwt rbac limit intrusion full full-redis)
+SETUPS=(direct nginx pass jwt rbac limit intrusion full full-redis apikey routes2000 healthz)
 : > "$WORK/results"
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
@@ -216,14 +235,53 @@ for round in $(seq 1 "$ROUNDS"); do
         measure "r$round:$setup" "$(nginx_worker)" "http://127.0.0.1:$NGINX_PORT/orders" "$mode"
       else
         start_rampart "$setup"
-        measure "r$round:$setup" "$RAMPART_PID" "http://127.0.0.1:$RAMPART_PORT/orders" "$mode"
+        case $setup in
+          apikey) measure "r$round:$setup" "$RAMPART_PID" "http://127.0.0.1:$RAMPART_PORT/orders" "$mode" "x-api-key: $API_KEY" ;;
+          healthz) measure "r$round:$setup" "$RAMPART_PID" "http://127.0.0.1:$RAMPART_PORT/healthz" "$mode" ;;
+          *) measure "r$round:$setup" "$RAMPART_PID" "http://127.0.0.1:$RAMPART_PORT/orders" "$mode" ;;
+        esac
         stop_rampart
       fi
     done
   done
 done
 
-python3 - "$WORK/results" "$FIXED_RPS" <<'PY'
+# --- memory: idle, and with many idle keep-alive client connections ----------------------------
+rss_mb() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+ulimit -n $((IDLE_CONNECTIONS * 2 + 1000)) 2>/dev/null || true
+start_rampart full
+curl -sf -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$RAMPART_PORT/orders" >/dev/null
+sleep 1
+IDLE_RSS=$(rss_mb "$RAMPART_PID")
+python3 - "$RAMPART_PORT" "$IDLE_CONNECTIONS" "$WORK/held" <<'PY' &
+import asyncio, sys, os
+port, count, flag = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+async def one(held):
+    reader, writer = await asyncio.open_connection('127.0.0.1', port)
+    writer.write(b'GET /healthz HTTP/1.1\r\nhost: bench\r\n\r\n')
+    await writer.drain()
+    head = await reader.readuntil(b'\r\n\r\n')
+    length = next(int(l.split(b':')[1]) for l in head.split(b'\r\n') if l.lower().startswith(b'content-length'))
+    await reader.readexactly(length)
+    held.append(writer)
+async def main():
+    held = []
+    for start in range(0, count, 500):
+        await asyncio.gather(*(one(held) for _ in range(start, min(count, start + 500))))
+    open(flag, 'w').write(str(len(held)))
+    await asyncio.sleep(30)
+asyncio.run(main())
+PY
+HOLDER=$!
+for _ in $(seq 1 600); do [ -f "$WORK/held" ] && break; sleep 0.1; done
+sleep 1
+HELD=$(cat "$WORK/held" 2>/dev/null || echo 0)
+BUSY_RSS=$(rss_mb "$RAMPART_PID")
+kill "$HOLDER" 2>/dev/null || true; wait "$HOLDER" 2>/dev/null || true
+stop_rampart
+echo "memory idle_rss_mb $IDLE_RSS held $HELD rss_mb_with_held $BUSY_RSS" > "$WORK/memory"
+
+python3 - "$WORK/results" "$FIXED_RPS" "$WORK/memory" <<'PY'
 import sys, collections, statistics
 rows = [line.split() for line in open(sys.argv[1])]
 fixed_rps = sys.argv[2]
@@ -256,4 +314,15 @@ print("(added p99: the setup's p99 minus that of going straight to the backend, 
 for s in setups:
     added = statistics.median(r[s]['p99'] - r['direct']['p99'] for (rnd, m), r in by.items() if m == 'fixed' and s in r and 'direct' in r)
     print(f"{s:<12}{med('fixed',s,'rps'):>9.0f}{med('fixed',s,'p50'):>9.3f}{med('fixed',s,'p99'):>9.3f}{added:>14.3f}{med('fixed',s,'cpu'):>12.1f}")
+def cpu_vs(a, b):
+    return statistics.median(r[a]['cpu'] / r[b]['cpu'] for (rnd, m), r in by.items() if m == 'max' and a in r and b in r)
+print("\nTargets (CPU per request, medians of per-round ratios)")
+for label, a, b in [("full pipeline / nginx", 'full', 'nginx'), ("pass-through / nginx", 'pass', 'nginx'),
+                    ("limits in Redis / in memory", 'full-redis', 'full'), ("healthz / nginx proxied", 'healthz', 'nginx'),
+                    ("2 000 routes / 11 routes", 'routes2000', 'full'), ("API key / JWT", 'apikey', 'full')]:
+    try: print(f"  {label:<30}{cpu_vs(a, b):>6.2f}")
+    except statistics.StatisticsError: pass
+print("  full pipeline rps / nginx rps " + f"{rps_ratio.get('full', float('nan')):>6.2f}")
+words = open(sys.argv[3]).read().split()
+print(f"\nMemory: idle RSS {words[2]} MB; with {words[4]} idle keep-alive connections {words[6]} MB")
 PY
