@@ -326,12 +326,12 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let router = crate::pipeline::router(self.state.clone());
+        let gateway = crate::gateway::Gateway::new(self.state.clone());
         let limits = Limits::new(&self.state.config.server);
         crate::server::serve(
             self.listener,
             self.state.clone(),
-            router,
+            gateway,
             self.tls,
             limits,
             self.state.stopping.clone(),
