@@ -258,7 +258,10 @@ pub async fn identify(
                     state.verified_keys.insert(digest, now);
                 }
                 request = authenticated;
-                context.key_id = request.extensions().get::<api_key::KeyId>().map(|key| key.0);
+                context.key_id = request
+                    .extensions()
+                    .get::<api_key::KeyId>()
+                    .map(|key| key.0);
                 (Authentication::Authenticated(principal), None)
             }
             Err(api_key::Rejection::Refused(refused, failure)) => {

@@ -64,7 +64,7 @@ impl Gateway {
     pub async fn handle(&self, mut request: Request) -> Response {
         let inner = &*self.0;
         let started = tokio::time::Instant::now();
-        let mut context = Context::begin(inner, &mut request);
+        let mut context = Context::begin(&inner.state, &mut request);
         let private = crate::security_headers::carries_credentials(request.headers())
             || crate::security_headers::is_private(request.uri().path());
         let origin = inner
@@ -223,8 +223,9 @@ struct Cors {
     expose_headers: HeaderValue,
 }
 
-const VARY_CORS: HeaderValue =
-    HeaderValue::from_static("origin, access-control-request-method, access-control-request-headers");
+const VARY_CORS: HeaderValue = HeaderValue::from_static(
+    "origin, access-control-request-method, access-control-request-headers",
+);
 
 impl Cors {
     fn new(origins: &[String]) -> Option<Self> {
@@ -269,8 +270,14 @@ impl Cors {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         }
         if preflight {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone());
-            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, self.allow_headers.clone());
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                self.allow_methods.clone(),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                self.allow_headers.clone(),
+            );
         } else {
             headers.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
@@ -279,4 +286,3 @@ impl Cors {
         }
     }
 }
-

@@ -398,8 +398,11 @@ pub fn resolve(
     request: &mut axum::extract::Request,
 ) -> Result<(), crate::gateway::refusal::Refusal> {
     use crate::gateway::refusal::Refusal;
-    let not_canonical =
-        || Refusal::new(crate::error::ApiError::invalid("The request path is not in canonical form"));
+    let not_canonical = || {
+        Refusal::new(crate::error::ApiError::invalid(
+            "The request path is not in canonical form",
+        ))
+    };
     let canonical = match path::canonical(request.uri().path()) {
         Ok(std::borrow::Cow::Borrowed(_)) => None,
         Ok(std::borrow::Cow::Owned(form)) => Some(form),

@@ -97,10 +97,10 @@ pub async fn validate(
     if let Some(pattern) = found {
         let note = note(context, pattern, mode);
         if mode == IntrusionMode::Block {
-            return Err(
-                Refusal::new(ApiError::invalid("The request was refused by intrusion detection"))
-                    .noted(note),
-            );
+            return Err(Refusal::new(ApiError::invalid(
+                "The request was refused by intrusion detection",
+            ))
+            .noted(note));
         }
         crate::gateway::refusal::record(state, context, note);
     }

@@ -68,7 +68,10 @@ pub fn install(json: bool) -> Guard {
     install_on(json, || Box::new(std::io::stdout()))
 }
 
-fn install_on(json: bool, output: impl FnOnce() -> Box<dyn Write + Send> + Send + 'static) -> Guard {
+fn install_on(
+    json: bool,
+    output: impl FnOnce() -> Box<dyn Write + Send> + Send + 'static,
+) -> Guard {
     SINK.get_or_init(|| {
         let (sender, receiver) = sync_channel(QUEUE);
         std::thread::Builder::new()
@@ -118,7 +121,11 @@ fn report_drops(output: &mut impl Write) {
     let Some(sink) = sink() else { return };
     let dropped = sink.dropped.swap(0, Ordering::Relaxed);
     if dropped > 0 {
-        let _ = writeln!(output, "{} log lines dropped: the writer fell behind", dropped);
+        let _ = writeln!(
+            output,
+            "{} log lines dropped: the writer fell behind",
+            dropped
+        );
         let _ = output.flush();
     }
 }
@@ -240,7 +247,9 @@ impl Entry<'_> {
     fn json(&self, out: &mut Vec<u8>, now: SystemTime) {
         out.extend_from_slice(b"{\"time\":\"");
         push_time(out, now);
-        out.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":\"rampart::access\",\"request_id\":\"");
+        out.extend_from_slice(
+            b"\",\"level\":\"INFO\",\"target\":\"rampart::access\",\"request_id\":\"",
+        );
         push_escaped(out, self.request_id.as_bytes());
         out.extend_from_slice(b"\",\"client\":\"");
         push_ip(out, self.client);
@@ -493,7 +502,10 @@ mod tests {
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(20_424), (2025, 12, 2));
         let mut out = Vec::new();
-        push_time(&mut out, UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_661));
+        push_time(
+            &mut out,
+            UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_661),
+        );
         assert_eq!(out, b"2000-02-29T01:01:01.000Z");
     }
 }

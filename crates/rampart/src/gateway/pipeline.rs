@@ -32,6 +32,7 @@ use crate::client_ip::{self, ClientIp};
 use crate::rate_limit::{Decision, PolicyId};
 use crate::request::{RequestId, is_well_formed_id};
 use crate::routes::{MatchedRoute, Route};
+use crate::state::AppState;
 
 /// Everything the stages learn about a request, in one place.
 #[derive(Debug)]
@@ -66,7 +67,7 @@ pub struct Context {
 impl Context {
     /// The client IP and request id of `request`; the id is also put in its
     /// `X-Request-Id` header.
-    pub fn begin(inner: &Inner, request: &mut Request) -> Self {
+    pub fn begin(state: &AppState, request: &mut Request) -> Self {
         let adopted = request
             .headers()
             .get("x-request-id")
@@ -89,7 +90,7 @@ impl Context {
         let client = client_ip::resolve(
             peer,
             request.headers(),
-            &inner.state.config.server.trusted_proxies,
+            &state.config.server.trusted_proxies,
         );
         if let Some(value) = &id_header {
             request.headers_mut().insert("x-request-id", value.clone());
