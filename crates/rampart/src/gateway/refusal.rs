@@ -17,9 +17,13 @@ use crate::error::ApiError;
 use crate::metrics::{PatternLabel, PolicyLabel, ReasonLabel};
 use crate::state::AppState;
 
-/// Why a stage stopped a request, and what to tell and record.
+/// Why a stage stopped a request, and what to tell and record. Boxed: refusals are the
+/// rare path, and the stages' `Result`s stay one word wide on the common one.
 #[derive(Debug)]
-pub struct Refusal {
+pub struct Refusal(Box<Parts>);
+
+#[derive(Debug)]
+struct Parts {
     answer: Answer,
     allow: Option<HeaderValue>,
     close: bool,
@@ -42,45 +46,43 @@ impl From<ApiError> for Refusal {
 impl Refusal {
     /// A refusal answered with `error`'s JSON body.
     pub fn new(error: ApiError) -> Self {
-        Self {
+        Self(Box::new(Parts {
             answer: Answer::Error(error),
             allow: None,
             close: false,
             note: None,
-        }
+        }))
     }
 
     /// A refusal whose answer is already made.
     pub fn ready(response: Response) -> Self {
-        Self {
+        Self(Box::new(Parts {
             answer: Answer::Ready(response),
             allow: None,
             close: false,
             note: None,
-        }
+        }))
     }
 
     /// 405 naming the methods the path allows.
     pub fn method_not_allowed(allow: Option<HeaderValue>) -> Self {
-        Self {
-            allow,
-            ..Self::new(ApiError::MethodNotAllowed)
-        }
+        let mut refusal = Self::new(ApiError::MethodNotAllowed);
+        refusal.0.allow = allow;
+        refusal
     }
 
     /// 413, closing the connection: the rest of the body is never read, so the connection
     /// cannot carry another request.
     pub fn too_large() -> Self {
-        Self {
-            close: true,
-            ..Self::new(ApiError::PayloadTooLarge)
-        }
+        let mut refusal = Self::new(ApiError::PayloadTooLarge);
+        refusal.0.close = true;
+        refusal
     }
 
     /// The same refusal, counted and audited as `note` says.
     #[must_use]
     pub fn noted(mut self, note: Note) -> Self {
-        self.note = Some(note);
+        self.0.note = Some(note);
         self
     }
 }
@@ -122,6 +124,7 @@ pub struct Audit {
 
 /// Turns a refusal into its answer, recording its note.
 pub fn answer(state: &AppState, context: &Context, refusal: Refusal) -> Response {
+    let refusal = *refusal.0;
     if let Some(note) = refusal.note {
         record(state, context, note);
     }
