@@ -138,9 +138,11 @@ rampart_config full-redis yes yes yes detect redis://127.0.0.1:6379
 
 RAMPART_PID=
 start_rampart() { # name
-  local name=$1 log=warn
-  case $name in full|full-redis) log=info ;; esac
-  RAMPART_LOG=$log "$RAMPART" --config "$WORK/$name.toml" serve 2> "$WORK/$name.log" &
+  local name=$1 log=warn access=false
+  case $name in full|full-redis) log=info access=true ;; esac
+  # Log lines (the access log among them) go to stdout.
+  RAMPART_LOG=$log RAMPART_LOG__ACCESS=$access "$RAMPART" --config "$WORK/$name.toml" serve \
+    > "$WORK/$name.log" 2>&1 &
   RAMPART_PID=$!
   PIDS+=("$RAMPART_PID")
   for _ in $(seq 1 100); do

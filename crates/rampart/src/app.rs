@@ -342,6 +342,10 @@ impl Application {
             task.abort();
         }
         tracing::info!("stopped");
+        // Every line of the requests just drained is written before this returns.
+        if let Some(sink) = crate::gateway::access_log::sink() {
+            sink.flush(std::time::Duration::from_secs(5));
+        }
         Ok(())
     }
 }

@@ -946,16 +946,30 @@ fn headers_too_large<B>(
         request.headers(),
         &state.config.server.trusted_proxies,
     );
-    tracing::info!(
-        target: "rampart::access",
-        request_id = %id,
-        client = %client,
-        method,
-        route = "unmatched",
-        status = 431,
-        head_bytes = size,
-        micros = 0u64,
-    );
+    tracing::debug!(client = %client, head_bytes = size, "request head too large");
+    if state.config.log.access
+        && let Some(sink) = crate::gateway::access_log::sink()
+    {
+        // The path as sent: the head was never read far enough to put it in canonical form.
+        let entry = crate::gateway::access_log::Entry {
+            request_id: &id,
+            client,
+            method: request.method().as_str(),
+            path: request.uri().path(),
+            route: "unmatched",
+            status: 431,
+            bytes: hyper::body::Body::size_hint(response.body()).exact(),
+            duration: std::time::Duration::ZERO,
+            upstream: None,
+            user_id: None,
+            key_id: None,
+            user_agent: request
+                .headers()
+                .get(header::USER_AGENT)
+                .map(HeaderValue::as_bytes),
+        };
+        sink.send(entry.line(sink.json(), std::time::SystemTime::now()));
+    }
     response
 }
 

@@ -14,7 +14,9 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Lines waiting for the writer at most; beyond, lines are dropped.
@@ -87,32 +89,48 @@ fn install_on(
     Guard(())
 }
 
+/// While lines keep coming, the writer sleeps between batches instead of waiting on the
+/// queue: a sender wakes it only when it waits, so under load requests never make a
+/// syscall for their line, and the lines of a whole batch go out in few writes.
+const BATCH: Duration = Duration::from_millis(10);
+
 fn write_lines(receiver: &Receiver<Message>, output: Box<dyn Write + Send>) {
     let mut output = std::io::BufWriter::with_capacity(64 * 1024, output);
-    loop {
-        // Block for the first line, then take whatever else is queued before writing.
-        let first = match receiver.recv_timeout(Duration::from_secs(1)) {
-            Ok(message) => message,
-            Err(RecvTimeoutError::Timeout) => {
-                report_drops(&mut output);
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut next = Some(first);
-        while let Some(message) = next {
-            match message {
-                Message::Line(line) => {
-                    let _ = output.write_all(&line);
-                }
-                Message::Flush(done) => {
-                    let _ = output.flush();
-                    let _ = done.send(());
-                }
-            }
-            next = receiver.try_recv().ok();
+    let handle = |output: &mut std::io::BufWriter<Box<dyn Write + Send>>, message| match message {
+        Message::Line(line) => {
+            let _ = output.write_all(&line);
         }
-        let _ = output.flush();
+        Message::Flush(done) => {
+            let _ = output.flush();
+            let _ = done.send(());
+        }
+    };
+    loop {
+        let mut received = false;
+        loop {
+            match receiver.try_recv() {
+                Ok(message) => {
+                    received = true;
+                    handle(&mut output, message);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = output.flush();
+                    return;
+                }
+            }
+        }
+        if received {
+            let _ = output.flush();
+            std::thread::sleep(BATCH);
+            continue;
+        }
+        // Idle: wait for the next line.
+        match receiver.recv_timeout(Duration::from_secs(1)) {
+            Ok(message) => handle(&mut output, message),
+            Err(RecvTimeoutError::Timeout) => report_drops(&mut output),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
     }
     let _ = output.flush();
 }
@@ -494,6 +512,38 @@ mod tests {
         assert!(text.contains(" user_id=42"), "{text}");
         assert!(!text.contains('\u{1b}'), "{text}");
         assert_eq!(text.matches('\n').count(), 1, "{text}");
+    }
+
+    /// Collects what the writer thread writes.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn queued_lines_are_written_in_order_and_flushed_on_request() {
+        let captured = Captured::default();
+        let output = captured.clone();
+        let guard = install_on(true, move || Box::new(output));
+        let sink = sink().unwrap();
+        for index in 0..1000 {
+            sink.send(format!("line {index}\n").into_bytes());
+        }
+        drop(guard);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1000, "every line, once: {}", lines.len());
+        assert_eq!(lines[0], "line 0");
+        assert_eq!(lines[999], "line 999");
     }
 
     #[test]
