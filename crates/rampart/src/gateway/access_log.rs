@@ -105,8 +105,9 @@ fn write_lines(receiver: &Receiver<Message>, output: Box<dyn Write + Send>) {
             let _ = done.send(());
         }
     };
+    // Whether lines were written since the last flush.
+    let mut received = false;
     loop {
-        let mut received = false;
         loop {
             match receiver.try_recv() {
                 Ok(message) => {
@@ -122,12 +123,16 @@ fn write_lines(receiver: &Receiver<Message>, output: Box<dyn Write + Send>) {
         }
         if received {
             let _ = output.flush();
+            received = false;
             std::thread::sleep(BATCH);
             continue;
         }
         // Idle: wait for the next line.
         match receiver.recv_timeout(Duration::from_secs(1)) {
-            Ok(message) => handle(&mut output, message),
+            Ok(message) => {
+                received = true;
+                handle(&mut output, message);
+            }
             Err(RecvTimeoutError::Timeout) => report_drops(&mut output),
             Err(RecvTimeoutError::Disconnected) => break,
         }
