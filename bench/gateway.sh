@@ -152,11 +152,13 @@ rampart_config routes2000 yes yes yes detect memory 2000
 
 RAMPART_PID=
 start_rampart() { # name
-  local name=$1 log=warn
-  case $name in full|full-redis|apikey|routes2000|healthz) log=info ;; esac
+  local name=$1 log=warn access=false
+  case $name in full|full-redis|apikey|routes2000|healthz) log=info access=true ;; esac
   local config=$name
   case $name in apikey|healthz) config=full ;; esac
-  RAMPART_LOG=$log "$RAMPART" --config "$WORK/$config.toml" serve > "$WORK/$name.access" 2> "$WORK/$name.log" &
+  # Log lines (the access log among them) go to stdout.
+  RAMPART_LOG=$log RAMPART_LOG__ACCESS=$access "$RAMPART" --config "$WORK/$config.toml" serve \
+    > "$WORK/$name.log" 2>&1 &
   RAMPART_PID=$!
   PIDS+=("$RAMPART_PID")
   for _ in $(seq 1 100); do

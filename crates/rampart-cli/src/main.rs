@@ -85,7 +85,6 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     if let Command::Keygen = cli.command {
         println!(
             "RAMPART_TOKENS__SECRET={}",
@@ -117,6 +116,8 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
+    // Declared before the runtime, so dropped after it: what is queued is written out.
+    let _log = init_logging(&config.log);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if config.server.worker_threads > 0 {
@@ -138,18 +139,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAMPART_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = std::env::var("RAMPART_LOG_FORMAT").is_ok_and(|format| format == "json");
+/// Every log line goes to stdout through one buffered writer thread (SPEC §9 `[log]`):
+/// JSON unless `log.format` says text (or `auto` and stdout is a terminal), colour only on
+/// a terminal. `RUST_LOG` (or `RAMPART_LOG`), when set, wins over `log.level`.
+fn init_logging(log: &rampart::config::LogConfig) -> rampart::gateway::access_log::Guard {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RAMPART_LOG"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let json = log.format.is_json();
+    let guard = rampart::gateway::access_log::install(json);
+    let Some(sink) = rampart::gateway::access_log::sink() else {
+        return guard;
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(!json && std::io::stdout().is_terminal())
+        .with_writer(sink.make_writer());
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {

@@ -73,16 +73,17 @@ impl Serve {
             .arg("serve")
             .current_dir(dir)
             .env("RAMPART_LOG", "info")
-            .env("RAMPART_LOG_FORMAT", "json")
+            .env("RAMPART_LOG__FORMAT", "json")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .expect("rampart starts");
-        let stderr = child.stderr.take().unwrap();
+        // Every log line goes to stdout (SPEC §9).
+        let stdout = child.stdout.take().unwrap();
         let (sender, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if sender.send(line).is_err() {
                     return;
                 }

@@ -326,12 +326,12 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let router = crate::pipeline::router(self.state.clone());
+        let gateway = crate::gateway::Gateway::new(self.state.clone());
         let limits = Limits::new(&self.state.config.server);
         crate::server::serve(
             self.listener,
             self.state.clone(),
-            router,
+            gateway,
             self.tls,
             limits,
             self.state.stopping.clone(),
@@ -342,6 +342,10 @@ impl Application {
             task.abort();
         }
         tracing::info!("stopped");
+        // Every line of the requests just drained is written before this returns.
+        if let Some(sink) = crate::gateway::access_log::sink() {
+            sink.flush(std::time::Duration::from_secs(5));
+        }
         Ok(())
     }
 }

@@ -22,14 +22,14 @@ pub mod verified;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::{FromRequestParts, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::{FromRequestParts, Request};
 use http::request::Parts;
 use http::{HeaderMap, Method, header};
 
-use crate::audit::{record_in_background, request_entry};
+use crate::audit::record_in_background;
 use crate::error::ApiError;
+use crate::gateway::pipeline::Context;
+use crate::gateway::refusal::{Audit, Metric, Note, Refusal as GatewayRefusal};
 use crate::metrics::ReasonLabel;
 use crate::state::AppState;
 use crate::tokens::Rejected;
@@ -198,15 +198,21 @@ pub fn is_unsafe(method: &Method) -> bool {
     )
 }
 
-/// Records who is asking; never refuses by itself, except with 429 when a client whose
-/// anonymous budget is spent presents an API key not verified recently (checking it would
-/// cost a lookup) and with
-/// 413/400/503 when a signed body cannot be read or a store is down.
-pub async fn identify(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// The identity stage: records who is asking in the context; never refuses by itself,
+/// except with 429 when a client whose anonymous budget is spent presents an API key not
+/// verified recently (checking it would cost a lookup) and with 413/400/503 when a signed
+/// body cannot be read or a store is down.
+///
+/// # Errors
+/// The refusals above.
+pub async fn identify(
+    state: &AppState,
+    context: &mut Context,
+    mut request: Request,
+) -> Result<Request, GatewayRefusal> {
     // Probes, scrapers and public documents need no identity (SPEC §8).
-    if crate::operations::PATHS.contains(&request.uri().path()) {
-        request.extensions_mut().insert(Authentication::Anonymous);
-        return next.run(request).await;
+    if context.operations {
+        return Ok(request);
     }
     let headers = request.headers();
     let bearer = headers.contains_key(header::AUTHORIZATION);
@@ -217,10 +223,7 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
             Some(Failure::Ambiguous),
         )
     } else if !bearer && api_key::is_presented(headers) {
-        let ip = request
-            .extensions()
-            .get::<crate::client_ip::ClientIp>()
-            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
+        let ip = context.client.0;
         // A key that authenticated recently is looked up and checked as usual but not
         // charged: junk from the same address cannot lock its client out, nor can the
         // anonymous burst cap its requests in flight.
@@ -233,20 +236,17 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
         let charged = if known {
             None
         } else {
-            let charged = crate::rate_limit::charge_anonymous(&state, ip).await;
-            if let Some(refusal) = crate::rate_limit::refuse_when_spent(&state, &request, &charged)
-            {
-                return refusal;
-            }
+            let charged = crate::rate_limit::charge_anonymous(state, ip).await;
+            crate::rate_limit::refuse_when_spent(state, context, &charged)?;
             charged.ok()
         };
         let held = AtomicBool::new(charged.is_some());
         let key_found = || async {
             if held.swap(false, Ordering::Relaxed) {
-                crate::rate_limit::refund_anonymous(&state, ip).await;
+                crate::rate_limit::refund_anonymous(state, ip).await;
             }
         };
-        let outcome = api_key::authenticate(&state, request, key_found).await;
+        let outcome = api_key::authenticate(state, request, key_found).await;
         let held = held.load(Ordering::Relaxed);
         if let (Some(digest), false) = (digest, outcome.is_ok()) {
             // It failed: charged before its lookup again from now on.
@@ -258,36 +258,36 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
                     state.verified_keys.insert(digest, now);
                 }
                 request = authenticated;
+                context.key_id = request
+                    .extensions()
+                    .get::<api_key::KeyId>()
+                    .map(|key| key.0);
                 (Authentication::Authenticated(principal), None)
             }
             Err(api_key::Rejection::Refused(refused, failure)) => {
                 request = *refused;
-                if let (Some(decision), true) = (charged, held) {
-                    let charge = crate::rate_limit::AnonymousCharge(decision);
-                    request.extensions_mut().insert(charge);
+                if held {
+                    context.anonymous_charge = charged;
                 }
                 (Authentication::Refused(Refusal::InvalidKey), Some(failure))
             }
             Err(api_key::Rejection::Respond(response)) => {
                 if held {
                     // Refused before the key was found (a store is down): not its fault.
-                    crate::rate_limit::refund_anonymous(&state, ip).await;
+                    crate::rate_limit::refund_anonymous(state, ip).await;
                 } else {
                     // A body over the limit or unreadable, a secret that cannot be opened:
                     // answered here, before the limiter, so charged here, or such requests
                     // (each two lookups and a body read) would cost nothing.
-                    let _ = crate::rate_limit::charge_anonymous(&state, ip).await;
+                    let _ = crate::rate_limit::charge_anonymous(state, ip).await;
                 }
-                return response;
+                return Err(GatewayRefusal::ready(response));
             }
         }
     } else {
-        let authentication = authenticate_headers(&state, request.method(), request.headers());
+        let authentication = authenticate_headers(state, request.method(), request.headers());
         let authentication =
-            match confirm_csrf(&state, authentication, request.method(), request.headers()).await {
-                Ok(authentication) => authentication,
-                Err(error) => return axum::response::IntoResponse::into_response(error),
-            };
+            confirm_csrf(state, authentication, request.method(), request.headers()).await?;
         let failure = match authentication {
             Authentication::Refused(Refusal::InvalidToken) if bearer => Some(Failure::Bearer),
             Authentication::Refused(Refusal::InvalidToken) => Some(Failure::Cookie),
@@ -297,10 +297,10 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
         (authentication, failure)
     };
     if let Some(failure) = failure {
-        record_failure(&state, &request, failure);
+        record_failure(state, context, failure);
     }
-    request.extensions_mut().insert(authentication);
-    next.run(request).await
+    context.authentication = authentication;
+    Ok(request)
 }
 
 /// For a cookie-authenticated unsafe request whose CSRF token matched its access token:
@@ -344,11 +344,25 @@ async fn confirm_csrf(
 
 /// Counts a refused credential and audits it, one `auth_failed` row per client address
 /// and minute standing for every failure since the last.
-fn record_failure(state: &AppState, request: &Request, failure: Failure) {
-    let keys = crate::rate_limit::CallerKeys::of(state, request);
-    count_and_audit(state, failure, keys.ip(), |now, details| {
-        request_entry(now, "auth_failed", request, details)
-    });
+fn record_failure(state: &AppState, context: &Context, failure: Failure) {
+    let keys = crate::rate_limit::CallerKeys::new(
+        context.client.0,
+        state.config.rate_limits.ipv6_prefix,
+        None,
+        None,
+    );
+    let note = Note {
+        metric: Metric::AuthFailure(failure.label()),
+        audit: Some(Audit {
+            action: "auth_failed",
+            throttle: Some((
+                format!("auth_failed|{}", keys.ip()),
+                "failures_since_last_entry",
+            )),
+            details: serde_json::json!({ "reason": failure.label() }),
+        }),
+    };
+    crate::gateway::refusal::record(state, context, note);
 }
 
 /// [`record_failure`] for a cookie refresh (`POST /auth/refresh`) refused for its CSRF

@@ -8,16 +8,11 @@
 //! an API-key request must also be HMAC-signed (401 otherwise). Ownership of a resource (a
 //! user's own trading account) is checked by the handler that loads it.
 
-use std::sync::Arc;
-
-use axum::extract::{FromRequestParts, Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-
-use crate::audit::{record_in_background, request_entry};
-use crate::authentication::{Authentication, Credential, Principal, Refusal};
+use crate::authentication::{Authentication, Credential, Refusal as AuthRefusal};
 use crate::error::ApiError;
-use crate::routes::{Access, MatchedRoute};
+use crate::gateway::pipeline::Context;
+use crate::gateway::refusal::{Audit, Metric, Note, Refusal};
+use crate::routes::Access;
 use crate::state::AppState;
 
 /// Whether `role` grants `permission` under the configured roles.
@@ -29,50 +24,54 @@ pub fn grants(state: &AppState, role: &str, permission: &str) -> bool {
         .is_some_and(|permissions| permissions.iter().any(|p| p == permission))
 }
 
-/// Refuses callers the matched route does not admit, and a refused API key or signature on
-/// every route.
-pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(Authentication::Refused(Refusal::InvalidKey)) = request.extensions().get() {
-        return ApiError::invalid_token().into_response();
+/// The authorization stage: refuses callers the matched route does not admit, and a
+/// refused API key or signature on every route.
+///
+/// # Errors
+/// 401 (or 403 `csrf_failed`) without a principal, 403 `forbidden` (audited as
+/// `unauthorized_access`) for a principal the route does not admit.
+pub fn authorize(state: &AppState, context: &Context) -> Result<(), Refusal> {
+    if let Authentication::Refused(AuthRefusal::InvalidKey) = context.authentication {
+        return Err(ApiError::invalid_token().into());
     }
-    let Some(route) = request
-        .extensions()
-        .get::<MatchedRoute>()
-        .map(|matched| Arc::clone(&matched.0))
-    else {
-        return next.run(request).await;
+    let Some(route) = &context.route else {
+        return Ok(());
     };
     if route.access == Access::Public {
-        return next.run(request).await;
+        return Ok(());
     }
-    let (mut parts, body) = request.into_parts();
-    let principal = match Principal::from_request_parts(&mut parts, &state).await {
-        Ok(principal) => principal,
-        Err(refusal) => return refusal.into_response(),
+    let principal = match &context.authentication {
+        Authentication::Authenticated(principal) => principal,
+        Authentication::Refused(AuthRefusal::CsrfFailed) => {
+            return Err(ApiError::CsrfFailed.into());
+        }
+        Authentication::Refused(AuthRefusal::InvalidToken | AuthRefusal::InvalidKey) => {
+            return Err(ApiError::invalid_token().into());
+        }
+        Authentication::Anonymous => return Err(ApiError::unauthenticated().into()),
     };
     let allowed = match &route.access {
         Access::Public | Access::Authenticated => true,
         Access::Roles(roles) => roles.iter().any(|role| **role == *principal.role),
-        Access::Permission(permission) => grants(&state, &principal.role, permission),
+        Access::Permission(permission) => grants(state, &principal.role, permission),
     };
-    let request = Request::from_parts(parts, body);
     if allowed && route.signed && principal.credential == Credential::ApiKey && !principal.signed {
         // Programs must sign state they change on such routes (SPEC §2 "Signed requests").
-        return ApiError::Unauthorized(
+        return Err(ApiError::Unauthorized(
             "This route requires a signed request (X-Timestamp, X-Nonce, X-Signature)".into(),
             crate::error::Challenge::InvalidToken,
         )
-        .into_response();
+        .into());
     }
     if !allowed {
-        let entry = request_entry(
-            state.now(),
-            "unauthorized_access",
-            &request,
-            serde_json::json!({ "role": &*principal.role }),
-        );
-        record_in_background(state.stores.data.clone(), entry);
-        return ApiError::forbidden().into_response();
+        return Err(Refusal::new(ApiError::forbidden()).noted(Note {
+            metric: Metric::Nothing,
+            audit: Some(Audit {
+                action: "unauthorized_access",
+                throttle: None,
+                details: serde_json::json!({ "role": &*principal.role }),
+            }),
+        }));
     }
-    next.run(request).await
+    Ok(())
 }

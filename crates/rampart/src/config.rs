@@ -78,6 +78,7 @@ pub struct RawConfig {
     pub intrusion: RawIntrusion,
     pub audit: RawAudit,
     pub headers: RawHeaders,
+    pub log: RawLog,
     pub routes: Vec<RawRoute>,
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub roles: BTreeMap<String, List>,
@@ -328,6 +329,25 @@ impl Default for RawAudit {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[allow(missing_docs)]
+pub struct RawLog {
+    pub level: String,
+    pub format: String,
+    pub access: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "auto".into(),
+            access: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
 pub struct RawHeaders {
     pub x_xss_protection: String,
 }
@@ -456,6 +476,39 @@ pub enum OnStoreError {
     Local,
     /// Refuse with 503.
     Deny,
+}
+
+/// How log lines are written (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// `key=value` text.
+    Text,
+}
+
+impl LogFormat {
+    /// Whether lines are JSON, `Auto` deciding by whether stdout is a terminal.
+    pub fn is_json(self) -> bool {
+        match self {
+            Self::Json => true,
+            Self::Text => false,
+            Self::Auto => !std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// The filter (`RUST_LOG`, when set, wins).
+    pub level: String,
+    /// Text or JSON.
+    pub format: LogFormat,
+    /// One line per request.
+    pub access: bool,
 }
 
 /// What the intrusion detector does with a match.
@@ -653,6 +706,7 @@ pub struct Config {
     /// absent, outside production.
     pub audit_chain_key: Option<Secret>,
     pub headers: HeadersConfig,
+    pub log: LogConfig,
     pub routes: Vec<RawRoute>,
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub roles: BTreeMap<String, Vec<String>>,
@@ -1092,6 +1146,21 @@ impl RawConfig {
                 );
             }
         }
+        let log_format = match self.log.format.as_str() {
+            "auto" => LogFormat::Auto,
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                bad(
+                    "log.format",
+                    format!("`{other}` is not one of auto, json, text"),
+                );
+                LogFormat::Auto
+            }
+        };
+        if self.log.level.trim().is_empty() {
+            bad("log.level", "is empty".into());
+        }
         let intrusion = match self.intrusion.mode.as_str() {
             "detect" => IntrusionMode::Detect,
             "block" => IntrusionMode::Block,
@@ -1329,6 +1398,11 @@ impl RawConfig {
             audit_chain_key: self.audit.chain_key.map(Secret::new),
             headers: HeadersConfig {
                 x_xss_protection: self.headers.x_xss_protection,
+            },
+            log: LogConfig {
+                level: self.log.level,
+                format: log_format,
+                access: self.log.access,
             },
             routes: self.routes,
             upstreams: self.upstreams,

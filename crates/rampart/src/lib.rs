@@ -1,6 +1,6 @@
 //! Rampart: a security gateway and identity service for trading platforms.
 //!
-//! Every request meets the layers of [`pipeline`] in this order: rate limiting,
+//! Every request meets the stages of [`gateway::pipeline`] in this order: rate limiting,
 //! authentication, authorization, input validation and intrusion detection, the
 //! circuit breaker of its upstream, the backend (or the built-in identity API), then
 //! security headers, audit and metrics on the way out. Durable state lives behind
@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod gateway;
 pub mod identity;
 pub mod intrusion;
 pub mod json;
@@ -27,7 +28,6 @@ pub mod metrics;
 pub mod openapi;
 pub mod operations;
 pub mod password;
-pub mod pipeline;
 pub mod proxy;
 pub mod rate_limit;
 pub mod request;

@@ -16,8 +16,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -33,7 +32,7 @@ use crate::client_ip::ClientIp;
 use crate::error::{ApiError, OwnBody};
 use crate::metrics::UpstreamLabel;
 use crate::request::RequestId;
-use crate::routes::{MatchedRoute, RouteTable, Upstream};
+use crate::routes::{RouteTable, Upstream};
 use crate::state::AppState;
 
 pub mod headers;
@@ -111,21 +110,6 @@ impl Proxy {
     }
 }
 
-/// Forwards requests whose route names an upstream; passes the others on to Rampart's own
-/// handlers.
-pub async fn dispatch(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let upstream = request
-        .extensions()
-        .get::<MatchedRoute>()
-        .and_then(|route| route.0.upstream.as_deref())
-        .and_then(|name| state.routes.upstreams.get(name))
-        .cloned();
-    match upstream {
-        Some(upstream) => forward(&state, &upstream, request).await,
-        None => next.run(request).await,
-    }
-}
-
 /// How an exchange with an upstream ended, for the breaker.
 enum Outcome {
     Answered(Response),
@@ -138,7 +122,9 @@ enum Outcome {
     TimedOut,
 }
 
-async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Response {
+/// Forwards a request to `upstream` through its circuit breaker; the request carries the
+/// `ClientIp`, `RequestId` and `Authentication` extensions its headers are made from.
+pub async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Response {
     let Some(breaker) = state.proxy.breaker(upstream.name) else {
         return ApiError::internal(anyhow::anyhow!("no breaker for {}", upstream.name))
             .into_response();

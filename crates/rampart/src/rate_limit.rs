@@ -21,8 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 mod layer;
 pub use layer::{
-    AnonymousCharge, CallerKeys, TIER_NAMES, Tiers, charge_anonymous, enforce, refund_anonymous,
-    refuse_when_spent,
+    CallerKeys, TIER_NAMES, Tiers, charge_anonymous, enforce, refund_anonymous, refuse_when_spent,
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ use http::Method;
 
 use crate::config::{RawRateLimit, RawRoute, RawUpstream, parse_duration, parse_size};
 use crate::rate_limit::Quota;
-use crate::request::RouteName;
 
 mod identity_limits;
 pub use identity_limits::{BUILTIN as IDENTITY_LIMITS, Builtin, IdentityLimit};
@@ -382,25 +381,32 @@ impl RouteTable {
     }
 }
 
-/// The route a request matched, in its extensions (absent when none did).
+/// The route a request matched, in the extensions of a request handed to Rampart's own
+/// handlers (absent when none did).
 #[derive(Debug, Clone)]
 pub struct MatchedRoute(pub Arc<Route>);
 
-/// Puts the request's path in canonical form, finds its route and records it for the
-/// layers below; refuses paths without a safe canonical form and case respellings of a
+/// The route stage: puts the request's path in canonical form and finds its route for the
+/// stages after it; refuses paths without a safe canonical form and case respellings of a
 /// protected route (400), and methods a matched path does not allow (405 with `Allow`).
-pub async fn resolve(
-    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let not_canonical =
-        || crate::error::ApiError::invalid("The request path is not in canonical form");
+///
+/// # Errors
+/// The refusals above.
+pub fn resolve(
+    state: &crate::state::AppState,
+    context: &mut crate::gateway::pipeline::Context,
+    request: &mut axum::extract::Request,
+) -> Result<(), crate::gateway::refusal::Refusal> {
+    use crate::gateway::refusal::Refusal;
+    let not_canonical = || {
+        Refusal::new(crate::error::ApiError::invalid(
+            "The request path is not in canonical form",
+        ))
+    };
     let canonical = match path::canonical(request.uri().path()) {
         Ok(std::borrow::Cow::Borrowed(_)) => None,
         Ok(std::borrow::Cow::Owned(form)) => Some(form),
-        Err(_) => return not_canonical().into_response(),
+        Err(_) => return Err(not_canonical()),
     };
     if let Some(form) = canonical {
         // The query is forwarded as sent; only the path changes.
@@ -411,44 +417,42 @@ pub async fn resolve(
         let mut parts = request.uri().clone().into_parts();
         match target.parse() {
             Ok(path_and_query) => parts.path_and_query = Some(path_and_query),
-            Err(_) => return not_canonical().into_response(),
+            Err(_) => return Err(not_canonical()),
         }
         match http::Uri::from_parts(parts) {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(_) => return not_canonical().into_response(),
+            Ok(uri) => {
+                // What the client sent stays known (a signature covers it as sent).
+                let original = std::mem::replace(request.uri_mut(), uri);
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::OriginalUri(original));
+            }
+            Err(_) => return Err(not_canonical()),
         }
     }
     let path = request.uri().path();
     // Probes and scrapers are never subject to a route's policy (SPEC §8), whatever
     // catch-all route the configuration has.
     if crate::operations::PATHS.contains(&path) {
-        return next.run(request).await;
+        context.operations = true;
+        return Ok(());
     }
-    let route = match state.routes.lookup(request.method(), path) {
-        Matched::Route(route) => Arc::clone(route),
+    match state.routes.lookup(request.method(), path) {
+        Matched::Route(route) => context.route = Some(Arc::clone(route)),
         Matched::Respelled => {
-            return crate::error::ApiError::invalid(
+            return Err(Refusal::new(crate::error::ApiError::invalid(
                 "The request path respells a more specific route",
-            )
-            .into_response();
+            )));
         }
         Matched::WrongMethod { allowed, proxied } if proxied => {
-            let mut response = crate::error::ApiError::MethodNotAllowed.into_response();
             let allow: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-            if let Ok(value) = http::HeaderValue::from_str(&allow.join(", ")) {
-                response.headers_mut().insert(http::header::ALLOW, value);
-            }
-            return response;
+            return Err(Refusal::method_not_allowed(
+                http::HeaderValue::from_str(&allow.join(", ")).ok(),
+            ));
         }
-        Matched::WrongMethod { .. } | Matched::None => return next.run(request).await,
-    };
-    let name = route.name;
-    request.extensions_mut().insert(MatchedRoute(route));
-    let mut response = next.run(request).await;
-    if response.extensions().get::<RouteName>().is_none() {
-        response.extensions_mut().insert(RouteName(name));
+        Matched::WrongMethod { .. } | Matched::None => {}
     }
-    response
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,11 +1,6 @@
 //! Security headers on every response, refusals included (SPEC §6).
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-
-use crate::state::AppState;
 
 /// The headers, built once from configuration.
 #[derive(Debug, Clone)]
@@ -70,25 +65,14 @@ const CDN_CACHE_HEADERS: [&str; 3] = [
     "cloudflare-cdn-cache-control",
 ];
 
-/// Whether a request presents a credential of any kind (valid or not).
-fn carries_credentials(headers: &HeaderMap) -> bool {
+/// Whether a request presents a credential of any kind (valid or not). A response to such
+/// a request is someone's own data (their orders, their positions) wherever it was served
+/// from: no cache may keep it, whatever the upstream said, since a cookie does not stop a
+/// shared cache the way `Authorization` does.
+pub fn carries_credentials(headers: &HeaderMap) -> bool {
     headers.contains_key(header::AUTHORIZATION)
         || headers.contains_key(header::COOKIE)
         || headers.contains_key("x-api-key")
-}
-
-/// Adds the security headers to the response.
-pub async fn apply(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    // A response to a request that carried a credential is someone's own data (their
-    // orders, their positions) wherever it was served from: no cache may keep it, whatever
-    // the upstream said, since a cookie does not stop a shared cache the way
-    // `Authorization` does.
-    let private = carries_credentials(request.headers()) || is_private(request.uri().path());
-    let mut response = next.run(request).await;
-    state
-        .security_headers
-        .decorate(response.headers_mut(), private);
-    response
 }
 
 impl SecurityHeaders {

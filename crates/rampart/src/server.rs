@@ -1,7 +1,7 @@
 //! The listener: TLS termination, HTTP/1.1 and HTTP/2 (h2 by ALPN, h2c by prior
 //! knowledge), and the limits that keep a client from holding a connection forever.
 //!
-//! It serves the router it is given and knows nothing of the pipeline inside it, except
+//! It serves the gateway it is given and knows nothing of the pipeline inside it, except
 //! that requests carry `ConnectInfo<SocketAddr>` with the peer's address.
 //!
 //! Every connection has one deadline at a time (see [`Activity::deadline`]):
@@ -63,7 +63,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
+use crate::gateway::Gateway;
 use axum::body::{Body, HttpBody};
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
@@ -81,7 +81,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower::ServiceExt;
 
 use crate::config::{ServerConfig, TlsConfig};
 use crate::error::{ApiError, REQUEST_ID};
@@ -422,7 +421,7 @@ pub fn descriptor_reserve(database_pool: u32, upstreams: usize) -> u64 {
 // ---------------------------------------------------------------------------------------
 // The accept loop
 
-/// Serves `router` on `listener` until `shutdown` completes, then: `/readyz` fails while
+/// Serves `gateway` on `listener` until `shutdown` completes, then: `/readyz` fails while
 /// the listener still accepts for [`drain_delay`] (HTTP/1.1 answers carry
 /// `Connection: close`, HTTP/2 connections get GOAWAY), the listener closes, open
 /// connections finish what they are serving (HTTP/1.1 with
@@ -431,7 +430,7 @@ pub fn descriptor_reserve(database_pool: u32, upstreams: usize) -> u64 {
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
-    router: Router,
+    gateway: Gateway,
     tls: Option<Arc<Tls>>,
     limits: Limits,
     stopping: Stopping,
@@ -442,7 +441,7 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     let shared = Arc::new(Shared {
         state,
-        router,
+        gateway,
         tls,
         limits,
         builder,
@@ -559,7 +558,7 @@ struct Shared {
     per_client: Arc<PerClient>,
     stopping: Stopping,
     state: AppState,
-    router: Router,
+    gateway: Gateway,
     tls: Option<Arc<Tls>>,
     limits: Limits,
     builder: Arc<auto::Builder<StreamExecutor>>,
@@ -761,7 +760,7 @@ async fn serve_http<I>(
             let size = head_size(&request);
             let refusal = (size > shared.limits.max_header_bytes)
                 .then(|| headers_too_large(&shared.state, &request, size, peer));
-            let router = shared.router.clone();
+            let gateway = shared.gateway.clone();
             let idle_timeout = shared.limits.idle_timeout;
             let stopping = shared.stopping.clone();
             async move {
@@ -780,10 +779,7 @@ async fn serve_http<I>(
                             })
                         });
                         request.extensions_mut().insert(ConnectInfo(peer));
-                        let response = match router.oneshot(request).await {
-                            Ok(response) => response,
-                            Err(never) => match never {},
-                        };
+                        let response = gateway.handle(request).await;
                         let mut response = if stream.body_timed_out.load(Ordering::Acquire) {
                             request_timed_out(response, version)
                         } else {
@@ -896,7 +892,7 @@ fn head_size<B>(request: &Request<B>) -> usize {
         })
 }
 
-/// The 431 answer, made here because the head never reaches the router: the same JSON
+/// The 431 answer, made here because the head never reaches the gateway: the same JSON
 /// body, request id and security headers as every other refusal, one access-log line and
 /// the request counter.
 fn headers_too_large<B>(
@@ -950,16 +946,30 @@ fn headers_too_large<B>(
         request.headers(),
         &state.config.server.trusted_proxies,
     );
-    tracing::info!(
-        target: "rampart::access",
-        request_id = %id,
-        client = %client,
-        method,
-        route = "unmatched",
-        status = 431,
-        head_bytes = size,
-        micros = 0u64,
-    );
+    tracing::debug!(client = %client, head_bytes = size, "request head too large");
+    if state.config.log.access
+        && let Some(sink) = crate::gateway::access_log::sink()
+    {
+        // The path as sent: the head was never read far enough to put it in canonical form.
+        let entry = crate::gateway::access_log::Entry {
+            request_id: &id,
+            client,
+            method: request.method().as_str(),
+            path: request.uri().path(),
+            route: "unmatched",
+            status: 431,
+            bytes: hyper::body::Body::size_hint(response.body()).exact(),
+            duration: std::time::Duration::ZERO,
+            upstream: None,
+            user_id: None,
+            key_id: None,
+            user_agent: request
+                .headers()
+                .get(header::USER_AGENT)
+                .map(HeaderValue::as_bytes),
+        };
+        sink.send(entry.line(sink.json(), std::time::SystemTime::now()));
+    }
     response
 }
 

@@ -15,26 +15,16 @@
 //! could be neither scanned nor held to the limit as sent).
 
 use axum::body::{Body, HttpBody};
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::header;
 
-use crate::audit::{record_in_background, request_entry};
 use crate::config::IntrusionMode;
 use crate::error::ApiError;
+use crate::gateway::pipeline::Context;
+use crate::gateway::refusal::{Audit, Metric, Note, Refusal};
 use crate::intrusion::{self, Pattern};
-use crate::metrics::PatternLabel;
-use crate::routes::MatchedRoute;
 use crate::state::AppState;
-
-/// The largest body a request may carry: its route's `max_body`, else `server.max_body`.
-fn body_limit(state: &AppState, request: &Request) -> usize {
-    request
-        .extensions()
-        .get::<MatchedRoute>()
-        .map_or(state.config.server.max_body, |route| route.0.max_body)
-}
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
@@ -43,20 +33,32 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
-/// Applies the body limit and intrusion detection.
-pub async fn validate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if crate::operations::PATHS.contains(&request.uri().path()) {
-        return next.run(request).await;
+/// The body-policy stage: the body limit (the route's `max_body`, else `server.max_body`)
+/// and intrusion detection.
+///
+/// # Errors
+/// 413 for a body over the limit, 415 for an encoded body under detection, 400 for an
+/// unreadable body or (in `block` mode) a suspicious request.
+pub async fn validate(
+    state: &AppState,
+    context: &Context,
+    request: Request,
+) -> Result<Request, Refusal> {
+    if context.operations {
+        return Ok(request);
     }
     let mode = state.config.intrusion;
     if mode != IntrusionMode::Off && !is_identity_encoded(request.headers()) {
         // A compressed body would be scanned, and held to the limit, as compressed bytes.
-        return ApiError::UnsupportedMediaType.into_response();
+        return Err(ApiError::UnsupportedMediaType.into());
     }
-    let limit = body_limit(&state, &request);
+    let limit = context
+        .route
+        .as_ref()
+        .map_or(state.config.server.max_body, |route| route.max_body);
     let declared = declared_length(request.headers());
     if declared.is_some_and(|length| length > limit as u64) {
-        return too_large();
+        return Err(Refusal::too_large());
     }
     let (parts, body) = request.into_parts();
     let mut found = None;
@@ -74,9 +76,11 @@ pub async fn validate(State(state): State<AppState>, request: Request, next: Nex
             match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await
             {
                 Ok(collected) => collected.to_bytes(),
-                Err(error) if error.is::<http_body_util::LengthLimitError>() => return too_large(),
+                Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                    return Err(Refusal::too_large());
+                }
                 Err(_) => {
-                    return ApiError::invalid("Could not read the request body").into_response();
+                    return Err(ApiError::invalid("Could not read the request body").into());
                 }
             };
         if mode != IntrusionMode::Off && found.is_none() {
@@ -91,13 +95,16 @@ pub async fn validate(State(state): State<AppState>, request: Request, next: Nex
     };
     let request = Request::from_parts(parts, body);
     if let Some(pattern) = found {
-        report(&state, &request, pattern, mode);
+        let note = note(context, pattern, mode);
         if mode == IntrusionMode::Block {
-            return ApiError::invalid("The request was refused by intrusion detection")
-                .into_response();
+            return Err(Refusal::new(ApiError::invalid(
+                "The request was refused by intrusion detection",
+            ))
+            .noted(note));
         }
+        crate::gateway::refusal::record(state, context, note);
     }
-    next.run(request).await
+    Ok(request)
 }
 
 /// Whether the body is sent as is: no `Content-Encoding`, or only `identity`.
@@ -124,35 +131,21 @@ pub(crate) fn too_large() -> Response {
     response
 }
 
-fn report(state: &AppState, request: &Request, pattern: Pattern, mode: IntrusionMode) {
-    state
-        .metrics
-        .suspicious_requests
-        .get_or_create(&PatternLabel {
-            pattern: pattern.label(),
-        })
-        .inc();
-    let now = state.now();
-    let ip = request
-        .extensions()
-        .get::<crate::client_ip::ClientIp>()
-        .map(|ip| ip.0);
-    let throttle_key = match ip {
-        Some(ip) => format!("suspicious|{}|{ip}", pattern.label()),
-        None => format!("suspicious|{}|-", pattern.label()),
-    };
-    let Some(held_back) = state.audit_throttle.admit(&throttle_key, now) else {
-        return;
-    };
-    let entry = request_entry(
-        now,
-        "suspicious_request",
-        request,
-        serde_json::json!({
-            "pattern": pattern.label(),
-            "blocked": mode == IntrusionMode::Block,
-            "matches_since_last_entry": held_back,
+/// A suspicious request: counted, and audited once per client and pattern a minute. Only
+/// the pattern's name is recorded, never the matching text.
+fn note(context: &Context, pattern: Pattern, mode: IntrusionMode) -> Note {
+    Note {
+        metric: Metric::Suspicious(pattern.label()),
+        audit: Some(Audit {
+            action: "suspicious_request",
+            throttle: Some((
+                format!("suspicious|{}|{}", pattern.label(), context.client.0),
+                "matches_since_last_entry",
+            )),
+            details: serde_json::json!({
+                "pattern": pattern.label(),
+                "blocked": mode == IntrusionMode::Block,
+            }),
         }),
-    );
-    record_in_background(state.stores.data.clone(), entry);
+    }
 }

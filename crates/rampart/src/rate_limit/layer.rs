@@ -14,18 +14,11 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-
 use super::{Decision, Per, PolicyId, RateLimiter};
-use crate::audit::{record_in_background, request_entry};
-use crate::authentication::Authentication;
-use crate::authentication::api_key::KeyId;
-use crate::client_ip::{self, ClientIp};
+use crate::client_ip;
 use crate::error::ApiError;
-use crate::metrics::PolicyLabel;
-use crate::routes::MatchedRoute;
+use crate::gateway::pipeline::Context;
+use crate::gateway::refusal::{Audit, Metric, Note, Refusal};
 use crate::state::AppState;
 
 /// The tier policies, registered once.
@@ -105,18 +98,14 @@ impl CallerKeys {
         }
     }
 
-    /// The keys of `request`, from what the layers above recorded.
-    pub fn of<B>(state: &AppState, request: &http::Request<B>) -> Self {
-        let extensions = request.extensions();
-        let ip = extensions
-            .get::<ClientIp>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
-        let user_id = extensions
-            .get::<Authentication>()
-            .and_then(Authentication::principal)
-            .map(|principal| principal.user_id);
-        let key_id = extensions.get::<KeyId>().map(|key| key.0);
-        Self::new(ip, state.config.rate_limits.ipv6_prefix, user_id, key_id)
+    /// The keys of the request in `context`, from what the stages before recorded.
+    pub fn of(state: &AppState, context: &Context) -> Self {
+        Self::new(
+            context.client.0,
+            state.config.rate_limits.ipv6_prefix,
+            context.user_id(),
+            context.key_id,
+        )
     }
 
     /// The client's address bucket: `ip:<address>`.
@@ -135,87 +124,70 @@ impl CallerKeys {
     }
 }
 
-/// Enforces the tier, route and built-in identity limits.
-pub async fn enforce(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if crate::operations::PATHS.contains(&request.uri().path()) {
-        return next.run(request).await;
+/// The rate-limit stage: the tier, route and built-in identity limits. The decisions go
+/// into the context, whose answer carries their `RateLimit` fields.
+///
+/// # Errors
+/// 429 for the first limit refused, 503 when the shared store cannot decide.
+pub async fn enforce(state: &AppState, context: &mut Context, path: &str) -> Result<(), Refusal> {
+    if context.operations {
+        return Ok(());
     }
     let limiter: &Arc<RateLimiter> = &state.limiter;
     let tiers = state.tiers;
-    let keys = CallerKeys::of(&state, &request);
+    let keys = CallerKeys::of(state, context);
     // The tier: the user's for valid credentials; anonymous (per address) otherwise, which
     // is also what every refused credential spends.
-    let tier = match request
-        .extensions()
-        .get::<Authentication>()
-        .and_then(Authentication::principal)
-    {
+    let tier = match context.principal() {
         Some(principal) => match &*principal.tier {
             "premium" => tiers.premium,
             _ => tiers.standard,
         },
         None => tiers.anonymous,
     };
-    let route = request
-        .extensions()
-        .get::<MatchedRoute>()
-        .and_then(|route| route.0.limit_policy.map(|policy| (policy, route.0.per)));
+    let route = context
+        .route
+        .as_ref()
+        .and_then(|route| route.limit_policy.map(|policy| (policy, route.per)));
     let identity = state
         .routes
-        .identity_limit(request.method(), request.uri().path())
+        .identity_limit(&context.method, path)
         .map(|limit| (limit.policy, limit.per));
 
     // A refused API key was charged to the anonymous budget before it was looked up.
-    let charged = request
-        .extensions()
-        .get::<AnonymousCharge>()
-        .filter(|_| tier == tiers.anonymous)
-        .map(|charge| charge.0);
-    let mut decisions: [Option<(PolicyId, Per, Decision)>; 3] = [None; 3];
+    let charged = context.anonymous_charge.filter(|_| tier == tiers.anonymous);
+    let mut refused = None;
     for (slot, check) in [Some((tier, Per::User)), route, identity]
         .into_iter()
         .enumerate()
     {
         let Some((policy, per)) = check else { continue };
         if let (0, Some(decision)) = (slot, charged) {
-            decisions[slot] = Some((policy, per, decision));
+            context.limits[slot] = Some((policy, decision));
+            if !decision.allowed {
+                refused = Some((policy, per, decision));
+                break;
+            }
             continue;
         }
         let decision = match limiter.check(policy, keys.per(per)).await {
             Ok(decision) => decision,
-            Err(super::StoreUnavailable) => return store_unavailable(),
+            Err(super::StoreUnavailable) => {
+                context.limits = [None; 3];
+                return Err(store_unavailable());
+            }
         };
-        decisions[slot] = Some((policy, per, decision));
+        context.limits[slot] = Some((policy, decision));
         if !decision.allowed {
+            refused = Some((policy, per, decision));
             break;
         }
     }
-
-    let refused = decisions
-        .iter()
-        .flatten()
-        .find(|(_, _, decision)| !decision.allowed)
-        .copied();
-    let mut response = match refused {
-        None => next.run(request).await,
-        Some((policy, per, decision)) => {
-            refusal(&state, &request, keys.per(per), policy, &decision)
-        }
-    };
-    let headers = response.headers_mut();
-    for (policy, _, decision) in decisions.iter().flatten() {
-        if let Some(fields) = limiter.headers(*policy, decision) {
-            fields.append_to(headers);
-        }
+    match refused {
+        None => Ok(()),
+        Some((policy, per, decision)) => Err(refusal(state, keys.per(per), policy, &decision)),
     }
-    response
 }
-
-/// A request's charge to its client's anonymous budget, taken before a credential that
-/// costs a database lookup to check (an API key), and kept in the request when the
-/// credential failed: the limiter then counts that charge instead of taking another.
-#[derive(Debug, Clone, Copy)]
-pub struct AnonymousCharge(pub Decision);
 
 /// Charges one request to the anonymous budget of the client at `ip`, before checking an
 /// API key: so that failed keys cost the budget whatever their number in flight, and once
@@ -239,72 +211,49 @@ pub async fn refund_anonymous(state: &AppState, ip: IpAddr) {
     let _ = state.limiter.refund(state.tiers.anonymous, keys.ip()).await;
 }
 
-/// The answer to a request whose [`charge_anonymous`] was refused (429, counted and
-/// audited) or could not be decided (503); `None` when the charge was taken.
+/// Refuses a request whose [`charge_anonymous`] was refused (429, counted and audited;
+/// the decision's `RateLimit` fields go into the context) or could not be decided (503).
+///
+/// # Errors
+/// The refusals above.
 pub fn refuse_when_spent(
     state: &AppState,
-    request: &Request,
+    context: &mut Context,
     charged: &Result<Decision, super::StoreUnavailable>,
-) -> Option<Response> {
+) -> Result<(), Refusal> {
     let decision = match charged {
-        Ok(decision) if decision.allowed => return None,
+        Ok(decision) if decision.allowed => return Ok(()),
         Ok(decision) => *decision,
-        Err(super::StoreUnavailable) => return Some(store_unavailable()),
+        Err(super::StoreUnavailable) => return Err(store_unavailable()),
     };
-    let keys = CallerKeys::of(state, request);
+    let keys = CallerKeys::of(state, context);
     let policy = state.tiers.anonymous;
-    let mut response = refusal(state, request, keys.ip(), policy, &decision);
-    if let Some(fields) = state.limiter.headers(policy, &decision) {
-        fields.append_to(response.headers_mut());
-    }
-    Some(response)
+    context.limits[0] = Some((policy, decision));
+    Err(refusal(state, keys.ip(), policy, &decision))
 }
 
-fn store_unavailable() -> Response {
-    ApiError::ServiceUnavailable {
+fn store_unavailable() -> Refusal {
+    Refusal::new(ApiError::ServiceUnavailable {
         message: "The rate-limit store is unavailable".into(),
         retry_after: Some(std::time::Duration::from_secs(1)),
-    }
-    .into_response()
+    })
 }
 
-/// The 429 for a refused decision, counted and audited.
-fn refusal(
-    state: &AppState,
-    request: &Request,
-    key: &str,
-    policy: PolicyId,
-    decision: &Decision,
-) -> Response {
+/// The 429 for a refused decision, counted and audited (one row per caller and policy a
+/// minute).
+fn refusal(state: &AppState, key: &str, policy: PolicyId, decision: &Decision) -> Refusal {
     let name = label(&state.limiter, policy);
-    state
-        .metrics
-        .rate_limit_hits
-        .get_or_create(&PolicyLabel { policy: name })
-        .inc();
-    audit_refusal(state, request, key, name);
-    ApiError::RateLimited {
+    Refusal::new(ApiError::RateLimited {
         retry_after: decision.retry_after.unwrap_or_default(),
-    }
-    .into_response()
-}
-
-fn audit_refusal(state: &AppState, request: &Request, key: &str, policy: &'static str) {
-    let now = state.now();
-    let throttle_key = format!("{policy}|{key}");
-    let Some(held_back) = state.audit_throttle.admit(&throttle_key, now) else {
-        return;
-    };
-    let entry = request_entry(
-        now,
-        "rate_limit_exceeded",
-        request,
-        serde_json::json!({
-            "policy": policy,
-            "refusals_since_last_entry": held_back,
+    })
+    .noted(Note {
+        metric: Metric::RateLimitHit(name),
+        audit: Some(Audit {
+            action: "rate_limit_exceeded",
+            throttle: Some((format!("{name}|{key}"), "refusals_since_last_entry")),
+            details: serde_json::json!({ "policy": name }),
         }),
-    );
-    record_in_background(state.stores.data.clone(), entry);
+    })
 }
 
 #[cfg(test)]

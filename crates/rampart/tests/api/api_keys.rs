@@ -718,32 +718,25 @@ async fn a_signed_body_over_the_limit_is_413(backend: Backend) {
 
 async fn the_principal_records_whether_the_request_was_signed(backend: Backend) {
     use axum::body::Body;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
 
     let Some(app) = spawn_app(backend).await else {
         return;
     };
     let alice = app.user("alice_1").await;
     let key = create_key(&app, &alice, "bot").await;
-    let probe = axum::Router::new()
-        .route(
-            "/probe",
-            axum::routing::any(|principal: rampart::authentication::Principal| async move {
-                format!("{:?} {}", principal.credential, principal.signed)
-            }),
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            app.state.clone(),
-            rampart::authentication::identify,
-        ));
-    let call = |request: http::Request<Body>| {
-        let probe = probe.clone();
+    // The identity stage alone, as the pipeline runs it.
+    let call = |mut request: http::Request<Body>| {
+        let state = app.state.clone();
         async move {
-            let response = probe.oneshot(request).await.unwrap();
-            let status = response.status();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            (status, String::from_utf8(body.to_vec()).unwrap())
+            let mut context = rampart::gateway::pipeline::Context::begin(&state, &mut request);
+            rampart::authentication::identify(&state, &mut context, request)
+                .await
+                .expect("identified");
+            let principal = context.principal().expect("authenticated");
+            (
+                http::StatusCode::OK,
+                format!("{:?} {}", principal.credential, principal.signed),
+            )
         }
     };
     let unsigned = http::Request::get("/probe")

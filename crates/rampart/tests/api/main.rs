@@ -16,6 +16,7 @@ mod hostile;
 mod http;
 mod login;
 mod paths;
+mod protocols;
 mod rate_limits;
 mod registration;
 mod server;
