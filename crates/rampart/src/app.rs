@@ -176,6 +176,20 @@ impl Application {
             .await
             .map_err(|error| anyhow::anyhow!("reading the revocation log: {error}"))?;
         background.push(revocations.spawn_refresher(sessions.clone(), clock.clone(), poll, loaded));
+        // Verified API keys are held in memory and dropped on every instance within a poll
+        // of any change to what they grant (authentication::key_cache).
+        let api_keys = Arc::new(crate::authentication::key_cache::KeyCache::default());
+        let head = database
+            .data()
+            .credential_change_head()
+            .await
+            .map_err(|error| anyhow::anyhow!("reading the credential-change log: {error}"))?;
+        background.push(api_keys.spawn_follower(
+            database.data(),
+            head,
+            crate::authentication::key_cache::POLL,
+            crate::authentication::key_cache::TRUST,
+        ));
         {
             let database = database.clone();
             let clock = clock.clone();
@@ -269,6 +283,7 @@ impl Application {
             keyring,
             brokers,
             verified_keys: Default::default(),
+            api_keys,
             stopping: Stopping::default(),
             config,
         });

@@ -17,6 +17,7 @@
 //! given here after the key held (a signed body too large or unreadable) are charged too.
 
 pub mod api_key;
+pub mod key_cache;
 pub mod verified;
 
 use std::sync::Arc;

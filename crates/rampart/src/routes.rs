@@ -22,6 +22,7 @@ use crate::config::{RawRateLimit, RawRoute, RawUpstream, parse_duration, parse_s
 use crate::rate_limit::Quota;
 
 mod identity_limits;
+mod trie;
 pub use identity_limits::{BUILTIN as IDENTITY_LIMITS, Builtin, IdentityLimit};
 pub mod path;
 
@@ -163,6 +164,8 @@ pub enum Matched<'a> {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// The routes by path segment, so that a lookup costs the same however many there are.
+    index: trie::Index,
     /// The built-in identity limits in force.
     identity_limits: Vec<IdentityLimit>,
     /// Whether any route ignores case (else lookups never compare without case).
@@ -339,6 +342,7 @@ impl RouteTable {
                 std::cmp::Reverse(route.base.len()),
             )
         });
+        table.index = trie::Index::new(&table.routes, table.any_case_insensitive);
         Ok(table)
     }
 
@@ -348,13 +352,37 @@ impl RouteTable {
     }
 
     /// The most specific route for a request's canonical path.
+    ///
+    /// Only the routes whose pattern can match the path (without regard to case when any
+    /// route ignores case) are visited, found segment by segment in the index, so the cost
+    /// depends on the path, not on the size of the table.
     pub fn lookup(&self, method: &Method, path: &str) -> Matched<'_> {
+        let mut candidates = trie::Candidates::new();
+        self.index.candidates(path, &mut candidates);
+        self.decide(
+            method,
+            path,
+            candidates
+                .sorted()
+                .iter()
+                .map(|&i| &self.routes[i as usize]),
+        )
+    }
+
+    /// Picks among `routes`, most specific first: every route that can match the path
+    /// (others are skipped, so the whole table is also a valid argument).
+    fn decide<'a>(
+        &self,
+        method: &Method,
+        path: &str,
+        routes: impl Iterator<Item = &'a Arc<Route>>,
+    ) -> Matched<'a> {
         let mut allowed: Vec<Method> = Vec::new();
         let mut path_matched = false;
         let mut proxied = false;
         // A more specific route matches the path only without regard to case.
         let mut respelled = false;
-        for route in &self.routes {
+        for route in routes {
             let matched = route.matches_path(path, false)
                 || (!route.case_sensitive && route.matches_path(path, true));
             if !matched {
@@ -378,6 +406,12 @@ impl RouteTable {
         } else {
             Matched::None
         }
+    }
+
+    /// The same decision by scanning every route: the reference the index is tested against.
+    #[cfg(test)]
+    fn lookup_by_scan(&self, method: &Method, path: &str) -> Matched<'_> {
+        self.decide(method, path, self.routes.iter())
     }
 }
 
@@ -595,5 +629,131 @@ mod tests {
         // A case-sensitive route takes only its own spelling.
         assert_eq!(name(Method::GET, "/exact/Case/1"), "/exact/Case/*");
         assert_eq!(name(Method::GET, "/exact/case/1"), "none");
+    }
+
+    fn same(a: &Matched<'_>, b: &Matched<'_>) -> bool {
+        match (a, b) {
+            (Matched::Route(a), Matched::Route(b)) => Arc::ptr_eq(a, b),
+            (
+                Matched::WrongMethod { allowed, proxied },
+                Matched::WrongMethod {
+                    allowed: other,
+                    proxied: other_proxied,
+                },
+            ) => allowed == other && proxied == other_proxied,
+            (Matched::Respelled, Matched::Respelled) | (Matched::None, Matched::None) => true,
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn the_index_decides_as_a_scan_of_every_route_would() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        // Few spellings, so that generated routes overlap, nest and respell each other.
+        let pattern_parts = ["a", "A", "b", "orders", "Orders", "{id}", "{x}", "17"];
+        let path_parts = [
+            "a", "A", "b", "B", "orders", "ORDERS", "oRdErs", "17", "x", "",
+        ];
+        let methods = [Method::GET, Method::POST, Method::DELETE, Method::PUT];
+        let mut decided = [0usize; 4];
+        for _ in 0..400 {
+            let mut raw = Vec::new();
+            for _ in 0..rng.random_range(1..24) {
+                let depth = rng.random_range(0..4);
+                let mut path: String = (0..depth)
+                    .map(|_| {
+                        format!(
+                            "/{}",
+                            pattern_parts[rng.random_range(0..pattern_parts.len())]
+                        )
+                    })
+                    .collect();
+                if rng.random_bool(0.5) {
+                    path.push_str("/*");
+                } else if path.is_empty() {
+                    path.push('/');
+                }
+                let allowed: Vec<&str> = methods
+                    .iter()
+                    .filter(|_| rng.random_bool(0.3))
+                    .map(Method::as_str)
+                    .collect();
+                let upstream = rng.random_bool(0.7).then_some("orders");
+                let mut entry = route(&path, &allowed, upstream);
+                entry.case_sensitive = rng.random_bool(0.6);
+                raw.push(entry);
+            }
+            let table = RouteTable::new(
+                &raw,
+                &orders_upstream(),
+                1024,
+                &mut crate::rate_limit::Policies::new(),
+            )
+            .unwrap();
+            for _ in 0..200 {
+                let depth = rng.random_range(0..5);
+                let mut path: String = (0..depth)
+                    .map(|_| format!("/{}", path_parts[rng.random_range(0..path_parts.len())]))
+                    .collect();
+                if path.is_empty() {
+                    path.push('/');
+                }
+                let method = &methods[rng.random_range(0..methods.len())];
+                let indexed = table.lookup(method, &path);
+                let scanned = table.lookup_by_scan(method, &path);
+                assert!(
+                    same(&indexed, &scanned),
+                    "{method} {path}: {indexed:?} against {scanned:?} in {:?}",
+                    raw.iter()
+                        .map(|r| (&r.path, &r.methods.0, r.case_sensitive))
+                        .collect::<Vec<_>>()
+                );
+                decided[match scanned {
+                    Matched::Route(_) => 0,
+                    Matched::WrongMethod { .. } => 1,
+                    Matched::Respelled => 2,
+                    Matched::None => 3,
+                }] += 1;
+            }
+        }
+        // Every kind of answer was exercised.
+        assert!(decided.iter().all(|&count| count > 100), "{decided:?}");
+    }
+
+    #[test]
+    fn a_table_of_two_thousand_routes_finds_the_same_routes_as_a_scan() {
+        let mut raw: Vec<RawRoute> = (0..2000)
+            .map(|i| route(&format!("/service{i}/*"), &["GET"], Some("orders")))
+            .collect();
+        raw.push(route("/positions", &["GET"], Some("orders")));
+        raw.push(route("/service7/special", &["POST"], Some("orders")));
+        let table = RouteTable::new(
+            &raw,
+            &orders_upstream(),
+            1024,
+            &mut crate::rate_limit::Policies::new(),
+        )
+        .unwrap();
+        for path in [
+            "/positions",
+            "/service7/special",
+            "/service1999/x/y",
+            "/service2000",
+            "/",
+        ] {
+            for method in [Method::GET, Method::POST] {
+                assert!(same(
+                    &table.lookup(&method, path),
+                    &table.lookup_by_scan(&method, path)
+                ));
+            }
+        }
+        let Matched::WrongMethod { allowed, .. } =
+            table.lookup(&Method::DELETE, "/service7/special")
+        else {
+            panic!("405 expected");
+        };
+        assert_eq!(allowed, [Method::POST, Method::GET]);
     }
 }

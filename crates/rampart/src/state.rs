@@ -43,6 +43,8 @@ pub struct Shared {
     pub brokers: Brokers,
     /// API keys that authenticated recently (spared the anonymous charge).
     pub verified_keys: crate::authentication::verified::VerifiedKeys,
+    /// API keys that held, by key digest, so that a known key costs no store round trip.
+    pub api_keys: Arc<crate::authentication::key_cache::KeyCache>,
     /// Set when shutdown begins (`/readyz` then fails).
     pub stopping: crate::server::Stopping,
 }

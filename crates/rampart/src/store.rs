@@ -424,6 +424,17 @@ pub trait Store: Send + Sync + 'static {
     async fn api_keys_of(&self, user_id: i64) -> StoreResult<Vec<ApiKey>>;
     /// The API key with this prefix.
     async fn api_key_by_prefix(&self, prefix: &str) -> StoreResult<Option<ApiKey>>;
+    /// The position of the newest entry of the credential-change log (0 when empty): the
+    /// users whose API keys were deleted or changed, or who were changed in role, tier,
+    /// name or disabled flag, or deleted (logged by triggers, migration 0005).
+    async fn credential_change_head(&self) -> StoreResult<i64>;
+    /// Entries of the credential-change log after position `after`, oldest first, at most
+    /// `limit`: (position, user id).
+    async fn credential_changes_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, i64)>>;
     /// Deletes a user's API key.
     ///
     /// # Errors

@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::key_cache::CachedKey;
 use super::{Credential, Failure, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -254,24 +255,24 @@ pub async fn authenticate<F: Future<Output = ()>>(
     key_found: impl FnOnce() -> F,
 ) -> Result<(Request, Principal), Rejection> {
     let checked = check_key(state, request.headers()).await;
-    let (record, user, signing) = match checked {
+    let (record, signing) = match checked {
         Ok(found) => found,
         Err(Err(error)) => return Err(respond(error)),
         Err(Ok(reason)) => return Err(refuse(request, reason)),
     };
     key_found().await;
     let principal = |signed| Principal {
-        user_id: user.id,
-        username: Arc::from(user.username.as_str()),
-        role: Arc::from(user.role.as_str()),
-        tier: Arc::from(user.tier.as_str()),
+        user_id: record.user_id,
+        username: Arc::clone(&record.username),
+        role: Arc::clone(&record.role),
+        tier: Arc::clone(&record.tier),
         family_id: Arc::from(""),
         credential: Credential::ApiKey,
         signed,
     };
     let Some(signing) = signing else {
         let mut request = request;
-        request.extensions_mut().insert(KeyId(record.id));
+        request.extensions_mut().insert(KeyId(record.key_id));
         return Ok((request, principal(false)));
     };
 
@@ -296,18 +297,26 @@ pub async fn authenticate<F: Future<Output = ()>>(
             )));
         }
     };
-    let secret = state
-        .keyring
-        .decrypt(
-            &record.secret,
-            &crate::sealing::api_key_secret_aad(&record.prefix),
-        )
-        .map_err(|error| {
-            respond(ApiError::internal(anyhow::anyhow!(
-                "the signing secret of API key {} cannot be opened: {error}",
-                record.id
-            )))
-        })?;
+    // Opened once per cached key; the entry keeps it for the signed requests after.
+    let opened;
+    let secret: &[u8] = match record.secret.get() {
+        Some(secret) => secret,
+        None => {
+            opened = state
+                .keyring
+                .decrypt(
+                    &record.sealed_secret,
+                    &crate::sealing::api_key_secret_aad(&record.prefix),
+                )
+                .map_err(|error| {
+                    respond(ApiError::internal(anyhow::anyhow!(
+                        "the signing secret of API key {} cannot be opened: {error}",
+                        record.key_id
+                    )))
+                })?;
+            record.secret.get_or_init(|| opened.clone())
+        }
+    };
     // The client signs the target exactly as it sent it, even if `routes::resolve` has
     // since put the path in canonical form. The route, and so whether a signature is
     // required, is chosen on the canonical form of this same target, so a respelling can
@@ -326,7 +335,7 @@ pub async fn authenticate<F: Future<Output = ()>>(
         &signing.nonce,
         &body,
     );
-    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&secret)
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(secret)
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(message.as_bytes());
     if mac.verify_slice(&signing.signature).is_err() {
@@ -338,7 +347,7 @@ pub async fn authenticate<F: Future<Output = ()>>(
     // keys never collide.
     let now = state.now();
     let ttl = (signing.unix + MAX_SKEW_SECONDS - now + 1).max(1);
-    let scoped = format!("api_key:{}:{}", record.id, signing.nonce);
+    let scoped = format!("api_key:{}:{}", record.key_id, signing.nonce);
     let fresh = state
         .stores
         .sessions
@@ -349,7 +358,7 @@ pub async fn authenticate<F: Future<Output = ()>>(
     if !fresh {
         return Err(refuse(request, Refused::Replayed));
     }
-    request.extensions_mut().insert(KeyId(record.id));
+    request.extensions_mut().insert(KeyId(record.key_id));
     Ok((request, principal(true)))
 }
 
@@ -358,14 +367,13 @@ fn refuse(request: Request, reason: Refused) -> Rejection {
     Rejection::Refused(Box::new(request), reason.failure())
 }
 
-/// The key's row, its owner and the signing headers, checked for everything but the
-/// signature itself. `Err(Ok(reason))` refuses the key; `Err(Err(error))` answers
-/// otherwise (a store is down).
+/// What the key grants (from memory, or read from the store and then held) and the
+/// signing headers, checked for everything but the signature itself. `Err(Ok(reason))`
+/// refuses the key; `Err(Err(error))` answers otherwise (a store is down).
 async fn check_key(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<(crate::store::ApiKey, crate::store::User, Option<Signing>), Result<Refused, ApiError>>
-{
+) -> Result<(Arc<CachedKey>, Option<Signing>), Result<Refused, ApiError>> {
     let key = single(headers, KEY_HEADER)
         .map_err(Ok)?
         .ok_or(Refused::NoKey)
@@ -378,6 +386,35 @@ async fn check_key(
     {
         return Err(Ok(Refused::Skewed));
     }
+    let digest = super::verified::digest(key.as_bytes());
+    let cache = &state.api_keys;
+    let record = match cache.get(&digest) {
+        Some(record) => record,
+        None => {
+            let generation = cache.generation();
+            let record = read_key(state, prefix, &digest, now).await?;
+            cache.insert(digest, Arc::clone(&record), generation);
+            record
+        }
+    };
+    // Checked on every use: a held key expires on time.
+    if record
+        .expires_at
+        .is_some_and(|expires_at| expires_at <= now)
+    {
+        cache.remove(&digest);
+        return Err(Ok(Refused::Expired));
+    }
+    Ok((record, signing))
+}
+
+/// Reads a key and its owner from the store and checks them in full.
+async fn read_key(
+    state: &AppState,
+    prefix: &str,
+    digest: &super::verified::KeyDigest,
+    now: i64,
+) -> Result<Arc<CachedKey>, Result<Refused, ApiError>> {
     let record = state
         .stores
         .data
@@ -385,10 +422,10 @@ async fn check_key(
         .await
         .map_err(|error| Err(ApiError::from(error)))?
         .ok_or(Ok(Refused::UnknownKey))?;
-    let matches: bool = hash_key(key)
-        .as_bytes()
-        .ct_eq(record.key_hash.as_bytes())
-        .into();
+    let mut presented = [0u8; 64];
+    hex::encode_to_slice(digest, &mut presented)
+        .unwrap_or_else(|_| unreachable!("64 hex characters for 32 bytes"));
+    let matches: bool = presented.ct_eq(record.key_hash.as_bytes()).into();
     if !matches {
         return Err(Ok(Refused::UnknownKey));
     }
@@ -406,7 +443,17 @@ async fn check_key(
         .map_err(|error| Err(ApiError::from(error)))?
         .filter(|user| !user.disabled)
         .ok_or(Ok(Refused::OwnerGone))?;
-    Ok((record, user, signing))
+    Ok(Arc::new(CachedKey {
+        key_id: record.id,
+        user_id: user.id,
+        username: Arc::from(user.username),
+        role: Arc::from(user.role),
+        tier: Arc::from(user.tier),
+        expires_at: record.expires_at,
+        prefix: record.prefix.into(),
+        sealed_secret: record.secret.into(),
+        secret: std::sync::OnceLock::new(),
+    }))
 }
 
 #[cfg(test)]

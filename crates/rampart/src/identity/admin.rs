@@ -157,6 +157,9 @@ pub async fn patch_user(
             audit,
         )
         .await?;
+    // API keys act with the user's role and tier as they are now: dropped here at once,
+    // elsewhere within a poll of the credential-change log.
+    state.api_keys.forget_user(id);
     if role_changed || disabled_changed || updated.tier != before.tier {
         // Tokens carry role and tier: the user logs in again to get the new ones.
         revoke_user(&state, id, None).await?;

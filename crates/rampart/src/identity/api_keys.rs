@@ -201,5 +201,7 @@ pub async fn delete(
             ),
         )
         .await?;
+    // At once here; other instances follow the credential-change log.
+    state.api_keys.forget_user(principal.user_id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

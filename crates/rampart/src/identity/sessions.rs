@@ -723,7 +723,7 @@ pub async fn logout_all(
         ))
         .await?;
     let revoked_api_keys = if revoke_keys {
-        state
+        let deleted = state
             .stores
             .data
             .delete_api_keys_of(
@@ -736,8 +736,9 @@ pub async fn logout_all(
                     &context,
                 ),
             )
-            .await?
-            .len()
+            .await?;
+        state.api_keys.forget_user(principal.user_id);
+        deleted.len()
     } else {
         0
     };

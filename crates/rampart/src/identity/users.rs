@@ -254,6 +254,9 @@ pub async fn change_password(
         )
         .await?
         .len();
+    if revoke_keys {
+        state.api_keys.forget_user(user.id);
+    }
     let revoked_sessions = revoke_user(&state, user.id, Some(&family.id)).await?;
     // A login with a CSRF token (cookie-born, whichever way this request came) gets a new
     // one, and a new access cookie carrying its hash: the one from before the change stops
@@ -426,6 +429,7 @@ pub async fn delete_me(
             ),
         )
         .await?;
+    state.api_keys.forget_user(user.id);
     // Revoked after the deletion succeeded (the last admin is refused above), and kept
     // revoked so that every instance's cache learns of it.
     revoke_user(&state, user.id, None).await?;

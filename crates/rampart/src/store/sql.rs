@@ -1033,6 +1033,31 @@ macro_rules! sql_store {
                 Ok(row.map(api_key_from))
             }
 
+            async fn credential_change_head(&self) -> StoreResult<i64> {
+                let head: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(id) FROM credential_changes")
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(classify)?;
+                Ok(head.unwrap_or(0))
+            }
+
+            async fn credential_changes_after(
+                &self,
+                after: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<(i64, i64)>> {
+                sqlx::query_as(
+                    "SELECT id, user_id FROM credential_changes WHERE id > $1 \
+                     ORDER BY id LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)
+            }
+
             async fn delete_api_key(
                 &self,
                 user_id: i64,
@@ -1600,6 +1625,11 @@ macro_rules! sql_store {
                     ("DELETE FROM nonces WHERE expires_at < $1", now),
                     (
                         "DELETE FROM revocations WHERE revoked_at < $1",
+                        now - keep_revoked_for,
+                    ),
+                    // Long after every instance has followed them.
+                    (
+                        "DELETE FROM credential_changes WHERE changed_at < $1",
                         now - keep_revoked_for,
                     ),
                     (

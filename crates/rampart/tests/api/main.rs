@@ -14,6 +14,7 @@ mod gateway;
 mod helpers;
 mod hostile;
 mod http;
+mod key_cache;
 mod login;
 mod paths;
 mod protocols;
