@@ -1788,16 +1788,20 @@ async fn pad_revocation_log(app: &TestApp, backend: Backend, count: usize) {
         Backend::Redis => {
             let client = ::redis::Client::open(crate::helpers::redis_url()).unwrap();
             let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-            let mut pipe = ::redis::pipe();
-            for index in 0..count {
-                pipe.cmd("XADD")
-                    .arg(format!("{}revocations", app.redis_prefix))
-                    .arg("*")
-                    .arg("family")
-                    .arg(format!("padding-{index}"))
-                    .ignore();
+            // In pipelines of a few thousand: one of 60 000 can outlast the client's
+            // response timeout on a busy machine.
+            for start in (0..count).step_by(5_000) {
+                let mut pipe = ::redis::pipe();
+                for index in start..count.min(start + 5_000) {
+                    pipe.cmd("XADD")
+                        .arg(format!("{}revocations", app.redis_prefix))
+                        .arg("*")
+                        .arg("family")
+                        .arg(format!("padding-{index}"))
+                        .ignore();
+                }
+                let _: () = pipe.query_async(&mut redis).await.unwrap();
             }
-            let _: () = pipe.query_async(&mut redis).await.unwrap();
         }
         Backend::Sqlite => {}
     }
