@@ -21,3 +21,4 @@ mod registration;
 mod server;
 mod session_security;
 mod tokens;
+mod upstreams;
