@@ -1211,23 +1211,29 @@ impl RawConfig {
                     "give either url or targets, not both".into(),
                 ),
                 (None, None) => bad(&format!("{key}.url"), "url or targets is required".into()),
-                (None, Some(targets)) if targets.0.is_empty() => bad(
-                    &format!("{key}.targets"),
-                    "lists no target".into(),
-                ),
+                (None, Some(targets)) if targets.0.is_empty() => {
+                    bad(&format!("{key}.targets"), "lists no target".into())
+                }
                 (None, Some(targets)) if targets.0.len() > MAX_TARGETS => bad(
                     &format!("{key}.targets"),
                     format!("lists more than {MAX_TARGETS} targets"),
                 ),
                 _ => {}
             }
-            let field = if upstream.url.is_some() { "url" } else { "targets" };
+            let field = if upstream.url.is_some() {
+                "url"
+            } else {
+                "targets"
+            };
             let mut seen = std::collections::HashSet::new();
             for url in upstream.target_urls() {
                 if let Err(message) = check_target_url(url) {
                     bad(&format!("{key}.{field}"), message);
                 } else if !seen.insert(url) {
-                    bad(&format!("{key}.{field}"), format!("`{url}` is listed twice"));
+                    bad(
+                        &format!("{key}.{field}"),
+                        format!("`{url}` is listed twice"),
+                    );
                 }
             }
             if let Some(check) = &upstream.health_check {

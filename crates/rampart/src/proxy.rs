@@ -211,9 +211,7 @@ pub async fn forward(state: &AppState, upstream: &Upstream, request: Request) ->
             Ok(Err(_)) if client_body.load(Ordering::Relaxed) == BODY_TOO_LARGE => {
                 Outcome::TooLarge
             }
-            Ok(Err(_)) if client_body.load(Ordering::Relaxed) == BODY_FAILED => {
-                Outcome::ClientBody
-            }
+            Ok(Err(_)) if client_body.load(Ordering::Relaxed) == BODY_FAILED => Outcome::ClientBody,
             Ok(Err(SendError::Failed(error))) => {
                 tracing::warn!(
                     upstream = upstream.name,

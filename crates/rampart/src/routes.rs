@@ -246,7 +246,11 @@ impl RouteTable {
                 .target_urls()
                 .into_iter()
                 .map(|url| {
-                    let field = if upstream.url.is_some() { "url" } else { "targets" };
+                    let field = if upstream.url.is_some() {
+                        "url"
+                    } else {
+                        "targets"
+                    };
                     crate::config::check_target_url(url)
                         .map(|uri| Arc::new(crate::proxy::Target::new(&uri, circuit_breaker)))
                         .map_err(|message| format!("upstreams.{name}.{field}: {message}"))

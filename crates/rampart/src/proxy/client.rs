@@ -77,6 +77,9 @@ pub struct Target {
     healthy: AtomicBool,
     /// Requests sent and not yet finished (their response body included).
     in_flight: AtomicUsize,
+    /// Boxed: a connection moves between this stack, the request and its response body,
+    /// and a pointer is cheaper to move than the connection's state.
+    #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<H1>>>,
     h2: Mutex<Option<http2::SendRequest<WatchedBody>>>,
 }
@@ -177,6 +180,7 @@ impl Target {
         true
     }
 
+    #[allow(clippy::vec_box)]
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Box<H1>>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -239,7 +243,8 @@ impl Target {
             }
         }
         if self.protocol != Protocol::H2c {
-            while let Some(connection) = poll_fn(|context| Poll::Ready(self.checkout(context))).await
+            while let Some(connection) =
+                poll_fn(|context| Poll::Ready(self.checkout(context))).await
             {
                 match exchange_h1(connection, request).await {
                     Ok(done) => return Ok(done),
@@ -474,7 +479,11 @@ impl Connector {
     }
 
     /// A new connection to `target`; over TLS with ALPN `http/1.1` only when `http1_only`.
-    pub(crate) async fn connect(&self, target: &Target, http1_only: bool) -> Result<Stream, BoxError> {
+    pub(crate) async fn connect(
+        &self,
+        target: &Target,
+        http1_only: bool,
+    ) -> Result<Stream, BoxError> {
         let connector = if http1_only { &self.http1 } else { &self.any };
         tower::ServiceExt::oneshot(connector.clone(), target.connect_uri.clone()).await
     }
@@ -635,8 +644,7 @@ pub(crate) async fn check(
             .await
             .map_err(|error| format!("connect: {error}"))?;
         let empty = http_body_util::Empty::<Bytes>::new();
-        let status = if target.protocol == Protocol::H2c || stream.connected().is_negotiated_h2()
-        {
+        let status = if target.protocol == Protocol::H2c || stream.connected().is_negotiated_h2() {
             let (mut send, connection) = http2::Builder::new(TokioExecutor::new())
                 .handshake(stream)
                 .await
@@ -702,7 +710,9 @@ mod tests {
             "http://127.0.0.1:9000/api/orders/7?side=buy"
         );
         assert_eq!(
-            target("https://a.example").uri_for(&path, Version::HTTP_2).unwrap(),
+            target("https://a.example")
+                .uri_for(&path, Version::HTTP_2)
+                .unwrap(),
             "https://a.example/orders/7?side=buy"
         );
     }

@@ -57,7 +57,11 @@ pub(super) fn wanted(request: &Request) -> bool {
 }
 
 /// Makes the handshake with a target and, when it accepts, tunnels the connection.
-pub(super) async fn tunnel(state: &AppState, upstream: &Upstream, mut request: Request) -> Response {
+pub(super) async fn tunnel(
+    state: &AppState,
+    upstream: &Upstream,
+    mut request: Request,
+) -> Response {
     let client_upgrade = hyper::upgrade::on(&mut request);
     let principal = match request.extensions().get::<Authentication>() {
         Some(Authentication::Authenticated(principal)) => Some(principal.clone()),

@@ -403,7 +403,11 @@ async fn an_h2c_upstream_is_spoken_to_over_http2() {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(connections.load(Ordering::SeqCst), 1, "one multiplexed connection");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one multiplexed connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,6 +445,8 @@ async fn keep_alive_connections_to_a_target_are_reused() {
 }
 
 /// A WebSocket backend that echoes every message and reports the headers it was sent.
+// The handshake callback's error type is tungstenite's.
+#[allow(clippy::result_large_err)]
 async fn websocket_backend() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
@@ -450,17 +456,18 @@ async fn websocket_backend() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
         while let Ok((stream, _)) = listener.accept().await {
             let log = Arc::clone(&log);
             tokio::spawn(async move {
-                let callback = |request: &tungstenite::handshake::server::Request,
-                                response: tungstenite::handshake::server::Response| {
-                    let user = request
-                        .headers()
-                        .get("x-rampart-user-id")
-                        .and_then(|value| value.to_str().ok())
-                        .unwrap_or("-");
-                    let auth = request.headers().contains_key("authorization");
-                    log.lock().unwrap().push(format!("user={user} auth={auth}"));
-                    Ok(response)
-                };
+                let callback =
+                    |request: &tungstenite::handshake::server::Request,
+                     response: tungstenite::handshake::server::Response| {
+                        let user = request
+                            .headers()
+                            .get("x-rampart-user-id")
+                            .and_then(|value| value.to_str().ok())
+                            .unwrap_or("-");
+                        let auth = request.headers().contains_key("authorization");
+                        log.lock().unwrap().push(format!("user={user} auth={auth}"));
+                        Ok(response)
+                    };
                 let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await
                 else {
                     return;
@@ -526,7 +533,10 @@ async fn a_websocket_is_tunnelled_for_its_caller_until_the_login_is_revoked(back
         refused_with(connect(&app, "/stream", Some("not-a-token")).await),
         401
     );
-    assert!(seen.lock().unwrap().is_empty(), "no refused handshake reached the backend");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no refused handshake reached the backend"
+    );
 
     let session = app.user("streamer").await;
     let mut socket = connect(&app, "/stream", Some(&session.access_token))
@@ -566,7 +576,10 @@ async fn a_websocket_is_tunnelled_for_its_caller_until_the_login_is_revoked(back
         }
     })
     .await;
-    assert!(closed.is_ok(), "the tunnel closes once the login is revoked");
+    assert!(
+        closed.is_ok(),
+        "the tunnel closes once the login is revoked"
+    );
     assert_eq!(
         refused_with(connect(&app, "/stream", Some(&session.access_token)).await),
         401,
