@@ -1,14 +1,21 @@
-//! The reverse proxy: forwards a request whose route names an upstream, through that
-//! upstream's circuit breaker (SPEC §3).
+//! The reverse proxy: forwards a request whose route names an upstream to one of its
+//! targets (SPEC §3).
 //!
-//! Bodies stream both ways over a pooled keep-alive client. Hop-by-hop headers (RFC 9110
-//! §7.6.1, and any the `Connection` header names) are dropped in both directions; the
-//! client's credentials, any `X-Rampart-*` header, client-set override and identity headers
-//! and names with `_` never reach the backend ([`headers`]), which instead gets the caller's
-//! identity as `X-Rampart-User-Id`, `-Username` and `-Role`, the request id, and
-//! `Forwarded` / `X-Forwarded-For` / `X-Real-IP` built from the trusted client IP. An open circuit answers 503 at once;
-//! a connect failure 502 `bad_gateway`; no response head within the upstream's `timeout`
-//! 504 `gateway_timeout`. The backend's own answers, errors included, pass unchanged.
+//! A target is picked by least outstanding requests among the healthy ones ([`health`])
+//! whose own circuit breaker admits the request; with none, 503 at once. Bodies stream
+//! both ways over the target's keep-alive connections (the client in `client`). A connect
+//! failure is 502 `bad_gateway` — or, for an idempotent request without a body and
+//! `retries` left, another attempt on another target; no response head within the
+//! upstream's `timeout` is 504 `gateway_timeout`. The backend's own answers, errors
+//! included, pass unchanged. WebSocket upgrades on `websocket = true` routes are tunnelled
+//! (`websocket`).
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1, and any the `Connection` header names) are dropped
+//! in both directions; the client's credentials, any `X-Rampart-*` header, client-set
+//! override and identity headers and names with `_` never reach the backend ([`headers`]),
+//! which instead gets the caller's identity as `X-Rampart-User-Id`, `-Username` and
+//! `-Role`, the request id, and `Forwarded` / `X-Forwarded-For` / `X-Real-IP` built from the
+//! trusted client IP.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};

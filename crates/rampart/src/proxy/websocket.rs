@@ -46,7 +46,9 @@ fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
 
 /// Whether this is a WebSocket handshake on a route that tunnels them.
 pub(super) fn wanted(request: &Request) -> bool {
-    request.method() == Method::GET
+    // The common case, no `Upgrade` at all, is settled by the first test.
+    request.headers().contains_key(header::UPGRADE)
+        && request.method() == Method::GET
         && request.version() == Version::HTTP_11
         && request
             .extensions()
