@@ -118,6 +118,7 @@ fn route(path: &str, methods: &[&str], upstream: Option<&str>) -> RawRoute {
         auth: true,
         per: "user".into(),
         case_sensitive: true,
+        websocket: false,
     }
 }
 

@@ -231,7 +231,9 @@ impl Application {
         let limiter = Arc::new(limiter);
         background.push(limiter.spawn_idle_eviction(Duration::from_secs(30)));
         let tls = config.server.behind_tls || config.server.tls.is_some();
-        let proxy = Proxy::new(&routes, tls);
+        let proxy = Proxy::new(tls);
+        // Active health checks of every upstream target that has one.
+        background.extend(crate::proxy::health::spawn(&routes, &proxy));
         let metrics = Metrics::new();
         // Every upstream's circuit shows from the start, closed.
         for upstream in routes.upstreams.values() {

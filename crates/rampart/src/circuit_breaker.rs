@@ -248,6 +248,16 @@ impl CircuitBreaker {
         }
     }
 
+    /// The state as last published, read with one atomic load and no lock: an open circuit
+    /// reads as open until a request turns it half-open.
+    pub fn published_state(&self) -> State {
+        match self.snapshot.load(Ordering::Acquire) & 0b11 {
+            0 => State::Closed,
+            1 => State::Open,
+            _ => State::HalfOpen,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // No code panics while holding the lock, and `Inner` is consistent between
         // statements anyway, so a poisoned lock is still safe to use.

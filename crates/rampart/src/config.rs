@@ -383,6 +383,9 @@ pub struct RawRoute {
     /// `false`: match the path without regard to ASCII case.
     #[serde(default = "default_true")]
     pub case_sensitive: bool,
+    /// Whether WebSocket upgrades on this route are tunnelled to the upstream.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 fn default_per() -> String {
@@ -407,7 +410,12 @@ pub enum RawRateLimit {
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct RawUpstream {
-    pub url: String,
+    /// One backend; or `targets`, several (exactly one of the two).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Several backends, balanced by least outstanding requests.
+    #[serde(default)]
+    pub targets: Option<List>,
     #[serde(default = "default_upstream_timeout")]
     pub timeout: String,
     #[serde(default)]
@@ -418,7 +426,45 @@ pub struct RawUpstream {
     /// Headers of the built-in strip list that this upstream gets as the client sent them.
     #[serde(default)]
     pub pass_request_headers: List,
+    /// Active health checks of every target.
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    /// Further attempts, on another target where there is one, after a connect failure
+    /// (idempotent methods without a body only).
+    #[serde(default)]
+    pub retries: u32,
 }
+
+impl RawUpstream {
+    /// The backend URLs as written: `url`, or every entry of `targets`.
+    pub fn target_urls(&self) -> Vec<&str> {
+        match (&self.url, &self.targets) {
+            (Some(url), _) => vec![url.as_str()],
+            (None, Some(targets)) => targets.0.iter().map(String::as_str).collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// An upstream's `health_check` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawHealthCheck {
+    pub path: String,
+    #[serde(default = "default_health_interval")]
+    pub interval: String,
+}
+
+fn default_health_interval() -> String {
+    "5s".into()
+}
+
+/// The largest `retries` accepted: more attempts than this only delay the 502.
+pub const MAX_RETRIES: u32 = 5;
+
+/// The largest number of `targets` in one upstream.
+pub const MAX_TARGETS: usize = 64;
 
 fn default_upstream_timeout() -> String {
     "5s".into()
@@ -1228,14 +1274,55 @@ impl RawConfig {
         }
         for (name, upstream) in &self.upstreams {
             let key = format!("upstreams.{name}");
-            match upstream.url.parse::<http::Uri>() {
-                Ok(uri)
-                    if matches!(uri.scheme_str(), Some("http" | "https"))
-                        && uri.host().is_some() => {}
-                _ => bad(
-                    &format!("{key}.url"),
-                    format!("`{}` is not an http(s) URL", upstream.url),
+            match (&upstream.url, &upstream.targets) {
+                (Some(_), Some(_)) => bad(
+                    &format!("{key}.targets"),
+                    "give either url or targets, not both".into(),
                 ),
+                (None, None) => bad(&format!("{key}.url"), "url or targets is required".into()),
+                (None, Some(targets)) if targets.0.is_empty() => {
+                    bad(&format!("{key}.targets"), "lists no target".into())
+                }
+                (None, Some(targets)) if targets.0.len() > MAX_TARGETS => bad(
+                    &format!("{key}.targets"),
+                    format!("lists more than {MAX_TARGETS} targets"),
+                ),
+                _ => {}
+            }
+            let field = if upstream.url.is_some() {
+                "url"
+            } else {
+                "targets"
+            };
+            let mut seen = std::collections::HashSet::new();
+            for url in upstream.target_urls() {
+                if let Err(message) = check_target_url(url) {
+                    bad(&format!("{key}.{field}"), message);
+                } else if !seen.insert(url) {
+                    bad(
+                        &format!("{key}.{field}"),
+                        format!("`{url}` is listed twice"),
+                    );
+                }
+            }
+            if let Some(check) = &upstream.health_check {
+                if !check.path.starts_with('/')
+                    || check.path.parse::<http::uri::PathAndQuery>().is_err()
+                {
+                    bad(
+                        &format!("{key}.health_check.path"),
+                        format!("`{}` is not a path such as /healthz", check.path),
+                    );
+                }
+                if let Err(message) = parse_duration(&check.interval) {
+                    bad(&format!("{key}.health_check.interval"), message);
+                }
+            }
+            if upstream.retries > MAX_RETRIES {
+                bad(
+                    &format!("{key}.retries"),
+                    format!("must be at most {MAX_RETRIES}"),
+                );
             }
             if let Err(message) = parse_duration(&upstream.timeout) {
                 bad(&format!("{key}.timeout"), message);
@@ -1519,6 +1606,26 @@ fn parse_networks(items: &[String]) -> Result<Vec<IpNet>, String> {
 
 /// The most connections `server.max_connections` may allow.
 pub const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// Whether `url` is a target an upstream can be sent to: `http://`, `https://` or `h2c://`
+/// (HTTP/2 with prior knowledge, in the clear) and a host.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_target_url(url: &str) -> Result<http::Uri, String> {
+    match url.parse::<http::Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https" | "h2c"))
+                && uri.host().is_some_and(|host| !host.is_empty())
+                && uri.query().is_none() =>
+        {
+            Ok(uri)
+        }
+        _ => Err(format!(
+            "`{url}` is not an http(s) URL (or h2c:// for HTTP/2 in the clear)"
+        )),
+    }
+}
 
 /// Parses a duration such as `250ms`, `30s`, `5min`, `1h`, `7d`.
 ///

@@ -1,41 +1,48 @@
-//! The reverse proxy: forwards a request whose route names an upstream, through that
-//! upstream's circuit breaker (SPEC §3).
+//! The reverse proxy: forwards a request whose route names an upstream to one of its
+//! targets (SPEC §3).
 //!
-//! Bodies stream both ways over a pooled keep-alive client. Hop-by-hop headers (RFC 9110
-//! §7.6.1, and any the `Connection` header names) are dropped in both directions; the
-//! client's credentials, any `X-Rampart-*` header, client-set override and identity headers
-//! and names with `_` never reach the backend ([`headers`]), which instead gets the caller's
-//! identity as `X-Rampart-User-Id`, `-Username` and `-Role`, the request id, and
-//! `Forwarded` / `X-Forwarded-For` / `X-Real-IP` built from the trusted client IP. An open circuit answers 503 at once;
-//! a connect failure 502 `bad_gateway`; no response head within the upstream's `timeout`
-//! 504 `gateway_timeout`. The backend's own answers, errors included, pass unchanged.
+//! A target is picked by least outstanding requests among the healthy ones ([`health`])
+//! whose own circuit breaker admits the request; with none, 503 at once. Bodies stream
+//! both ways over the target's keep-alive connections (the client in `client`). A connect
+//! failure is 502 `bad_gateway` — or, for an idempotent request without a body and
+//! `retries` left, another attempt on another target; no response head within the
+//! upstream's `timeout` is 504 `gateway_timeout`. The backend's own answers, errors
+//! included, pass unchanged. WebSocket upgrades on `websocket = true` routes are tunnelled
+//! (`websocket`).
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1, and any the `Connection` header names) are dropped
+//! in both directions; the client's credentials, any `X-Rampart-*` header, client-set
+//! override and identity headers and names with `_` never reach the backend ([`headers`]),
+//! which instead gets the caller's identity as `X-Rampart-User-Id`, `-Username` and
+//! `-Role`, the request id, and `Forwarded` / `X-Forwarded-For` / `X-Real-IP` built from the
+//! trusted client IP.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Uri};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::uri::PathAndQuery;
 
 use crate::audit::{NewAuditEntry, RequestContext, record_in_background};
 use crate::authentication::Authentication;
-use crate::circuit_breaker::{CircuitBreaker, Transition};
+use crate::circuit_breaker::Transition;
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, OwnBody};
 use crate::metrics::UpstreamLabel;
 use crate::request::RequestId;
-use crate::routes::{RouteTable, Upstream};
+use crate::routes::Upstream;
 use crate::state::AppState;
 
+mod client;
 pub mod headers;
+pub(crate) mod health;
+mod websocket;
+
+pub use client::{Balancer, Target};
+use client::{Connector, InFlight, SendError, UpstreamBody};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// obsolete `Proxy-Connection` that some clients still send.
@@ -59,54 +66,21 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
-
-/// The pooled client and each upstream's circuit breaker.
+/// The upstream client's connector and what every forwarded request shares.
 #[derive(Debug)]
 pub struct Proxy {
-    client: HttpClient,
-    breakers: HashMap<&'static str, Arc<CircuitBreaker>>,
+    connector: Connector,
     /// Whether the gateway is reached over TLS (for `Forwarded: proto=`).
     tls: bool,
 }
 
 impl Proxy {
-    /// A client for every upstream of `routes`, with a closed breaker each.
-    pub fn new(routes: &RouteTable, tls: bool) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.enforce_http(false);
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let connector = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .expect("ring's default provider supports rustls' default protocol versions")
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        let breakers = routes
-            .upstreams
-            .values()
-            .map(|upstream| {
-                (
-                    upstream.name,
-                    Arc::new(CircuitBreaker::new(upstream.circuit_breaker)),
-                )
-            })
-            .collect();
+    /// The client; each upstream's targets keep their own connections and breakers.
+    pub fn new(tls: bool) -> Self {
         Self {
-            client,
-            breakers,
+            connector: Connector::new(),
             tls,
         }
-    }
-
-    /// The breaker of an upstream.
-    pub fn breaker(&self, upstream: &str) -> Option<&Arc<CircuitBreaker>> {
-        self.breakers.get(upstream)
     }
 }
 
@@ -118,64 +92,128 @@ enum Outcome {
     /// The client's body failed while streaming (a declared length that lied, a reset):
     /// not the backend's fault either.
     ClientBody,
+    /// The request's path makes no valid target under the upstream's base path.
+    BadPath,
     Unreachable,
     TimedOut,
 }
 
-/// Forwards a request to `upstream` through its circuit breaker; the request carries the
-/// `ClientIp`, `RequestId` and `Authentication` extensions its headers are made from.
-pub async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Response {
-    let Some(breaker) = state.proxy.breaker(upstream.name) else {
-        return ApiError::internal(anyhow::anyhow!("no breaker for {}", upstream.name))
-            .into_response();
-    };
-    let permit = match breaker.acquire() {
-        Ok(permit) => permit,
-        Err(open) => {
-            return ApiError::ServiceUnavailable {
-                message: "The upstream service is unavailable".into(),
-                retry_after: Some(Duration::from_secs(open.retry_after_seconds())),
-            }
-            .into_response();
+/// What an audit entry of a state change needs, kept without allocating.
+pub(crate) struct AuditContext {
+    client: Option<std::net::IpAddr>,
+    request_id: Option<RequestId>,
+}
+
+impl AuditContext {
+    pub(crate) fn of<B>(request: &http::Request<B>) -> Self {
+        Self {
+            client: request.extensions().get::<ClientIp>().map(|ip| ip.0),
+            request_id: request.extensions().get::<RequestId>().cloned(),
         }
-    };
-    // What an audit entry of a state change needs, kept without allocating.
-    let client = request.extensions().get::<ClientIp>().map(|ip| ip.0);
-    let request_id = request.extensions().get::<RequestId>().cloned();
-    let context = move || RequestContext {
-        ip: client.map(|ip| ip.to_string()),
-        user_agent: None,
-        request_id: request_id
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |id| id.0.to_string()),
-    };
-    if let Some(transition) = permit.transition() {
-        note_transition(state, upstream, transition, &context());
     }
+
+    fn context(&self) -> RequestContext {
+        RequestContext {
+            ip: self.client.map(|ip| ip.to_string()),
+            user_agent: None,
+            request_id: self
+                .request_id
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |id| id.0.to_string()),
+        }
+    }
+}
+
+/// Whether a request may be sent again after a connect failure: an idempotent method
+/// (RFC 9110 §9.2.2) and no body, so nothing the client sent can be lost or doubled.
+fn retryable<B: hyper::body::Body>(request: &http::Request<B>) -> bool {
+    use http::Method;
+    matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    ) && request.body().is_end_stream()
+}
+
+/// Forwards `request` to `upstream`: picks a target (least outstanding requests among the
+/// healthy ones whose circuit admits it), sends, and answers with the backend's response,
+/// or 502 / 503 / 504 as SPEC §3 says.
+pub async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Response {
+    if websocket::wanted(&request) {
+        return websocket::tunnel(state, upstream, request).await;
+    }
+    let audit = AuditContext::of(&request);
     let (parts, body) = request.into_parts();
     let (body, client_body) = WatchedBody::new(body);
-    let request = Request::from_parts(parts, Body::new(body));
-    let outgoing = match outgoing_request(state, upstream, request) {
+    let request = http::Request::from_parts(parts, body);
+    let (mut request, path) = match outgoing_request(state, upstream, request) {
         Ok(outgoing) => outgoing,
-        Err(error) => {
-            drop(permit);
-            return error.into_response();
-        }
+        Err(error) => return error.into_response(),
     };
-
+    let may_retry = upstream.retries > 0 && retryable(&request);
     let started = tokio::time::Instant::now();
-    let outcome = match tokio::time::timeout(upstream.timeout, state.proxy.client.request(outgoing))
-        .await
-    {
-        Err(_) => Outcome::TimedOut,
-        Ok(Err(error)) if is_body_too_large(&error) => Outcome::TooLarge,
-        Ok(Err(_)) if client_body.load(Ordering::Relaxed) == BODY_TOO_LARGE => Outcome::TooLarge,
-        Ok(Err(_)) if client_body.load(Ordering::Relaxed) == BODY_FAILED => Outcome::ClientBody,
-        Ok(Err(error)) => {
-            tracing::warn!(upstream = upstream.name, error = %error, "upstream request failed");
-            Outcome::Unreachable
+    let deadline = started + upstream.timeout;
+    let mut retries = 0;
+    let mut avoid: Option<&Target> = None;
+    let (target, permit, outcome) = loop {
+        let (target, permit) = match client::pick(upstream, avoid) {
+            Ok(picked) => picked,
+            Err(unavailable) => {
+                return ApiError::ServiceUnavailable {
+                    message: "The upstream service is unavailable".into(),
+                    retry_after: Some(unavailable.retry_after),
+                }
+                .into_response();
+            }
+        };
+        if let Some(transition) = permit.transition() {
+            note_transition(state, upstream, target, transition, &audit);
         }
-        Ok(Ok(response)) => Outcome::Answered(incoming_response(response)),
+        let in_flight = InFlight::new(target);
+        let sent = tokio::time::timeout_at(
+            deadline,
+            target.send(&state.proxy.connector, request, &path),
+        )
+        .await;
+        let outcome = match sent {
+            Err(_) => Outcome::TimedOut,
+            Ok(Ok((response, connection))) => {
+                Outcome::Answered(incoming_response(response, connection, in_flight))
+            }
+            Ok(Err(SendError::Connect(error, unsent))) => {
+                tracing::warn!(
+                    upstream = upstream.name,
+                    target = &*target.url,
+                    error = %error,
+                    "upstream connect failed"
+                );
+                if may_retry && retries < upstream.retries {
+                    retries += 1;
+                    if let Some(transition) = permit.failed() {
+                        note_transition(state, upstream, target, transition, &audit);
+                    }
+                    avoid = Some(target);
+                    request = *unsent;
+                    continue;
+                }
+                Outcome::Unreachable
+            }
+            Ok(Err(SendError::Path)) => Outcome::BadPath,
+            Ok(Err(SendError::Failed(error))) if is_body_too_large(&error) => Outcome::TooLarge,
+            Ok(Err(_)) if client_body.load(Ordering::Relaxed) == BODY_TOO_LARGE => {
+                Outcome::TooLarge
+            }
+            Ok(Err(_)) if client_body.load(Ordering::Relaxed) == BODY_FAILED => Outcome::ClientBody,
+            Ok(Err(SendError::Failed(error))) => {
+                tracing::warn!(
+                    upstream = upstream.name,
+                    target = &*target.url,
+                    error = %error,
+                    "upstream request failed"
+                );
+                Outcome::Unreachable
+            }
+        };
+        break (target, permit, outcome);
     };
     state
         .metrics
@@ -201,11 +239,18 @@ pub async fn forward(state: &AppState, upstream: &Upstream, request: Request) ->
                 ApiError::invalid("Could not read the request body").into_response(),
             )
         }
+        Outcome::BadPath => {
+            drop(permit);
+            (
+                None,
+                ApiError::invalid("The request path is not valid").into_response(),
+            )
+        }
         Outcome::Unreachable => (permit.failed(), ApiError::BadGateway.into_response()),
         Outcome::TimedOut => (permit.failed(), ApiError::GatewayTimeout.into_response()),
     };
     if let Some(transition) = transition {
-        note_transition(state, upstream, transition, &context());
+        note_transition(state, upstream, target, transition, &audit);
     }
     response
 }
@@ -216,7 +261,7 @@ const BODY_FAILED: u8 = 2;
 /// The client's body on its way to the backend, noting whether it failed, so that a
 /// client's broken upload is answered as the client's fault and never counts against the
 /// upstream's circuit breaker.
-struct WatchedBody {
+pub(crate) struct WatchedBody {
     inner: Body,
     failed: Arc<AtomicU8>,
 }
@@ -267,7 +312,7 @@ impl hyper::body::Body for WatchedBody {
     }
 }
 
-fn is_body_too_large(error: &hyper_util::client::legacy::Error) -> bool {
+fn is_body_too_large(error: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(error) = source {
         if error.is::<http_body_util::LengthLimitError>() {
@@ -278,13 +323,26 @@ fn is_body_too_large(error: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// Keeps the gauge, the opens counter and the audit trail in step with the breaker.
-fn note_transition(
+/// Logs a target's circuit change, and keeps the upstream's gauge, opens counter and
+/// audit trail in step with the upstream's circuit: open when every target's is open.
+pub(crate) fn note_transition(
     state: &AppState,
     upstream: &Upstream,
+    target: &Target,
     transition: Transition,
-    context: &RequestContext,
+    audit: &AuditContext,
 ) {
+    if upstream.targets.len() > 1 {
+        tracing::info!(
+            upstream = upstream.name,
+            target = &*target.url,
+            state = transition.state().as_str(),
+            "target circuit breaker"
+        );
+    }
+    let Some(now) = upstream.balancer.settle(&upstream.targets) else {
+        return;
+    };
     let label = UpstreamLabel {
         upstream: upstream.name,
     };
@@ -292,45 +350,23 @@ fn note_transition(
         .metrics
         .breaker_state
         .get_or_create(&label)
-        .set(transition.state().gauge_value());
+        .set(now.gauge_value());
     tracing::info!(
         upstream = upstream.name,
-        state = transition.state().as_str(),
+        state = now.as_str(),
         "circuit breaker"
     );
-    if transition == Transition::Opened {
+    if now == crate::circuit_breaker::State::Open {
         state.metrics.breaker_opens.get_or_create(&label).inc();
         let entry = NewAuditEntry::new(
             state.now(),
             "circuit_opened",
             None,
             serde_json::json!({ "upstream": upstream.name }),
-            context,
+            &audit.context(),
         );
         record_in_background(state.stores.data.clone(), entry);
     }
-}
-
-/// The upstream's URI for a request: the upstream's scheme and authority, its base path,
-/// then the request's path and query as received.
-fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Result<Uri, ApiError> {
-    let invalid = || ApiError::invalid("The request path is not valid");
-    let base = upstream.url.path().trim_end_matches('/');
-    let path_and_query = if base.is_empty() {
-        // The common case, an upstream without a base path: the request's own path and
-        // query, already parsed, shared rather than formatted and parsed again.
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"))
-    } else {
-        let rest = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        format!("{base}{rest}").parse().map_err(|_| invalid())?
-    };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = upstream.url.scheme().cloned();
-    parts.authority = upstream.url.authority().cloned();
-    parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts).map_err(|_| invalid())
 }
 
 /// Names listed in a `Connection` header, which are hop-by-hop too.
@@ -355,11 +391,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-fn outgoing_request(
+/// The request as the backend gets it, and its path and query (which each target puts
+/// under its own base path).
+fn outgoing_request<B>(
     state: &AppState,
     upstream: &Upstream,
-    request: Request,
-) -> Result<Request, ApiError> {
+    request: http::Request<B>,
+) -> Result<(http::Request<B>, PathAndQuery), ApiError> {
     let (mut parts, body) = request.into_parts();
     // The host the client asked for: `Host`, else the target's authority (HTTP/2's
     // `:authority`, or an absolute-form target), passed on only when it is plainly a host.
@@ -375,8 +413,11 @@ fn outgoing_request(
                 .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
         })
         .filter(|host| host.to_str().is_ok_and(is_plain_host));
-    parts.uri = upstream_uri(upstream, &parts.uri)?;
-    parts.version = http::Version::HTTP_11;
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     upstream.forward.apply(headers);
@@ -426,7 +467,7 @@ fn outgoing_request(
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST, host);
     }
-    Ok(Request::from_parts(parts, body))
+    Ok((http::Request::from_parts(parts, body), path))
 }
 
 /// Whether `host` is plainly a host and perhaps a port: a name or IPv4 address
@@ -466,11 +507,16 @@ fn is_plain_host(host: &str) -> bool {
     name_ok && port_ok
 }
 
-fn incoming_response(response: http::Response<hyper::body::Incoming>) -> Response {
+fn incoming_response(
+    response: http::Response<hyper::body::Incoming>,
+    connection: Option<Box<client::H1>>,
+    in_flight: InFlight,
+) -> Response {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // No backend banner either: SPEC §6 wants no `Server` version on any response.
     parts.headers.remove(header::SERVER);
+    let body = UpstreamBody::new(body, connection, in_flight);
     let mut response = Response::from_parts(parts, Body::new(body));
     // The backend's own error bodies pass unchanged.
     response.extensions_mut().insert(OwnBody);
@@ -515,29 +561,6 @@ mod tests {
         ] {
             assert!(!is_plain_host(host), "{host}");
         }
-    }
-
-    fn upstream(url: &str) -> Upstream {
-        Upstream {
-            name: "orders",
-            url: url.parse().unwrap(),
-            timeout: Duration::from_secs(1),
-            circuit_breaker: crate::circuit_breaker::Settings::default(),
-            forward: headers::ForwardPolicy::default(),
-        }
-    }
-
-    #[test]
-    fn the_upstream_uri_keeps_the_path_and_query_under_the_base_path() {
-        let uri: Uri = "/orders/7?side=buy".parse().unwrap();
-        assert_eq!(
-            upstream_uri(&upstream("http://127.0.0.1:9000"), &uri).unwrap(),
-            "http://127.0.0.1:9000/orders/7?side=buy"
-        );
-        assert_eq!(
-            upstream_uri(&upstream("http://127.0.0.1:9000/api/"), &uri).unwrap(),
-            "http://127.0.0.1:9000/api/orders/7?side=buy"
-        );
     }
 
     #[test]

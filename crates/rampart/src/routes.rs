@@ -88,6 +88,8 @@ pub struct Route {
     pub max_body: usize,
     /// `false`: the path matches regardless of ASCII case.
     pub case_sensitive: bool,
+    /// Whether WebSocket upgrades are tunnelled to the upstream.
+    pub websocket: bool,
 }
 
 impl Route {
@@ -125,19 +127,35 @@ impl Route {
     }
 }
 
-/// An upstream service.
+/// An upstream service: one or more targets, balanced by least outstanding requests.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// Its configured name (the metric label).
     pub name: &'static str,
-    /// Base URL.
-    pub url: http::Uri,
+    /// Its backends (`url`, or each of `targets`), each with its own connections, circuit
+    /// breaker and health.
+    pub targets: Arc<[Arc<crate::proxy::Target>]>,
     /// Time allowed for the response head.
     pub timeout: Duration,
-    /// Circuit-breaker settings.
+    /// Circuit-breaker settings, for each target.
     pub circuit_breaker: crate::circuit_breaker::Settings,
     /// Which request headers stop at the gateway.
     pub forward: crate::proxy::headers::ForwardPolicy,
+    /// Active health checks of each target, if configured.
+    pub health_check: Option<HealthCheck>,
+    /// Further attempts after a connect failure (idempotent methods without a body).
+    pub retries: u32,
+    /// The balancer's shared state: the upstream-level circuit state and the rotation.
+    pub balancer: Arc<crate::proxy::Balancer>,
+}
+
+/// An upstream's `health_check`.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// The path (and query) asked for with `GET`.
+    pub path: http::uri::PathAndQuery,
+    /// Time between checks of one target.
+    pub interval: Duration,
 }
 
 /// What a request matched.
@@ -226,14 +244,38 @@ impl RouteTable {
                 },
                 None => crate::circuit_breaker::Settings::default(),
             };
+            let targets = upstream
+                .target_urls()
+                .into_iter()
+                .map(|url| {
+                    let field = if upstream.url.is_some() {
+                        "url"
+                    } else {
+                        "targets"
+                    };
+                    crate::config::check_target_url(url)
+                        .map(|uri| Arc::new(crate::proxy::Target::new(&uri, circuit_breaker)))
+                        .map_err(|message| format!("upstreams.{name}.{field}: {message}"))
+                })
+                .collect::<Result<Arc<[_]>, String>>()?;
+            if targets.is_empty() {
+                return Err(format!("upstreams.{name}: url or targets is required"));
+            }
+            let health_check = match &upstream.health_check {
+                Some(raw) => Some(HealthCheck {
+                    path: raw
+                        .path
+                        .parse()
+                        .map_err(|_| format!("upstreams.{name}.health_check.path"))?,
+                    interval: parse_duration(&raw.interval)?,
+                }),
+                None => None,
+            };
             table.upstreams.insert(
                 name.clone(),
                 Arc::new(Upstream {
                     name: leak(name),
-                    url: upstream
-                        .url
-                        .parse()
-                        .map_err(|_| format!("upstreams.{name}.url"))?,
+                    targets,
                     timeout: parse_duration(&upstream.timeout)?,
                     circuit_breaker,
                     forward: crate::proxy::headers::ForwardPolicy::new(
@@ -241,6 +283,9 @@ impl RouteTable {
                         &upstream.pass_request_headers.0,
                     )
                     .map_err(|error| format!("upstreams.{name}: {error}"))?,
+                    health_check,
+                    retries: upstream.retries,
+                    balancer: Arc::default(),
                 }),
             );
         }
@@ -329,6 +374,7 @@ impl RouteTable {
                     None => default_max_body,
                 },
                 case_sensitive: raw.case_sensitive,
+                websocket: raw.websocket,
             }));
             table.any_case_insensitive |= !raw.case_sensitive;
         }
@@ -507,6 +553,7 @@ mod tests {
             auth: true,
             per: "user".into(),
             case_sensitive: true,
+            websocket: false,
         }
     }
 
@@ -514,11 +561,14 @@ mod tests {
         BTreeMap::from([(
             "orders".to_owned(),
             RawUpstream {
-                url: "http://127.0.0.1:9000".into(),
+                url: Some("http://127.0.0.1:9000".into()),
+                targets: None,
                 timeout: "5s".into(),
                 circuit_breaker: None,
                 strip_request_headers: crate::config::List::default(),
                 pass_request_headers: crate::config::List::default(),
+                health_check: None,
+                retries: 0,
             },
         )])
     }

@@ -803,7 +803,11 @@ async fn serve_http<I>(
         })
     };
     let limits = shared.limits;
-    let mut connection = pin!(shared.builder.serve_connection(TokioIo::new(io), service));
+    let mut connection = pin!(
+        shared
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+    );
     let mut timer = pin!(tokio::time::sleep_until(activity.started));
     let mut draining = false;
     let mut armed = None;

@@ -184,6 +184,7 @@ mod tests {
             auth: false,
             per: per.into(),
             case_sensitive: true,
+            websocket: false,
         }
     }
 

@@ -23,3 +23,4 @@ mod registration;
 mod server;
 mod session_security;
 mod tokens;
+mod upstreams;
