@@ -33,7 +33,7 @@ use crate::client_ip::ClientIp;
 use crate::error::{ApiError, OwnBody};
 use crate::metrics::UpstreamLabel;
 use crate::request::RequestId;
-use crate::routes::Upstream;
+use crate::routes::{Route, Upstream};
 use crate::state::AppState;
 
 mod client;
@@ -98,6 +98,21 @@ enum Outcome {
     TimedOut,
 }
 
+/// What the pipeline knows of the caller that the backend's headers, the tunnel and the
+/// audit rows are made from: passed by reference, never through the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The trusted client IP.
+    pub client: ClientIp,
+    /// The request id, and the same as a header value.
+    pub id: &'a RequestId,
+    pub id_header: Option<&'a HeaderValue>,
+    /// Who is asking.
+    pub authentication: &'a Authentication,
+    /// The matched route.
+    pub route: &'a Route,
+}
+
 /// What an audit entry of a state change needs, kept without allocating.
 pub(crate) struct AuditContext {
     client: Option<std::net::IpAddr>,
@@ -105,10 +120,10 @@ pub(crate) struct AuditContext {
 }
 
 impl AuditContext {
-    pub(crate) fn of<B>(request: &http::Request<B>) -> Self {
+    pub(crate) fn of(caller: &Caller<'_>) -> Self {
         Self {
-            client: request.extensions().get::<ClientIp>().map(|ip| ip.0),
-            request_id: request.extensions().get::<RequestId>().cloned(),
+            client: Some(caller.client.0),
+            request_id: Some(caller.id.clone()),
         }
     }
 
@@ -137,15 +152,20 @@ fn retryable<B: hyper::body::Body>(request: &http::Request<B>) -> bool {
 /// Forwards `request` to `upstream`: picks a target (least outstanding requests among the
 /// healthy ones whose circuit admits it), sends, and answers with the backend's response,
 /// or 502 / 503 / 504 as SPEC §3 says.
-pub async fn forward(state: &AppState, upstream: &Upstream, request: Request) -> Response {
-    if websocket::wanted(&request) {
-        return websocket::tunnel(state, upstream, request).await;
+pub async fn forward(
+    state: &AppState,
+    upstream: &Upstream,
+    caller: &Caller<'_>,
+    request: Request,
+) -> Response {
+    if websocket::wanted(&request, caller.route) {
+        return websocket::tunnel(state, upstream, caller, request).await;
     }
-    let audit = AuditContext::of(&request);
+    let audit = AuditContext::of(caller);
     let (parts, body) = request.into_parts();
     let (body, client_body) = WatchedBody::new(body);
     let request = http::Request::from_parts(parts, body);
-    let (mut request, path) = match outgoing_request(state, upstream, request) {
+    let (mut request, path) = match outgoing_request(state, upstream, caller, request) {
         Ok(outgoing) => outgoing,
         Err(error) => return error.into_response(),
     };
@@ -396,6 +416,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn outgoing_request<B>(
     state: &AppState,
     upstream: &Upstream,
+    caller: &Caller<'_>,
     request: http::Request<B>,
 ) -> Result<(http::Request<B>, PathAndQuery), ApiError> {
     let (mut parts, body) = request.into_parts();
@@ -421,8 +442,7 @@ fn outgoing_request<B>(
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     upstream.forward.apply(headers);
-    if let Some(Authentication::Authenticated(principal)) = parts.extensions.get::<Authentication>()
-    {
+    if let Authentication::Authenticated(principal) = caller.authentication {
         headers.insert(USER_ID, HeaderValue::from(principal.user_id));
         // Usernames are [A-Za-z0-9_] and roles [a-z0-9_]: always valid header values.
         if let Ok(value) = HeaderValue::from_str(&principal.username) {
@@ -432,13 +452,12 @@ fn outgoing_request<B>(
             headers.insert(ROLE, value);
         }
     }
-    if let Some(id) = parts.extensions.get::<RequestId>()
-        && let Ok(value) = HeaderValue::from_str(&id.0)
-    {
-        headers.insert(X_REQUEST_ID, value);
+    if let Some(value) = caller.id_header {
+        headers.insert(X_REQUEST_ID, value.clone());
     }
     let proto = if state.proxy.tls { "https" } else { "http" };
-    if let Some(client) = parts.extensions.get::<ClientIp>() {
+    {
+        let client = caller.client;
         // Built from the trusted client IP alone: whatever chain the client sent is dropped,
         // so a backend can never be told a client-chosen address. An unknown client is
         // said to be `unknown` in all three (`Forwarded: for=unknown`, RFC 7239 §6): with no

@@ -155,22 +155,29 @@ async fn stages(
     crate::authorization::authorize(state, context)?;
     let mut request = crate::validation::validate(state, context, request).await?;
 
-    // What the backend's headers and the handlers are made from.
+    let upstream = context.route.as_ref().and_then(|route| {
+        let name = route.upstream.as_deref()?;
+        Some((route, state.routes.upstreams.get(name)?))
+    });
+    if let Some((route, upstream)) = upstream {
+        // The backend's headers are made from the context itself, not from extensions.
+        let caller = crate::proxy::Caller {
+            client: context.client,
+            id: &context.id,
+            id_header: context.id_header.as_ref(),
+            authentication: &context.authentication,
+            route,
+        };
+        let started = tokio::time::Instant::now();
+        let response = crate::proxy::forward(state, upstream, &caller, request).await;
+        context.upstream = Some((upstream.name, started.elapsed()));
+        return Ok(response);
+    }
+    // What the handlers read.
     let extensions = request.extensions_mut();
     extensions.insert(context.client);
     extensions.insert(context.id.clone());
     extensions.insert(context.authentication.clone());
-    let upstream = context
-        .route
-        .as_ref()
-        .and_then(|route| route.upstream.as_deref())
-        .and_then(|name| state.routes.upstreams.get(name));
-    if let Some(upstream) = upstream {
-        let started = tokio::time::Instant::now();
-        let response = crate::proxy::forward(state, upstream, request).await;
-        context.upstream = Some((upstream.name, started.elapsed()));
-        return Ok(response);
-    }
     if let Some(route) = &context.route {
         extensions.insert(MatchedRoute(Arc::clone(route)));
     }

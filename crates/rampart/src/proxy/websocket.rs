@@ -24,11 +24,11 @@ use http::{Method, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 
 use super::client::{self, InFlight, UpstreamBody};
-use super::{AuditContext, note_transition, outgoing_request, strip_hop_by_hop};
+use super::{AuditContext, Caller, note_transition, outgoing_request, strip_hop_by_hop};
 use crate::authentication::{Authentication, Principal};
 use crate::error::{ApiError, OwnBody};
 use crate::metrics::UpstreamLabel;
-use crate::routes::{MatchedRoute, Upstream};
+use crate::routes::{Route, Upstream};
 use crate::state::AppState;
 
 /// How often an open tunnel looks up whether its login was revoked.
@@ -45,15 +45,12 @@ fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
 }
 
 /// Whether this is a WebSocket handshake on a route that tunnels them.
-pub(super) fn wanted(request: &Request) -> bool {
+pub(super) fn wanted(request: &Request, route: &Route) -> bool {
     // The common case, no `Upgrade` at all, is settled by the first test.
     request.headers().contains_key(header::UPGRADE)
         && request.method() == Method::GET
         && request.version() == Version::HTTP_11
-        && request
-            .extensions()
-            .get::<MatchedRoute>()
-            .is_some_and(|route| route.0.websocket)
+        && route.websocket
         && lists(request.headers(), header::UPGRADE, "websocket")
         && lists(request.headers(), header::CONNECTION, "upgrade")
 }
@@ -62,17 +59,18 @@ pub(super) fn wanted(request: &Request) -> bool {
 pub(super) async fn tunnel(
     state: &AppState,
     upstream: &Upstream,
+    caller: &Caller<'_>,
     mut request: Request,
 ) -> Response {
     let client_upgrade = hyper::upgrade::on(&mut request);
-    let principal = match request.extensions().get::<Authentication>() {
-        Some(Authentication::Authenticated(principal)) => Some(principal.clone()),
+    let principal = match caller.authentication {
+        Authentication::Authenticated(principal) => Some(principal.clone()),
         _ => None,
     };
-    let audit = AuditContext::of(&request);
+    let audit = AuditContext::of(caller);
     let (parts, _empty) = request.into_parts();
     let request = http::Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
-    let (mut request, path) = match outgoing_request(state, upstream, request) {
+    let (mut request, path) = match outgoing_request(state, upstream, caller, request) {
         Ok(outgoing) => outgoing,
         Err(error) => return error.into_response(),
     };
