@@ -261,14 +261,27 @@ impl Cors {
     }
 
     fn decorate(&self, headers: &mut HeaderMap, origin: Option<HeaderValue>, preflight: bool) {
+        // Rampart decides CORS for the whole gateway: a backend's own fields (an echoed
+        // `Origin`, say) never reach the browser beside Rampart's credentials grant.
+        for name in [
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            header::ACCESS_CONTROL_MAX_AGE,
+        ] {
+            headers.remove(name);
+        }
+        headers.append(header::VARY, VARY_CORS);
+        let Some(origin) = origin else {
+            return;
+        };
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
             HeaderValue::from_static("true"),
         );
-        headers.append(header::VARY, VARY_CORS);
-        if let Some(origin) = origin {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        }
         if preflight {
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,

@@ -399,11 +399,18 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// The most bytes of one client-sent field (path, user agent) a line carries: a line stays
+/// small whatever the client sends, so a queue of lines waiting for a slow stdout is bounded
+/// in bytes as well as in lines. A longer field ends in `...`.
+const MAX_FIELD: usize = 512;
+
 /// Copies `bytes` as the inside of a JSON string (also safe in a quoted text value): `"`
 /// and `\` escaped, control characters and every byte outside printable ASCII as
 /// `\u00XX`, so that no client-sent byte can break or forge a line.
 fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let cut = bytes.len() > MAX_FIELD;
+    let bytes = &bytes[..bytes.len().min(MAX_FIELD)];
     for &byte in bytes {
         match byte {
             b'"' | b'\\' => {
@@ -417,6 +424,9 @@ fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
                 out.push(HEX[usize::from(byte & 0xf)]);
             }
         }
+    }
+    if cut {
+        out.extend_from_slice(b"...");
     }
 }
 
@@ -506,6 +516,17 @@ mod tests {
         assert_eq!(value["user_id"], 42);
         assert!(value["key_id"].is_null());
         assert_eq!(value["user_agent"], "curl/8 \"quoted\"\n\u{ff}");
+
+        // A client's huge field is cut: the line stays small.
+        let agent = vec![0xffu8; 30_000];
+        let long = Entry {
+            user_agent: Some(&agent),
+            ..entry()
+        };
+        let line = long.line(true, now);
+        assert!(line.len() < 4 * 1024, "{} bytes", line.len());
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert!(value["user_agent"].as_str().unwrap().ends_with("..."));
     }
 
     #[test]
