@@ -60,6 +60,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const USER_ID: HeaderName = HeaderName::from_static("x-rampart-user-id");
 const USERNAME: HeaderName = HeaderName::from_static("x-rampart-username");
 const ROLE: HeaderName = HeaderName::from_static("x-rampart-role");
+const KEY_ID: HeaderName = HeaderName::from_static("x-rampart-key-id");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -109,6 +110,8 @@ pub struct Caller<'a> {
     pub id_header: Option<&'a HeaderValue>,
     /// Who is asking.
     pub authentication: &'a Authentication,
+    /// The API key the request authenticated with.
+    pub key_id: Option<i64>,
     /// The matched route.
     pub route: &'a Route,
 }
@@ -451,6 +454,9 @@ fn outgoing_request<B>(
         if let Ok(value) = HeaderValue::from_str(&principal.role) {
             headers.insert(ROLE, value);
         }
+    }
+    if let Some(key) = caller.key_id {
+        headers.insert(KEY_ID, HeaderValue::from(key));
     }
     if let Some(value) = caller.id_header {
         headers.insert(X_REQUEST_ID, value.clone());

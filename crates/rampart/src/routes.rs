@@ -121,9 +121,12 @@ impl Route {
         self.prefix || parts.next().is_none()
     }
 
-    /// Whether the method is allowed here.
+    /// Whether the method is allowed here. `HEAD` is allowed wherever `GET` is (it is
+    /// answered by the same handler), so its policy is GET's.
     pub fn allows(&self, method: &Method) -> bool {
-        self.methods.is_empty() || self.methods.contains(method)
+        self.methods.is_empty()
+            || self.methods.contains(method)
+            || (method == Method::HEAD && self.methods.contains(&Method::GET))
     }
 }
 
@@ -617,6 +620,9 @@ mod tests {
         );
         assert_eq!(name(Method::DELETE, "/accounts/3"), "/accounts/{id}");
         assert_eq!(name(Method::GET, "/accounts/3/other"), "none");
+        // HEAD has GET's route and policy.
+        assert_eq!(name(Method::HEAD, "/users/me"), "/users/me");
+        assert_eq!(name(Method::HEAD, "/orders/17"), "/orders/*");
     }
 
     #[test]

@@ -147,6 +147,11 @@ async fn stages(
     {
         return Ok(cors.preflight());
     }
+    // CONNECT and TRACE are never passed on: one would open a tunnel through the gateway,
+    // the other would echo the request's credentials back.
+    if matches!(*request.method(), Method::CONNECT | Method::TRACE) {
+        return Err(Refusal::method_not_allowed(None));
+    }
     crate::routes::resolve(state, context, &mut request)?;
     // The access line shows the path the decisions were made on.
     *target = request.uri().path_and_query().cloned();
@@ -166,6 +171,7 @@ async fn stages(
             id: &context.id,
             id_header: context.id_header.as_ref(),
             authentication: &context.authentication,
+            key_id: context.key_id,
             route,
         };
         let started = tokio::time::Instant::now();

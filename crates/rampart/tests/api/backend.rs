@@ -102,6 +102,19 @@ async fn flaky(State(backend): State<Backend>) -> Response {
     }
 }
 
+/// A backend with CORS fields of its own, granting any origin with credentials.
+async fn cors_echo(State(backend): State<Backend>) -> Response {
+    backend.hits.fetch_add(1, Ordering::SeqCst);
+    (
+        [
+            ("access-control-allow-origin", "https://evil.example.com"),
+            ("access-control-allow-credentials", "true"),
+        ],
+        "{}",
+    )
+        .into_response()
+}
+
 async fn hang(State(backend): State<Backend>) -> Response {
     backend.hits.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -130,6 +143,7 @@ pub async fn start() -> Backend {
         .route("/status/{code}", any(status))
         .route("/flaky", any(flaky))
         .route("/hang", any(hang))
+        .route("/cors-echo", any(cors_echo))
         .route("/large/{size}", any(large))
         .fallback(echo)
         .with_state(backend.clone());

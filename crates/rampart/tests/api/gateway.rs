@@ -689,6 +689,11 @@ async fn programs_must_sign_on_signed_routes(backend: Backend) {
         echo["headers"]["x-rampart-user-id"],
         json!([admin.user_id.to_string()])
     );
+    // The backend can tell a program from a person (SPEC §3).
+    assert_eq!(
+        echo["headers"]["x-rampart-key-id"],
+        json!([key.id.to_string()])
+    );
     for gone in ["x-api-key", "authorization"] {
         assert!(
             echo["headers"].get(gone).is_none(),
@@ -705,6 +710,8 @@ async fn programs_must_sign_on_signed_routes(backend: Backend) {
         )
         .await;
     assert_eq!(bearer.status(), 200);
+    let echo: Value = bearer.json().await.unwrap();
+    assert!(echo["headers"].get("x-rampart-key-id").is_none(), "{echo}");
     assert_eq!(upstream.hits(), 3);
 }
 

@@ -188,6 +188,83 @@ async fn cors_answers_only_listed_origins(backend: Backend) {
             .get("access-control-allow-origin")
             .is_none()
     );
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none(),
+        "credentials are granted only beside an allowed origin"
+    );
+}
+
+async fn a_backends_own_cors_fields_never_reach_the_browser(backend: Backend) {
+    // The backend echoes any Origin with credentials; Rampart's [cors] decides instead.
+    let upstream = crate::backend::start().await;
+    let setup = crate::gateway::routes_setup(
+        &upstream,
+        "[cors]\nallowed_origins = [\"https://app.example.com\"]\n\
+         [[routes]]\npath = \"/cors-echo\"\nauth = false\nupstream = \"app\"\n",
+        "",
+    );
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    let response = app
+        .client
+        .get(app.url("/cors-echo"))
+        .header("origin", "https://evil.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    let response = app
+        .client
+        .get(app.url("/cors-echo"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+}
+
+async fn connect_and_trace_are_refused(backend: Backend) {
+    let upstream = crate::backend::start().await;
+    let setup = crate::gateway::routes_setup(
+        &upstream,
+        "[[routes]]\npath = \"/pub/*\"\nauth = false\nupstream = \"app\"\n",
+        "",
+    );
+    let Some(app) = spawn_app_with(backend, setup).await else {
+        return;
+    };
+    for method in ["TRACE", "CONNECT"] {
+        let response = app
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                app.url("/pub/x"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method}");
+    }
+    assert_eq!(upstream.hits(), 0, "nothing reached the backend");
 }
 
 async fn metrics_are_served_only_to_allowed_networks(backend: Backend) {
@@ -306,6 +383,8 @@ crate::on_databases!(
     framework_rejections_become_json_errors,
     a_well_formed_client_request_id_is_kept_and_others_replaced,
     cors_answers_only_listed_origins,
+    a_backends_own_cors_fields_never_reach_the_browser,
+    connect_and_trace_are_refused,
     metrics_are_served_only_to_allowed_networks,
     labels_never_carry_raw_paths_or_user_input,
     readiness_reports_the_stores,
