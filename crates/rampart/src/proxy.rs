@@ -195,7 +195,10 @@ pub async fn forward(
         )
         .await;
         let outcome = match sent {
-            Err(_) => Outcome::TimedOut,
+            Err(_) => {
+                target.forget_h2();
+                Outcome::TimedOut
+            }
             Ok(Ok((response, connection))) => {
                 Outcome::Answered(incoming_response(response, connection, in_flight))
             }

@@ -214,6 +214,15 @@ impl Target {
         *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = handle;
     }
 
+    /// Stops sharing this target's HTTP/2 connection after a request on it timed out: a
+    /// stalled connection is not given new requests, the next one opens a fresh connection,
+    /// and the old one closes once its last stream ends.
+    pub(crate) fn forget_h2(&self) {
+        if self.protocol != Protocol::Http1 {
+            self.set_h2_handle(None);
+        }
+    }
+
     /// Sends `request` (its headers already prepared) for `path` to this target and waits
     /// for the response head.
     pub(crate) async fn send(
@@ -259,7 +268,7 @@ impl Target {
             Err(error) => return Err(SendError::Connect(error, Box::new(request))),
         };
         if self.protocol == Protocol::H2c || stream.connected().is_negotiated_h2() {
-            let (mut handle, connection) = match http2::Builder::new(TokioExecutor::new())
+            let (mut handle, connection) = match h2_builder()
                 .handshake::<_, WatchedBody>(stream)
                 .await
             {
@@ -301,6 +310,23 @@ impl Target {
             Err((None, error)) => Err(SendError::Failed(error)),
         }
     }
+}
+
+/// How often an HTTP/2 connection to a target is pinged, and how long a ping may go
+/// unanswered before the connection is closed as dead.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// HTTP/2 to a target: pinged while open, idle or not, so a stalled connection is closed
+/// (and replaced by the next request) rather than shared forever.
+fn h2_builder() -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    builder
 }
 
 /// Why a request did not get a response head from a target.

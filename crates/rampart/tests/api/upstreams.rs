@@ -411,6 +411,41 @@ async fn an_h2c_upstream_is_spoken_to_over_http2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2c_connection_is_replaced_after_a_timeout() {
+    // The first connection takes requests and never answers; later ones answer at once.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let stalled = count.fetch_add(1, Ordering::SeqCst) == 0;
+            let app = Router::new().fallback(move || async move {
+                if stalled {
+                    std::future::pending::<()>().await;
+                }
+                "ok"
+            });
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let app = sqlite_app(setup(&format!(
+        "url = \"h2c://{address}\"\ntimeout = \"500ms\""
+    )))
+    .await;
+    assert_error(get(&app, "/app/x").await, 504, "gateway_timeout").await;
+    let response = get(&app, "/app/x").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "ok");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_connections_to_a_target_are_reused() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
