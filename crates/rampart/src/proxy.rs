@@ -70,6 +70,8 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug)]
 pub struct Proxy {
     connector: Connector,
+    /// Open WebSocket tunnels, per client IP and in all.
+    tunnels: std::sync::Arc<websocket::Tunnels>,
     /// Whether the gateway is reached over TLS (for `Forwarded: proto=`).
     tls: bool,
 }
@@ -79,6 +81,7 @@ impl Proxy {
     pub fn new(tls: bool) -> Self {
         Self {
             connector: Connector::new(),
+            tunnels: std::sync::Arc::default(),
             tls,
         }
     }

@@ -13,6 +13,12 @@
 //! `Connection` headers are hop-by-hop and dropped as for any request: the backend gets a
 //! plain `GET`, and nothing is tunnelled.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,6 +28,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::client::{self, InFlight, UpstreamBody};
 use super::{AuditContext, Caller, note_transition, outgoing_request, strip_hop_by_hop};
@@ -33,6 +40,117 @@ use crate::state::AppState;
 
 /// How often an open tunnel looks up whether its login was revoked.
 const REVOCATION_POLL: Duration = Duration::from_secs(1);
+
+/// Open tunnels, per client IP and in all: a tunnel outlives the connection that asked for
+/// it, so it is counted here against `server.max_connections_per_ip` and
+/// `server.max_connections`.
+#[derive(Debug, Default)]
+pub(crate) struct Tunnels {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One open tunnel, counted until dropped.
+pub(crate) struct TunnelGuard {
+    tunnels: Arc<Tunnels>,
+    client: IpAddr,
+}
+
+impl Tunnels {
+    /// Counts a new tunnel for `client`, unless it or everyone already has as many as allowed.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        client: IpAddr,
+        per_ip: usize,
+        total: usize,
+    ) -> Option<TunnelGuard> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let (all, by_ip) = &mut *open;
+        let mine = by_ip.get(&client).copied().unwrap_or(0);
+        if mine >= per_ip || *all >= total {
+            return None;
+        }
+        *all += 1;
+        by_ip.insert(client, mine + 1);
+        Some(TunnelGuard {
+            tunnels: Arc::clone(self),
+            client,
+        })
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        let mut open = self
+            .tunnels
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (all, by_ip) = &mut *open;
+        *all = all.saturating_sub(1);
+        if let Some(mine) = by_ip.get_mut(&self.client) {
+            *mine -= 1;
+            if *mine == 0 {
+                by_ip.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// One side of a tunnel, noting when it last read a byte.
+struct Active<T> {
+    io: T,
+    epoch: tokio::time::Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Active<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.io).poll_read(context, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let since = u64::try_from(this.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            this.last.store(since, Ordering::Relaxed);
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(context, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(context)
+    }
+}
+
+/// Completes once no byte has gone either way for `limit`.
+async fn idle(epoch: tokio::time::Instant, last: &AtomicU64, limit: Duration) {
+    loop {
+        let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + limit;
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
 
 /// Whether `headers` list `token` in `name` (a comma-separated list, any case).
 fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -78,6 +196,20 @@ pub(super) async fn tunnel(
     let headers = request.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+
+    let server = &state.config.server;
+    let Some(tunnel_guard) = state.proxy.tunnels.open(
+        caller.client.0,
+        server.max_connections_per_ip,
+        server.max_connections,
+    ) else {
+        return ApiError::ServiceUnavailable {
+            message: "Too many open WebSocket connections".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        }
+        .into_response();
+    };
+    let idle_timeout = server.idle_timeout;
 
     let (target, permit) = match client::pick(upstream, None) {
         Ok(picked) => picked,
@@ -160,6 +292,7 @@ pub(super) async fn tunnel(
     let state = state.clone();
     tokio::spawn(async move {
         let _in_flight = in_flight;
+        let _tunnel = tunnel_guard;
         let (client, backend) = match tokio::try_join!(client_upgrade, backend_upgrade) {
             Ok(both) => both,
             Err(error) => {
@@ -167,13 +300,29 @@ pub(super) async fn tunnel(
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut backend = TokioIo::new(backend);
+        let epoch = tokio::time::Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let mut client = Active {
+            io: TokioIo::new(client),
+            epoch,
+            last: Arc::clone(&last),
+        };
+        let mut backend = Active {
+            io: TokioIo::new(backend),
+            epoch,
+            last: Arc::clone(&last),
+        };
         tokio::select! {
             result = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
                 if let Err(error) = result {
                     tracing::debug!(upstream = upstream_name, error = %error, "WebSocket tunnel ended");
                 }
+            }
+            () = idle(epoch, &last, idle_timeout) => {
+                tracing::debug!(
+                    upstream = upstream_name,
+                    "WebSocket tunnel closed: idle for server.idle_timeout"
+                );
             }
             () = revoked(&state, principal.as_ref()) => {
                 tracing::info!(

@@ -622,6 +622,72 @@ async fn a_websocket_is_tunnelled_for_its_caller_until_the_login_is_revoked(back
     );
 }
 
+/// Waits (at most `within`) for the socket to be closed; `false` if it stays open.
+async fn closes_within(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    within: Duration,
+) -> bool {
+    tokio::time::timeout(within, async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(message)) if message.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_are_limited_per_client_and_closed_when_idle() {
+    let (address, seen) = websocket_backend().await;
+    let app = sqlite_app(
+        Setup::toml(&format!(
+            "[[routes]]\npath = \"/stream\"\nupstream = \"ws\"\nwebsocket = true\nauth = false\n\n\
+             [upstreams.ws]\nurl = \"{address}\"\n"
+        ))
+        .env("RAMPART_SERVER__IDLE_TIMEOUT", "1s")
+        .env("RAMPART_SERVER__MAX_CONNECTIONS_PER_IP", "2"),
+    )
+    .await;
+    let mut busy = connect(&app, "/stream", None).await.expect("a first tunnel");
+    let mut quiet = connect(&app, "/stream", None).await.expect("a second tunnel");
+    assert_eq!(refused_with(connect(&app, "/stream", None).await), 503);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "the refused handshake never reached the backend"
+    );
+    // A tunnel with traffic outlives the idle timeout; one without is closed by it.
+    for n in 0..8 {
+        let text = format!("tick {n}");
+        busy.send(Message::text(text.clone())).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(5), busy.next())
+            .await
+            .expect("an echo")
+            .expect("open")
+            .unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), text);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        closes_within(&mut quiet, Duration::from_secs(1)).await,
+        "the idle tunnel is closed"
+    );
+    // Its place is free again.
+    let _third = connect(&app, "/stream", None)
+        .await
+        .expect("a closed tunnel no longer counts");
+    assert!(
+        closes_within(&mut busy, Duration::from_secs(3)).await,
+        "a tunnel that falls quiet is closed too"
+    );
+}
+
 async fn an_upgrade_on_a_route_without_websocket_is_not_tunnelled(backend: Backend) {
     let upstream = backend::start().await;
     let Some(app) = spawn_app_with(backend, websocket_setup(&upstream.address)).await else {
