@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::client::{self, InFlight, UpstreamBody};
 use super::{AuditContext, Caller, note_transition, outgoing_request, strip_hop_by_hop};
-use crate::authentication::{Authentication, Principal};
+use crate::authentication::{self, Authentication, Credential, api_key};
 use crate::error::{ApiError, OwnBody};
 use crate::metrics::UpstreamLabel;
 use crate::routes::{Route, Upstream};
@@ -181,10 +181,7 @@ pub(super) async fn tunnel(
     mut request: Request,
 ) -> Response {
     let client_upgrade = hyper::upgrade::on(&mut request);
-    let principal = match caller.authentication {
-        Authentication::Authenticated(principal) => Some(principal.clone()),
-        _ => None,
-    };
+    let held = Held::of(caller.authentication, request.headers());
     let audit = AuditContext::of(caller);
     let (parts, _empty) = request.into_parts();
     let request = http::Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
@@ -324,10 +321,10 @@ pub(super) async fn tunnel(
                     "WebSocket tunnel closed: idle for server.idle_timeout"
                 );
             }
-            () = revoked(&state, principal.as_ref()) => {
+            () = revoked(&state, &held) => {
                 tracing::info!(
                     upstream = upstream_name,
-                    "WebSocket tunnel closed: its login was revoked"
+                    "WebSocket tunnel closed: its credential no longer holds"
                 );
             }
         }
@@ -337,20 +334,96 @@ pub(super) async fn tunnel(
     response
 }
 
-/// Completes once the caller's login is revoked; never for a caller without one (an
-/// anonymous route, or an API key).
-async fn revoked(state: &AppState, principal: Option<&Principal>) {
-    let Some(family) = principal
-        .map(|principal| &principal.family_id)
-        .filter(|family| !family.is_empty())
-    else {
-        return std::future::pending().await;
+/// The credential a tunnel was opened with, checked again every second while it is open.
+enum Held {
+    /// An anonymous route: nothing to check.
+    Nothing,
+    /// An access token (bearer or cookie) and its login.
+    Token { token: Box<str>, family: Arc<str> },
+    /// An API key as presented.
+    Key(Box<str>),
+}
+
+impl Held {
+    fn of(authentication: &Authentication, headers: &HeaderMap) -> Self {
+        let Authentication::Authenticated(principal) = authentication else {
+            return Self::Nothing;
+        };
+        let token = match principal.credential {
+            Credential::ApiKey => {
+                return headers
+                    .get(api_key::KEY_HEADER)
+                    .and_then(|value| value.to_str().ok())
+                    .map_or(Self::Nothing, |key| Self::Key(key.into()));
+            }
+            Credential::Bearer => headers
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split_once(' '))
+                .map(|(_, token)| token.trim()),
+            Credential::Cookie => authentication::cookie(headers, authentication::ACCESS_COOKIE),
+        };
+        token.map_or(Self::Nothing, |token| Self::Token {
+            token: token.into(),
+            family: Arc::clone(&principal.family_id),
+        })
+    }
+}
+
+/// Whether an API key still authenticates: known, unexpired, its owner enabled. From the
+/// key cache (which drops a key on any change to it or its owner), else from the store.
+/// A store that cannot answer leaves the tunnel open.
+async fn key_holds(state: &AppState, key: &str) -> bool {
+    let Some(prefix) = api_key::parse_key(key) else {
+        return false;
     };
+    let now = state.now();
+    let digest = authentication::verified::digest(key.as_bytes());
+    let unexpired = |expires_at: Option<i64>| expires_at.is_none_or(|at| at > now);
+    if let Some(record) = state.api_keys.get(&digest) {
+        return unexpired(record.expires_at);
+    }
+    let record = match state.stores.data.api_key_by_prefix(prefix).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return false,
+        Err(error) => {
+            tracing::warn!(error = %error, "could not check a WebSocket tunnel's API key");
+            return true;
+        }
+    };
+    if !record.key_hash.eq_ignore_ascii_case(&hex::encode(digest)) || !unexpired(record.expires_at)
+    {
+        return false;
+    }
+    match state.stores.data.user_by_id(record.user_id).await {
+        Ok(user) => user.is_some_and(|user| !user.disabled),
+        Err(error) => {
+            tracing::warn!(error = %error, "could not check a WebSocket tunnel's API key");
+            true
+        }
+    }
+}
+
+/// Completes once the caller's credential no longer holds: its login revoked or its access
+/// token expired, its API key deleted, expired or its owner disabled. Never on an anonymous
+/// route.
+async fn revoked(state: &AppState, held: &Held) {
+    if matches!(held, Held::Nothing) {
+        return std::future::pending().await;
+    }
     let mut ticker = tokio::time::interval(REVOCATION_POLL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if state.revocations.is_revoked(family) {
+        let holds = match held {
+            Held::Nothing => true,
+            Held::Token { token, family } => {
+                (family.is_empty() || !state.revocations.is_revoked(family))
+                    && state.tokens.verify(token).is_ok()
+            }
+            Held::Key(key) => key_holds(state, key).await,
+        };
+        if !holds {
             return;
         }
     }

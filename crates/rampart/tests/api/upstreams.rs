@@ -688,6 +688,64 @@ async fn websocket_tunnels_are_limited_per_client_and_closed_when_idle() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_opened_with_an_api_key_closes_when_the_key_is_deleted() {
+    let (address, seen) = websocket_backend().await;
+    let app = sqlite_app(websocket_setup(&address)).await;
+    let session = app.user("keyed").await;
+    let key = crate::api_keys::create_key(&app, &session, "stream").await;
+    let open = || async {
+        let url = app.url("/stream").replacen("http://", "ws://", 1);
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("x-api-key", key.key.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+            .await
+            .map(|(socket, _)| socket)
+    };
+    let mut socket = open().await.expect("a key opens a tunnel");
+    assert!(
+        !closes_within(&mut socket, Duration::from_millis(2500)).await,
+        "the tunnel stays open while the key holds"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let deleted = app
+        .send_with(
+            reqwest::Method::DELETE,
+            &format!("/users/me/api-keys/{}", key.id),
+            &session.access_token,
+            None,
+        )
+        .await;
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    assert!(
+        closes_within(&mut socket, Duration::from_secs(5)).await,
+        "the tunnel closes once its key is deleted"
+    );
+    assert_eq!(refused_with(open().await), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_opened_with_an_access_token_closes_when_it_expires() {
+    let (address, _seen) = websocket_backend().await;
+    let app = sqlite_app(websocket_setup(&address)).await;
+    let session = app.user("brief").await;
+    let mut socket = connect(&app, "/stream", Some(&session.access_token))
+        .await
+        .expect("a fresh token opens a tunnel");
+    assert!(
+        !closes_within(&mut socket, Duration::from_millis(1500)).await,
+        "the tunnel stays open while the token holds"
+    );
+    // Past the token's lifetime (an hour) and the verification leeway.
+    app.clock.advance(Duration::from_secs(3600 + 60));
+    assert!(
+        closes_within(&mut socket, Duration::from_secs(5)).await,
+        "the tunnel closes once its access token has expired"
+    );
+}
+
 async fn an_upgrade_on_a_route_without_websocket_is_not_tunnelled(backend: Backend) {
     let upstream = backend::start().await;
     let Some(app) = spawn_app_with(backend, websocket_setup(&upstream.address)).await else {
