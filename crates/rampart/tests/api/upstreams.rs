@@ -827,6 +827,41 @@ async fn upstream_keys_are_checked_at_start_up() {
         let error = load(upstream).unwrap_or_else(|| panic!("accepted: {upstream}"));
         assert!(error.contains(key), "{upstream}: {error}");
     }
+    // User information in a target would be sent as the Host and logged: refused, and the
+    // credential is not repeated in the message.
+    for upstream in [
+        "url = \"http://user:s3cret@127.0.0.1:9000\"",
+        "targets = [\"http://127.0.0.1:9001\", \"https://user:s3cret@b.example/api\"]",
+        "url = \"h2c://:s3cret@127.0.0.1:9000\"",
+        "url = \"http://s3cret@127.0.0.1:9000\"",
+        "url = \"ftp://user:s3cret@127.0.0.1:9000\"",
+    ] {
+        let error = load(upstream).unwrap_or_else(|| panic!("accepted: {upstream}"));
+        assert!(error.contains("upstreams.app."), "{upstream}: {error}");
+        assert!(!error.contains("s3cret"), "{upstream}: {error}");
+    }
+    // A WebSocket route needs HTTP/1.1 to its backend, which an h2c:// target does not speak.
+    let websocket = |upstream: &str| {
+        Config::load(&Sources {
+            file: Some(format!(
+                "[[routes]]\npath = \"/stream\"\nupstream = \"ws\"\nwebsocket = true\n\
+                 [upstreams.ws]\n{upstream}\n"
+            )),
+            env: Default::default(),
+            data_dir: Some(std::env::temp_dir()),
+        })
+        .err()
+        .map(|error| error.to_string())
+    };
+    for upstream in [
+        "url = \"h2c://127.0.0.1:9000\"",
+        "targets = [\"http://127.0.0.1:9001\", \"h2c://127.0.0.1:9000\"]",
+    ] {
+        let error = websocket(upstream).unwrap_or_else(|| panic!("accepted: {upstream}"));
+        assert!(error.contains("routes[0] (/stream).websocket"), "{error}");
+        assert!(error.contains("h2c"), "{error}");
+    }
+    assert_eq!(websocket("url = \"http://127.0.0.1:9000\""), None);
     for upstream in [
         "url = \"h2c://127.0.0.1:9000\"",
         "targets = [\"http://127.0.0.1:9000\", \"https://b.example/api\"]\nretries = 2\n\
