@@ -179,8 +179,14 @@ pub async fn forward(
     let mut avoid: Option<&Target> = None;
     let (target, permit, outcome) = loop {
         let (target, permit) = match client::pick(upstream, avoid) {
-            Ok(picked) => picked,
+            Ok(picked) => {
+                if !upstream.balancer.shown_closed() {
+                    note_upstream_state(state, upstream, &audit);
+                }
+                picked
+            }
             Err(unavailable) => {
+                note_upstream_state(state, upstream, &audit);
                 return ApiError::ServiceUnavailable {
                     message: "The upstream service is unavailable".into(),
                     retry_after: Some(unavailable.retry_after),
@@ -366,6 +372,12 @@ pub(crate) fn note_transition(
             "target circuit breaker"
         );
     }
+    note_upstream_state(state, upstream, audit);
+}
+
+/// Shows the upstream's circuit as its targets now make it (every target out by its
+/// breaker or its health check: open), counting and auditing an opening.
+pub(crate) fn note_upstream_state(state: &AppState, upstream: &Upstream, audit: &AuditContext) {
     let Some(now) = upstream.balancer.settle(&upstream.targets) else {
         return;
     };

@@ -553,13 +553,22 @@ impl Balancer {
         let value = u8::try_from(state.gauge_value()).unwrap_or(0);
         (self.state.swap(value, Ordering::AcqRel) != value).then_some(state)
     }
+
+    /// Whether the gauge shows the upstream's circuit other than closed.
+    pub(crate) fn shown_closed(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == 0
+    }
 }
 
-/// The upstream's circuit, from its targets': closed while any target's is closed, open
-/// when every target's is open (every target ejected), half-open otherwise.
+/// The upstream's circuit, from its targets': closed while any healthy target's is
+/// closed, open when every target is out (its circuit open or failing its health check),
+/// half-open otherwise.
 pub(crate) fn upstream_state(targets: &[Arc<Target>]) -> State {
     let mut any_half_open = false;
     for target in targets {
+        if !target.is_healthy() {
+            continue;
+        }
         match target.breaker.published_state() {
             State::Closed => return State::Closed,
             State::HalfOpen => any_half_open = true,

@@ -31,7 +31,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::client::{self, InFlight, UpstreamBody};
-use super::{AuditContext, Caller, note_transition, outgoing_request, strip_hop_by_hop};
+use super::{
+    AuditContext, Caller, note_transition, note_upstream_state, outgoing_request,
+    strip_hop_by_hop,
+};
 use crate::authentication::{self, Authentication, Credential, api_key};
 use crate::error::{ApiError, OwnBody};
 use crate::metrics::UpstreamLabel;
@@ -209,8 +212,14 @@ pub(super) async fn tunnel(
     let idle_timeout = server.idle_timeout;
 
     let (target, permit) = match client::pick(upstream, None) {
-        Ok(picked) => picked,
+        Ok(picked) => {
+            if !upstream.balancer.shown_closed() {
+                note_upstream_state(state, upstream, &audit);
+            }
+            picked
+        }
         Err(unavailable) => {
+            note_upstream_state(state, upstream, &audit);
             return ApiError::ServiceUnavailable {
                 message: "The upstream service is unavailable".into(),
                 retry_after: Some(unavailable.retry_after),

@@ -333,6 +333,24 @@ async fn a_target_failing_its_health_check_is_taken_out_until_it_passes() {
     let response = get(&app, "/app/x").await;
     assert!(response.headers().contains_key("retry-after"));
     assert_error(response, 503, "service_unavailable").await;
+    // Every target out by its health check shows as an open circuit, as an ejection would.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("rampart_circuit_breaker_state{upstream=\"app\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rampart_circuit_breaker_opens_total{upstream=\"app\"} 1"),
+        "{metrics}"
+    );
+    first.healthy.store(true, Ordering::SeqCst);
+    settle().await;
+    assert_eq!(get(&app, "/app/x").await.status(), 200);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("rampart_circuit_breaker_state{upstream=\"app\"} 0"),
+        "{metrics}"
+    );
 }
 
 /// An HTTP/2-only backend (no HTTP/1.1 at all) that echoes the version, method and body.
