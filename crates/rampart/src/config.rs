@@ -1635,11 +1635,12 @@ pub fn check_target_url(url: &str) -> Result<http::Uri, String> {
                 && uri.host().is_some_and(|host| !host.is_empty())
                 && uri.query().is_none() =>
         {
-            if uri.authority().is_some_and(|authority| authority.as_str().contains('@')) {
+            if uri
+                .authority()
+                .is_some_and(|authority| authority.as_str().contains('@'))
+            {
                 // Not echoed: the text before `@` is a credential.
-                return Err(
-                    "a target URL must not carry user information (user:password@)".into(),
-                );
+                return Err("a target URL must not carry user information (user:password@)".into());
             }
             Ok(uri)
         }

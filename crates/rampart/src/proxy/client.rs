@@ -13,10 +13,10 @@
 //! (hyper's `try_send_request`), and it goes out on the next one or a new connection. A
 //! failure to connect gives it back too, so the caller may try another target.
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -278,13 +278,11 @@ impl Target {
             Err(error) => return Err(SendError::Connect(error, Box::new(request))),
         };
         if self.protocol == Protocol::H2c || stream.connected().is_negotiated_h2() {
-            let (mut handle, connection) = match h2_builder()
-                .handshake::<_, WatchedBody>(stream)
-                .await
-            {
-                Ok(handshake) => handshake,
-                Err(error) => return Err(SendError::Connect(error.into(), Box::new(request))),
-            };
+            let (mut handle, connection) =
+                match h2_builder().handshake::<_, WatchedBody>(stream).await {
+                    Ok(handshake) => handshake,
+                    Err(error) => return Err(SendError::Connect(error.into(), Box::new(request))),
+                };
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(error = %error, "upstream HTTP/2 connection ended");

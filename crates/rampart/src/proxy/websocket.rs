@@ -32,8 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::client::{self, InFlight, UpstreamBody};
 use super::{
-    AuditContext, Caller, note_transition, note_upstream_state, outgoing_request,
-    strip_hop_by_hop,
+    AuditContext, Caller, note_transition, note_upstream_state, outgoing_request, strip_hop_by_hop,
 };
 use crate::authentication::{self, Authentication, Credential, api_key};
 use crate::error::{ApiError, OwnBody};
@@ -136,10 +135,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
         Pin::new(&mut self.get_mut().io).poll_flush(context)
     }
 
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(context)
     }
 }

@@ -672,8 +672,12 @@ async fn websocket_tunnels_are_limited_per_client_and_closed_when_idle() {
         .env("RAMPART_SERVER__MAX_CONNECTIONS_PER_IP", "2"),
     )
     .await;
-    let mut busy = connect(&app, "/stream", None).await.expect("a first tunnel");
-    let mut quiet = connect(&app, "/stream", None).await.expect("a second tunnel");
+    let mut busy = connect(&app, "/stream", None)
+        .await
+        .expect("a first tunnel");
+    let mut quiet = connect(&app, "/stream", None)
+        .await
+        .expect("a second tunnel");
     assert_eq!(refused_with(connect(&app, "/stream", None).await), 503);
     assert_eq!(
         seen.lock().unwrap().len(),
