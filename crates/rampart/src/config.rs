@@ -1236,6 +1236,22 @@ impl RawConfig {
             {
                 bad(&key, format!("upstream `{upstream}` is not defined"));
             }
+            // Tunnels speak HTTP/1.1 to the backend; an h2c:// target has none.
+            if route.websocket
+                && let Some(name) = &route.upstream
+                && let Some(upstream) = self.upstreams.get(name)
+                && upstream.target_urls().iter().any(|url| {
+                    url.get(..6)
+                        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("h2c://"))
+                })
+            {
+                bad(
+                    &format!("{key}.websocket"),
+                    format!(
+                        "upstream `{name}` has an h2c:// target, and WebSocket tunnels need HTTP/1.1"
+                    ),
+                );
+            }
             if route.roles.is_some() && route.permission.is_some() {
                 bad(&key, "give either roles or permission, not both".into());
             }
@@ -1619,10 +1635,19 @@ pub fn check_target_url(url: &str) -> Result<http::Uri, String> {
                 && uri.host().is_some_and(|host| !host.is_empty())
                 && uri.query().is_none() =>
         {
+            if uri
+                .authority()
+                .is_some_and(|authority| authority.as_str().contains('@'))
+            {
+                // Not echoed: the text before `@` is a credential.
+                return Err("a target URL must not carry user information (user:password@)".into());
+            }
             Ok(uri)
         }
         _ => Err(format!(
-            "`{url}` is not an http(s) URL (or h2c:// for HTTP/2 in the clear)"
+            "`{}` is not an http(s) URL (or h2c:// for HTTP/2 in the clear)",
+            // Text before an `@` may be a credential: not echoed.
+            if url.contains('@') { "the URL" } else { url }
         )),
     }
 }

@@ -71,6 +71,8 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug)]
 pub struct Proxy {
     connector: Connector,
+    /// Open WebSocket tunnels, per client IP and in all.
+    tunnels: std::sync::Arc<websocket::Tunnels>,
     /// Whether the gateway is reached over TLS (for `Forwarded: proto=`).
     tls: bool,
 }
@@ -80,6 +82,7 @@ impl Proxy {
     pub fn new(tls: bool) -> Self {
         Self {
             connector: Connector::new(),
+            tunnels: std::sync::Arc::default(),
             tls,
         }
     }
@@ -179,8 +182,14 @@ pub async fn forward(
     let mut avoid: Option<&Target> = None;
     let (target, permit, outcome) = loop {
         let (target, permit) = match client::pick(upstream, avoid) {
-            Ok(picked) => picked,
+            Ok(picked) => {
+                if !upstream.balancer.shown_closed() {
+                    note_upstream_state(state, upstream, &audit);
+                }
+                picked
+            }
             Err(unavailable) => {
+                note_upstream_state(state, upstream, &audit);
                 return ApiError::ServiceUnavailable {
                     message: "The upstream service is unavailable".into(),
                     retry_after: Some(unavailable.retry_after),
@@ -198,7 +207,10 @@ pub async fn forward(
         )
         .await;
         let outcome = match sent {
-            Err(_) => Outcome::TimedOut,
+            Err(_) => {
+                target.forget_h2();
+                Outcome::TimedOut
+            }
             Ok(Ok((response, connection))) => {
                 Outcome::Answered(incoming_response(response, connection, in_flight))
             }
@@ -363,6 +375,12 @@ pub(crate) fn note_transition(
             "target circuit breaker"
         );
     }
+    note_upstream_state(state, upstream, audit);
+}
+
+/// Shows the upstream's circuit as its targets now make it (every target out by its
+/// breaker or its health check: open), counting and auditing an opening.
+pub(crate) fn note_upstream_state(state: &AppState, upstream: &Upstream, audit: &AuditContext) {
     let Some(now) = upstream.balancer.settle(&upstream.targets) else {
         return;
     };

@@ -13,12 +13,13 @@
 //! (hyper's `try_send_request`), and it goes out on the next one or a new connection. A
 //! failure to connect gives it back too, so the caller may try another target.
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -43,6 +44,9 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle HTTP/1.1 connections kept per target.
 const MAX_IDLE: usize = 256;
+
+/// How long an HTTP/1.1 connection is kept unused before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,8 +83,8 @@ pub struct Target {
     in_flight: AtomicUsize,
     /// Boxed: a connection moves between this stack, the request and its response body,
     /// and a pointer is cheaper to move than the connection's state.
-    #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<H1>>>,
+    /// Oldest at the front; each with when it went idle.
+    idle: Mutex<VecDeque<(Instant, Box<H1>)>>,
     h2: Mutex<Option<http2::SendRequest<WatchedBody>>>,
 }
 
@@ -127,7 +131,7 @@ impl Target {
             breaker: CircuitBreaker::new(breaker),
             healthy: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             h2: Mutex::new(None),
         }
     }
@@ -180,15 +184,19 @@ impl Target {
         true
     }
 
-    #[allow(clippy::vec_box)]
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Box<H1>>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Box<H1>)>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An idle HTTP/1.1 connection that is still open and ready.
+    /// An idle HTTP/1.1 connection that is still open and ready (the warmest first).
     fn checkout(&self, context: &mut Context<'_>) -> Option<Box<H1>> {
+        let now = Instant::now();
         loop {
-            let mut connection = self.idle().pop()?;
+            let mut connection = {
+                let mut idle = self.idle();
+                expire(&mut idle, now);
+                idle.pop_back()?.1
+            };
             if connection.reusable(context) {
                 return Some(connection);
             }
@@ -198,9 +206,11 @@ impl Target {
     /// Keeps an HTTP/1.1 connection whose exchange is over, if it can take another.
     fn release(&self, mut connection: Box<H1>, context: &mut Context<'_>) {
         if connection.reusable(context) {
+            let now = Instant::now();
             let mut idle = self.idle();
+            expire(&mut idle, now);
             if idle.len() < MAX_IDLE {
-                idle.push(connection);
+                idle.push_back((now, connection));
             }
         }
     }
@@ -212,6 +222,15 @@ impl Target {
 
     fn set_h2_handle(&self, handle: Option<http2::SendRequest<WatchedBody>>) {
         *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = handle;
+    }
+
+    /// Stops sharing this target's HTTP/2 connection after a request on it timed out: a
+    /// stalled connection is not given new requests, the next one opens a fresh connection,
+    /// and the old one closes once its last stream ends.
+    pub(crate) fn forget_h2(&self) {
+        if self.protocol != Protocol::Http1 {
+            self.set_h2_handle(None);
+        }
     }
 
     /// Sends `request` (its headers already prepared) for `path` to this target and waits
@@ -259,13 +278,11 @@ impl Target {
             Err(error) => return Err(SendError::Connect(error, Box::new(request))),
         };
         if self.protocol == Protocol::H2c || stream.connected().is_negotiated_h2() {
-            let (mut handle, connection) = match http2::Builder::new(TokioExecutor::new())
-                .handshake::<_, WatchedBody>(stream)
-                .await
-            {
-                Ok(handshake) => handshake,
-                Err(error) => return Err(SendError::Connect(error.into(), Box::new(request))),
-            };
+            let (mut handle, connection) =
+                match h2_builder().handshake::<_, WatchedBody>(stream).await {
+                    Ok(handshake) => handshake,
+                    Err(error) => return Err(SendError::Connect(error.into(), Box::new(request))),
+                };
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(error = %error, "upstream HTTP/2 connection ended");
@@ -300,6 +317,35 @@ impl Target {
             Err((Some(unsent), error)) => Err(SendError::Connect(error.into(), Box::new(unsent))),
             Err((None, error)) => Err(SendError::Failed(error)),
         }
+    }
+}
+
+/// How often an HTTP/2 connection to a target is pinged, and how long a ping may go
+/// unanswered before the connection is closed as dead.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// HTTP/2 to a target: pinged while open, idle or not, so a stalled connection is closed
+/// (and replaced by the next request) rather than shared forever.
+fn h2_builder() -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    builder
+}
+
+/// Drops the connections idle for longer than [`IDLE_TIMEOUT`]: the oldest are at the
+/// front, so each is looked at once (amortised O(1) per checkin and checkout). Dropping
+/// one closes it.
+fn expire<T>(idle: &mut VecDeque<(Instant, T)>, now: Instant) {
+    while idle
+        .front()
+        .is_some_and(|(since, _)| now.saturating_duration_since(*since) > IDLE_TIMEOUT)
+    {
+        idle.pop_front();
     }
 }
 
@@ -505,13 +551,22 @@ impl Balancer {
         let value = u8::try_from(state.gauge_value()).unwrap_or(0);
         (self.state.swap(value, Ordering::AcqRel) != value).then_some(state)
     }
+
+    /// Whether the gauge shows the upstream's circuit other than closed.
+    pub(crate) fn shown_closed(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == 0
+    }
 }
 
-/// The upstream's circuit, from its targets': closed while any target's is closed, open
-/// when every target's is open (every target ejected), half-open otherwise.
+/// The upstream's circuit, from its targets': closed while any healthy target's is
+/// closed, open when every target is out (its circuit open or failing its health check),
+/// half-open otherwise.
 pub(crate) fn upstream_state(targets: &[Arc<Target>]) -> State {
     let mut any_half_open = false;
     for target in targets {
+        if !target.is_healthy() {
+            continue;
+        }
         match target.breaker.published_state() {
             State::Closed => return State::Closed,
             State::HalfOpen => any_half_open = true,
@@ -686,6 +741,25 @@ pub(crate) async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_idle_past_the_timeout_are_dropped_oldest_first() {
+        let start = Instant::now();
+        let mut idle: VecDeque<(Instant, u32)> = VecDeque::new();
+        idle.push_back((start, 1));
+        idle.push_back((start + Duration::from_secs(30), 2));
+        idle.push_back((start + Duration::from_secs(59), 3));
+        expire(&mut idle, start + IDLE_TIMEOUT);
+        assert_eq!(idle.len(), 3, "none idle for more than 60 s yet");
+        expire(&mut idle, start + Duration::from_secs(91));
+        assert_eq!(
+            idle.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            [3],
+            "the two idle for more than 60 s are gone, the warm one stays"
+        );
+        expire(&mut idle, start + Duration::from_secs(200));
+        assert!(idle.is_empty());
+    }
 
     #[test]
     fn the_target_uri_keeps_the_path_and_query_under_the_base_path() {

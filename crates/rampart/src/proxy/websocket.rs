@@ -13,6 +13,12 @@
 //! `Connection` headers are hop-by-hop and dropped as for any request: the backend gets a
 //! plain `GET`, and nothing is tunnelled.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,10 +28,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::client::{self, InFlight, UpstreamBody};
-use super::{AuditContext, Caller, note_transition, outgoing_request, strip_hop_by_hop};
-use crate::authentication::{Authentication, Principal};
+use super::{
+    AuditContext, Caller, note_transition, note_upstream_state, outgoing_request, strip_hop_by_hop,
+};
+use crate::authentication::{self, Authentication, Credential, api_key};
 use crate::error::{ApiError, OwnBody};
 use crate::metrics::UpstreamLabel;
 use crate::routes::{Route, Upstream};
@@ -33,6 +42,114 @@ use crate::state::AppState;
 
 /// How often an open tunnel looks up whether its login was revoked.
 const REVOCATION_POLL: Duration = Duration::from_secs(1);
+
+/// Open tunnels, per client IP and in all: a tunnel outlives the connection that asked for
+/// it, so it is counted here against `server.max_connections_per_ip` and
+/// `server.max_connections`.
+#[derive(Debug, Default)]
+pub(crate) struct Tunnels {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One open tunnel, counted until dropped.
+pub(crate) struct TunnelGuard {
+    tunnels: Arc<Tunnels>,
+    client: IpAddr,
+}
+
+impl Tunnels {
+    /// Counts a new tunnel for `client`, unless it or everyone already has as many as allowed.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        client: IpAddr,
+        per_ip: usize,
+        total: usize,
+    ) -> Option<TunnelGuard> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let (all, by_ip) = &mut *open;
+        let mine = by_ip.get(&client).copied().unwrap_or(0);
+        if mine >= per_ip || *all >= total {
+            return None;
+        }
+        *all += 1;
+        by_ip.insert(client, mine + 1);
+        Some(TunnelGuard {
+            tunnels: Arc::clone(self),
+            client,
+        })
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        let mut open = self
+            .tunnels
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (all, by_ip) = &mut *open;
+        *all = all.saturating_sub(1);
+        if let Some(mine) = by_ip.get_mut(&self.client) {
+            *mine -= 1;
+            if *mine == 0 {
+                by_ip.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// One side of a tunnel, noting when it last read a byte.
+struct Active<T> {
+    io: T,
+    epoch: tokio::time::Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Active<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.io).poll_read(context, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let since = u64::try_from(this.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            this.last.store(since, Ordering::Relaxed);
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(context, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(context)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(context)
+    }
+}
+
+/// Completes once no byte has gone either way for `limit`.
+async fn idle(epoch: tokio::time::Instant, last: &AtomicU64, limit: Duration) {
+    loop {
+        let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + limit;
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
 
 /// Whether `headers` list `token` in `name` (a comma-separated list, any case).
 fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -63,10 +180,7 @@ pub(super) async fn tunnel(
     mut request: Request,
 ) -> Response {
     let client_upgrade = hyper::upgrade::on(&mut request);
-    let principal = match caller.authentication {
-        Authentication::Authenticated(principal) => Some(principal.clone()),
-        _ => None,
-    };
+    let held = Held::of(caller.authentication, request.headers());
     let audit = AuditContext::of(caller);
     let (parts, _empty) = request.into_parts();
     let request = http::Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
@@ -79,9 +193,29 @@ pub(super) async fn tunnel(
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 
+    let server = &state.config.server;
+    let Some(tunnel_guard) = state.proxy.tunnels.open(
+        caller.client.0,
+        server.max_connections_per_ip,
+        server.max_connections,
+    ) else {
+        return ApiError::ServiceUnavailable {
+            message: "Too many open WebSocket connections".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        }
+        .into_response();
+    };
+    let idle_timeout = server.idle_timeout;
+
     let (target, permit) = match client::pick(upstream, None) {
-        Ok(picked) => picked,
+        Ok(picked) => {
+            if !upstream.balancer.shown_closed() {
+                note_upstream_state(state, upstream, &audit);
+            }
+            picked
+        }
         Err(unavailable) => {
+            note_upstream_state(state, upstream, &audit);
             return ApiError::ServiceUnavailable {
                 message: "The upstream service is unavailable".into(),
                 retry_after: Some(unavailable.retry_after),
@@ -160,6 +294,7 @@ pub(super) async fn tunnel(
     let state = state.clone();
     tokio::spawn(async move {
         let _in_flight = in_flight;
+        let _tunnel = tunnel_guard;
         let (client, backend) = match tokio::try_join!(client_upgrade, backend_upgrade) {
             Ok(both) => both,
             Err(error) => {
@@ -167,18 +302,34 @@ pub(super) async fn tunnel(
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut backend = TokioIo::new(backend);
+        let epoch = tokio::time::Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let mut client = Active {
+            io: TokioIo::new(client),
+            epoch,
+            last: Arc::clone(&last),
+        };
+        let mut backend = Active {
+            io: TokioIo::new(backend),
+            epoch,
+            last: Arc::clone(&last),
+        };
         tokio::select! {
             result = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
                 if let Err(error) = result {
                     tracing::debug!(upstream = upstream_name, error = %error, "WebSocket tunnel ended");
                 }
             }
-            () = revoked(&state, principal.as_ref()) => {
+            () = idle(epoch, &last, idle_timeout) => {
+                tracing::debug!(
+                    upstream = upstream_name,
+                    "WebSocket tunnel closed: idle for server.idle_timeout"
+                );
+            }
+            () = revoked(&state, &held) => {
                 tracing::info!(
                     upstream = upstream_name,
-                    "WebSocket tunnel closed: its login was revoked"
+                    "WebSocket tunnel closed: its credential no longer holds"
                 );
             }
         }
@@ -188,20 +339,96 @@ pub(super) async fn tunnel(
     response
 }
 
-/// Completes once the caller's login is revoked; never for a caller without one (an
-/// anonymous route, or an API key).
-async fn revoked(state: &AppState, principal: Option<&Principal>) {
-    let Some(family) = principal
-        .map(|principal| &principal.family_id)
-        .filter(|family| !family.is_empty())
-    else {
-        return std::future::pending().await;
+/// The credential a tunnel was opened with, checked again every second while it is open.
+enum Held {
+    /// An anonymous route: nothing to check.
+    Nothing,
+    /// An access token (bearer or cookie) and its login.
+    Token { token: Box<str>, family: Arc<str> },
+    /// An API key as presented.
+    Key(Box<str>),
+}
+
+impl Held {
+    fn of(authentication: &Authentication, headers: &HeaderMap) -> Self {
+        let Authentication::Authenticated(principal) = authentication else {
+            return Self::Nothing;
+        };
+        let token = match principal.credential {
+            Credential::ApiKey => {
+                return headers
+                    .get(api_key::KEY_HEADER)
+                    .and_then(|value| value.to_str().ok())
+                    .map_or(Self::Nothing, |key| Self::Key(key.into()));
+            }
+            Credential::Bearer => headers
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split_once(' '))
+                .map(|(_, token)| token.trim()),
+            Credential::Cookie => authentication::cookie(headers, authentication::ACCESS_COOKIE),
+        };
+        token.map_or(Self::Nothing, |token| Self::Token {
+            token: token.into(),
+            family: Arc::clone(&principal.family_id),
+        })
+    }
+}
+
+/// Whether an API key still authenticates: known, unexpired, its owner enabled. From the
+/// key cache (which drops a key on any change to it or its owner), else from the store.
+/// A store that cannot answer leaves the tunnel open.
+async fn key_holds(state: &AppState, key: &str) -> bool {
+    let Some(prefix) = api_key::parse_key(key) else {
+        return false;
     };
+    let now = state.now();
+    let digest = authentication::verified::digest(key.as_bytes());
+    let unexpired = |expires_at: Option<i64>| expires_at.is_none_or(|at| at > now);
+    if let Some(record) = state.api_keys.get(&digest) {
+        return unexpired(record.expires_at);
+    }
+    let record = match state.stores.data.api_key_by_prefix(prefix).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return false,
+        Err(error) => {
+            tracing::warn!(error = %error, "could not check a WebSocket tunnel's API key");
+            return true;
+        }
+    };
+    if !record.key_hash.eq_ignore_ascii_case(&hex::encode(digest)) || !unexpired(record.expires_at)
+    {
+        return false;
+    }
+    match state.stores.data.user_by_id(record.user_id).await {
+        Ok(user) => user.is_some_and(|user| !user.disabled),
+        Err(error) => {
+            tracing::warn!(error = %error, "could not check a WebSocket tunnel's API key");
+            true
+        }
+    }
+}
+
+/// Completes once the caller's credential no longer holds: its login revoked or its access
+/// token expired, its API key deleted, expired or its owner disabled. Never on an anonymous
+/// route.
+async fn revoked(state: &AppState, held: &Held) {
+    if matches!(held, Held::Nothing) {
+        return std::future::pending().await;
+    }
     let mut ticker = tokio::time::interval(REVOCATION_POLL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if state.revocations.is_revoked(family) {
+        let holds = match held {
+            Held::Nothing => true,
+            Held::Token { token, family } => {
+                (family.is_empty() || !state.revocations.is_revoked(family))
+                    && state.tokens.verify(token).is_ok()
+            }
+            Held::Key(key) => key_holds(state, key).await,
+        };
+        if !holds {
             return;
         }
     }

@@ -333,6 +333,24 @@ async fn a_target_failing_its_health_check_is_taken_out_until_it_passes() {
     let response = get(&app, "/app/x").await;
     assert!(response.headers().contains_key("retry-after"));
     assert_error(response, 503, "service_unavailable").await;
+    // Every target out by its health check shows as an open circuit, as an ejection would.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("rampart_circuit_breaker_state{upstream=\"app\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rampart_circuit_breaker_opens_total{upstream=\"app\"} 1"),
+        "{metrics}"
+    );
+    first.healthy.store(true, Ordering::SeqCst);
+    settle().await;
+    assert_eq!(get(&app, "/app/x").await.status(), 200);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("rampart_circuit_breaker_state{upstream=\"app\"} 0"),
+        "{metrics}"
+    );
 }
 
 /// An HTTP/2-only backend (no HTTP/1.1 at all) that echoes the version, method and body.
@@ -408,6 +426,41 @@ async fn an_h2c_upstream_is_spoken_to_over_http2() {
         1,
         "one multiplexed connection"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2c_connection_is_replaced_after_a_timeout() {
+    // The first connection takes requests and never answers; later ones answer at once.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let stalled = count.fetch_add(1, Ordering::SeqCst) == 0;
+            let app = Router::new().fallback(move || async move {
+                if stalled {
+                    std::future::pending::<()>().await;
+                }
+                "ok"
+            });
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let app = sqlite_app(setup(&format!(
+        "url = \"h2c://{address}\"\ntimeout = \"500ms\""
+    )))
+    .await;
+    assert_error(get(&app, "/app/x").await, 504, "gateway_timeout").await;
+    let response = get(&app, "/app/x").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "ok");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,6 +640,134 @@ async fn a_websocket_is_tunnelled_for_its_caller_until_the_login_is_revoked(back
     );
 }
 
+/// Waits (at most `within`) for the socket to be closed; `false` if it stays open.
+async fn closes_within(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    within: Duration,
+) -> bool {
+    tokio::time::timeout(within, async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(message)) if message.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_are_limited_per_client_and_closed_when_idle() {
+    let (address, seen) = websocket_backend().await;
+    let app = sqlite_app(
+        Setup::toml(&format!(
+            "[[routes]]\npath = \"/stream\"\nupstream = \"ws\"\nwebsocket = true\nauth = false\n\n\
+             [upstreams.ws]\nurl = \"{address}\"\n"
+        ))
+        .env("RAMPART_SERVER__IDLE_TIMEOUT", "1s")
+        .env("RAMPART_SERVER__MAX_CONNECTIONS_PER_IP", "2"),
+    )
+    .await;
+    let mut busy = connect(&app, "/stream", None)
+        .await
+        .expect("a first tunnel");
+    let mut quiet = connect(&app, "/stream", None)
+        .await
+        .expect("a second tunnel");
+    assert_eq!(refused_with(connect(&app, "/stream", None).await), 503);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "the refused handshake never reached the backend"
+    );
+    // A tunnel with traffic outlives the idle timeout; one without is closed by it.
+    for n in 0..8 {
+        let text = format!("tick {n}");
+        busy.send(Message::text(text.clone())).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(5), busy.next())
+            .await
+            .expect("an echo")
+            .expect("open")
+            .unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), text);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        closes_within(&mut quiet, Duration::from_secs(1)).await,
+        "the idle tunnel is closed"
+    );
+    // Its place is free again.
+    let _third = connect(&app, "/stream", None)
+        .await
+        .expect("a closed tunnel no longer counts");
+    assert!(
+        closes_within(&mut busy, Duration::from_secs(3)).await,
+        "a tunnel that falls quiet is closed too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_opened_with_an_api_key_closes_when_the_key_is_deleted() {
+    let (address, seen) = websocket_backend().await;
+    let app = sqlite_app(websocket_setup(&address)).await;
+    let session = app.user("keyed").await;
+    let key = crate::api_keys::create_key(&app, &session, "stream").await;
+    let open = || async {
+        let url = app.url("/stream").replacen("http://", "ws://", 1);
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("x-api-key", key.key.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+            .await
+            .map(|(socket, _)| socket)
+    };
+    let mut socket = open().await.expect("a key opens a tunnel");
+    assert!(
+        !closes_within(&mut socket, Duration::from_millis(2500)).await,
+        "the tunnel stays open while the key holds"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let deleted = app
+        .send_with(
+            reqwest::Method::DELETE,
+            &format!("/users/me/api-keys/{}", key.id),
+            &session.access_token,
+            None,
+        )
+        .await;
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    assert!(
+        closes_within(&mut socket, Duration::from_secs(5)).await,
+        "the tunnel closes once its key is deleted"
+    );
+    assert_eq!(refused_with(open().await), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_opened_with_an_access_token_closes_when_it_expires() {
+    let (address, _seen) = websocket_backend().await;
+    let app = sqlite_app(websocket_setup(&address)).await;
+    let session = app.user("brief").await;
+    let mut socket = connect(&app, "/stream", Some(&session.access_token))
+        .await
+        .expect("a fresh token opens a tunnel");
+    assert!(
+        !closes_within(&mut socket, Duration::from_millis(1500)).await,
+        "the tunnel stays open while the token holds"
+    );
+    // Past the token's lifetime (an hour) and the verification leeway.
+    app.clock.advance(Duration::from_secs(3600 + 60));
+    assert!(
+        closes_within(&mut socket, Duration::from_secs(5)).await,
+        "the tunnel closes once its access token has expired"
+    );
+}
+
 async fn an_upgrade_on_a_route_without_websocket_is_not_tunnelled(backend: Backend) {
     let upstream = backend::start().await;
     let Some(app) = spawn_app_with(backend, websocket_setup(&upstream.address)).await else {
@@ -668,6 +849,41 @@ async fn upstream_keys_are_checked_at_start_up() {
         let error = load(upstream).unwrap_or_else(|| panic!("accepted: {upstream}"));
         assert!(error.contains(key), "{upstream}: {error}");
     }
+    // User information in a target would be sent as the Host and logged: refused, and the
+    // credential is not repeated in the message.
+    for upstream in [
+        "url = \"http://user:s3cret@127.0.0.1:9000\"",
+        "targets = [\"http://127.0.0.1:9001\", \"https://user:s3cret@b.example/api\"]",
+        "url = \"h2c://:s3cret@127.0.0.1:9000\"",
+        "url = \"http://s3cret@127.0.0.1:9000\"",
+        "url = \"ftp://user:s3cret@127.0.0.1:9000\"",
+    ] {
+        let error = load(upstream).unwrap_or_else(|| panic!("accepted: {upstream}"));
+        assert!(error.contains("upstreams.app."), "{upstream}: {error}");
+        assert!(!error.contains("s3cret"), "{upstream}: {error}");
+    }
+    // A WebSocket route needs HTTP/1.1 to its backend, which an h2c:// target does not speak.
+    let websocket = |upstream: &str| {
+        Config::load(&Sources {
+            file: Some(format!(
+                "[[routes]]\npath = \"/stream\"\nupstream = \"ws\"\nwebsocket = true\n\
+                 [upstreams.ws]\n{upstream}\n"
+            )),
+            env: Default::default(),
+            data_dir: Some(std::env::temp_dir()),
+        })
+        .err()
+        .map(|error| error.to_string())
+    };
+    for upstream in [
+        "url = \"h2c://127.0.0.1:9000\"",
+        "targets = [\"http://127.0.0.1:9001\", \"h2c://127.0.0.1:9000\"]",
+    ] {
+        let error = websocket(upstream).unwrap_or_else(|| panic!("accepted: {upstream}"));
+        assert!(error.contains("routes[0] (/stream).websocket"), "{error}");
+        assert!(error.contains("h2c"), "{error}");
+    }
+    assert_eq!(websocket("url = \"http://127.0.0.1:9000\""), None);
     for upstream in [
         "url = \"h2c://127.0.0.1:9000\"",
         "targets = [\"http://127.0.0.1:9000\", \"https://b.example/api\"]\nretries = 2\n\
