@@ -65,19 +65,29 @@ impl Gateway {
         let inner = &*self.0;
         let started = tokio::time::Instant::now();
         let mut context = Context::begin(&inner.state, &mut request);
-        let private = crate::security_headers::carries_credentials(request.headers())
-            || crate::security_headers::is_private(request.uri().path());
+        let credentialed = crate::security_headers::carries_credentials(request.headers());
         let origin = inner
             .cors
             .as_ref()
             .and_then(|cors| cors.allowed(request.headers()));
-        let mut target = request.uri().path_and_query().cloned();
+        let sent = request.uri().path_and_query().cloned();
+        let mut canonical = None;
         let response = REQUEST_ID
             .scope(
                 Arc::clone(&context.id.0),
-                pipeline::run(inner, &mut context, request, &mut target),
+                pipeline::run(inner, &mut context, request, &mut canonical),
             )
             .await;
+        // Decided on the canonical path the route stage made, not by canonicalising again;
+        // a request answered before that stage is judged on the path it sent.
+        let private = credentialed
+            || match &canonical {
+                Some(path) => crate::security_headers::is_private_canonical(path.path()),
+                None => crate::security_headers::is_private(
+                    sent.as_ref().map_or("/", http::uri::PathAndQuery::path),
+                ),
+            };
+        let target = canonical.or(sent);
         let path = target.as_ref().map_or("/", http::uri::PathAndQuery::path);
         self.finish(&context, response, private, origin, path, started)
     }

@@ -45,7 +45,8 @@ pub fn is_private(path: &str) -> bool {
     crate::routes::path::canonical(path).map_or(true, |path| is_private_canonical(&path))
 }
 
-fn is_private_canonical(path: &str) -> bool {
+/// [`is_private`] for a path already in canonical form.
+pub fn is_private_canonical(path: &str) -> bool {
     ["/auth", "/users", "/admin", "/accounts"]
         .iter()
         .any(

@@ -122,14 +122,15 @@ impl Context {
     }
 }
 
-/// Runs the stages; a refusal is answered here.
+/// Runs the stages; a refusal is answered here. `canonical` receives the path and query in
+/// canonical form once the route stage has made it.
 pub(super) async fn run(
     inner: &Inner,
     context: &mut Context,
     request: Request,
-    target: &mut Option<PathAndQuery>,
+    canonical: &mut Option<PathAndQuery>,
 ) -> Response {
-    match stages(inner, context, request, target).await {
+    match stages(inner, context, request, canonical).await {
         Ok(response) => response,
         Err(refusal) => refusal::answer(&inner.state, context, refusal),
     }
@@ -139,7 +140,7 @@ async fn stages(
     inner: &Inner,
     context: &mut Context,
     mut request: Request,
-    target: &mut Option<PathAndQuery>,
+    canonical: &mut Option<PathAndQuery>,
 ) -> Result<Response, Refusal> {
     let state = &inner.state;
     if let Some(cors) = &inner.cors
@@ -153,8 +154,9 @@ async fn stages(
         return Err(Refusal::method_not_allowed(None));
     }
     crate::routes::resolve(state, context, &mut request)?;
-    // The access line shows the path the decisions were made on.
-    *target = request.uri().path_and_query().cloned();
+    // The access line and the response's cache policy go by the path the decisions were
+    // made on.
+    *canonical = request.uri().path_and_query().cloned();
     let request = crate::authentication::identify(state, context, request).await?;
     crate::rate_limit::enforce(state, context, request.uri().path()).await?;
     crate::authorization::authorize(state, context)?;
