@@ -14,6 +14,7 @@
 # count, user-space instructions (less disturbed by other load on the machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/backend.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-6}
@@ -44,27 +45,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$WORK/backend.conf" <<CONF
-worker_processes 1;
-daemon on;
-pid $WORK/backend.pid;
-error_log $WORK/backend-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy; fastcgi_temp_path $WORK/fcgi;
-  uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT;
-    location / {
-      default_type application/json;
-      return 200 '{"items":[{"id":1,"symbol":"INFY","side":"BUY","quantity":10}]}';
-    }
-  }
-}
-CONF
-nginx -c "$WORK/backend.conf" -e "$WORK/backend-error.log"
+start_backend "$WORK" "$BACKEND_PORT"
 
 config() { # name extra-routes
   local name=$1 extra=$2

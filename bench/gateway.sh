@@ -26,6 +26,7 @@
 # a Lua delay) to read the latency each adds at a realistic load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/backend.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
@@ -57,26 +58,7 @@ cleanup() {
 trap cleanup EXIT
 
 # --- backend and reference proxy -----------------------------------------------------------
-cat > "$WORK/backend.conf" <<CONF
-worker_processes 1;
-daemon on;
-pid $WORK/backend.pid;
-error_log $WORK/backend-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy; fastcgi_temp_path $WORK/fcgi;
-  uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT;
-    location / {
-      default_type application/json;
-      return 200 '{"items":[{"id":1,"symbol":"INFY","side":"BUY","quantity":10}]}';
-    }
-  }
-}
-CONF
+start_backend "$WORK" "$BACKEND_PORT"
 cat > "$WORK/proxy.conf" <<CONF
 worker_processes 1;
 daemon on;
@@ -100,7 +82,6 @@ http {
   }
 }
 CONF
-nginx -c "$WORK/backend.conf" -e "$WORK/backend-error.log"
 nginx -c "$WORK/proxy.conf" -e "$WORK/proxy-error.log"
 sleep 0.3
 nginx_worker() { pgrep -P "$(cat "$WORK/proxy.pid")" | head -n1; }

@@ -10,31 +10,12 @@
 # count is divided by wrk's request count. Startup is not counted. Callgrind runs threads
 # one at a time, so this counts work, not contention.
 set -euo pipefail
+. "$(dirname "$0")/backend.sh"
 : "${OLD:?the binary before}" "${NEW:?the binary after}"
 W=$(mktemp -d /tmp/rampart-instructions.XXXXXX)
 BACKEND_PORT=9301; PORT=9303
 DURATION=${DURATION:-10}
-cat > $W/backend.conf <<CONF
-worker_processes 1;
-daemon on;
-pid $W/backend.pid;
-error_log $W/backend-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $W/body; proxy_temp_path $W/proxy; fastcgi_temp_path $W/fcgi;
-  uwsgi_temp_path $W/uwsgi; scgi_temp_path $W/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT;
-    location / {
-      default_type application/json;
-      return 200 '{"items":[{"id":1,"symbol":"INFY","side":"BUY","quantity":10}]}';
-    }
-  }
-}
-CONF
-nginx -c $W/backend.conf -e $W/backend-error.log
+start_backend "$W" "$BACKEND_PORT"
 trap 'kill $(cat $W/backend.pid) 2>/dev/null || true; rm -rf $W' EXIT
 config() { # name auth roles limit intrusion
   {

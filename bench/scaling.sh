@@ -11,6 +11,7 @@
 # compete for the same cores, so the throughput ratio is bounded well below 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/backend.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
@@ -37,27 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$WORK/backend.conf" <<CONF
-worker_processes 2;
-daemon on;
-pid $WORK/backend.pid;
-error_log $WORK/backend-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy; fastcgi_temp_path $WORK/fcgi;
-  uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT;
-    location / {
-      default_type application/json;
-      return 200 '{"items":[{"id":1,"symbol":"INFY","side":"BUY","quantity":10}]}';
-    }
-  }
-}
-CONF
-nginx -c "$WORK/backend.conf" -e "$WORK/backend-error.log"
+start_backend "$WORK" "$BACKEND_PORT" 2
 
 config() { # workers
   cat > "$WORK/w$1.toml" <<CONF
