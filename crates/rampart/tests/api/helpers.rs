@@ -183,6 +183,55 @@ pub async fn spawn_app_with(backend: Backend, setup: Setup) -> Option<TestApp> {
     )
 }
 
+/// Another gateway on `first`'s database, secrets and token store, with `env` added to the
+/// base settings (generous tier limits) and its own clock.
+pub async fn another_instance(
+    first: &TestApp,
+    backend: Backend,
+    env: &[(&str, &str)],
+    clock: Arc<ManualClock>,
+) -> TestApp {
+    let secret = first
+        .state
+        .config
+        .tokens
+        .secret
+        .as_ref()
+        .unwrap()
+        .expose()
+        .to_owned();
+    let mut vars: std::collections::HashMap<String, String> = [
+        ("RAMPART_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+        ("RAMPART_DATABASE__URL", first.database_url.clone()),
+        ("RAMPART_TOKENS__SECRET", secret),
+        ("RAMPART_RATE_LIMITS__ANONYMOUS", "100000/min".to_owned()),
+        ("RAMPART_RATE_LIMITS__STANDARD", "100000/min".to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect();
+    for (key, value) in env {
+        vars.insert((*key).to_owned(), (*value).to_owned());
+    }
+    if backend == Backend::Redis {
+        vars.insert("RAMPART_TOKENS__STORE".into(), redis_url());
+    }
+    let config = rampart::config::Config::load(&rampart::config::Sources {
+        file: None,
+        env: vars,
+        data_dir: Some(first.data_dir.clone()),
+    })
+    .unwrap();
+    start(
+        config,
+        first.data_dir.clone(),
+        first.database_url.clone(),
+        first.redis_prefix.clone(),
+        clock,
+    )
+    .await
+}
+
 /// Starts a gateway from a ready configuration.
 pub async fn start(
     config: Config,

@@ -629,44 +629,12 @@ async fn parallel_password_confirmations_run_at_most_the_limit(backend: Backend)
 // --- Item: revocations reach instances with skewed clocks ----------------------------
 
 async fn second_instance(first: &TestApp, backend: Backend, skew: Duration) -> TestApp {
-    let mut env: std::collections::HashMap<String, String> = [
-        ("RAMPART_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-        ("RAMPART_DATABASE__URL", first.database_url.clone()),
-        ("RAMPART_TOKENS__REVOCATION_LAG", "1s".to_owned()),
-        (
-            "RAMPART_TOKENS__SECRET",
-            first
-                .state
-                .config
-                .tokens
-                .secret
-                .as_ref()
-                .unwrap()
-                .expose()
-                .to_owned(),
-        ),
-        ("RAMPART_RATE_LIMITS__ANONYMOUS", "100000/min".to_owned()),
-        ("RAMPART_RATE_LIMITS__STANDARD", "100000/min".to_owned()),
-    ]
-    .into_iter()
-    .map(|(key, value)| (key.to_owned(), value))
-    .collect();
-    if backend == Backend::Redis {
-        env.insert("RAMPART_TOKENS__STORE".into(), crate::helpers::redis_url());
-    }
-    let config = rampart::config::Config::load(&rampart::config::Sources {
-        file: None,
-        env,
-        data_dir: Some(first.data_dir.clone()),
-    })
-    .unwrap();
     let clock = rampart::clock::ManualClock::new();
     clock.advance(skew);
-    crate::helpers::start(
-        config,
-        first.data_dir.clone(),
-        first.database_url.clone(),
-        first.redis_prefix.clone(),
+    crate::helpers::another_instance(
+        first,
+        backend,
+        &[("RAMPART_TOKENS__REVOCATION_LAG", "1s")],
         clock,
     )
     .await
