@@ -29,7 +29,7 @@ use http::{HeaderMap, Method, header};
 
 use crate::audit::record_in_background;
 use crate::error::ApiError;
-use crate::gateway::pipeline::Context;
+use crate::gateway::context::Context;
 use crate::gateway::refusal::{Audit, Metric, Note, Refusal as GatewayRefusal};
 use crate::metrics::ReasonLabel;
 use crate::state::AppState;

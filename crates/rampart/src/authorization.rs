@@ -10,7 +10,7 @@
 
 use crate::authentication::{Authentication, Credential, Refusal as AuthRefusal};
 use crate::error::ApiError;
-use crate::gateway::pipeline::Context;
+use crate::gateway::context::Context;
 use crate::gateway::refusal::{Audit, Metric, Note, Refusal};
 use crate::routes::Access;
 use crate::state::AppState;

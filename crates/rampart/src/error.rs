@@ -236,13 +236,6 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Copy)]
 pub struct OwnBody;
 
-/// Recorded on an error response for the access log and audit layer.
-#[derive(Debug, Clone, Copy)]
-pub struct Refusal {
-    /// The `error` code.
-    pub code: &'static str,
-}
-
 /// Seconds for `Retry-After`: rounded up, at least one.
 pub fn retry_after_seconds(duration: Duration) -> u64 {
     let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
@@ -281,26 +274,6 @@ impl IntoResponse for ApiError {
         }
         response.extensions_mut().insert(OwnBody);
         response
-            .extensions_mut()
-            .insert(Refusal { code: self.code() });
-        response
-    }
-}
-
-impl From<crate::store::StoreError> for ApiError {
-    fn from(error: crate::store::StoreError) -> Self {
-        match error {
-            crate::store::StoreError::Conflict(what) => Self::Conflict(what.into()),
-            crate::store::StoreError::NotFound => Self::NotFound,
-            crate::store::StoreError::Unavailable(source) => {
-                tracing::error!(error = ?source, "store unavailable");
-                Self::ServiceUnavailable {
-                    message: "A backing store is unavailable".into(),
-                    retry_after: Some(Duration::from_secs(1)),
-                }
-            }
-            crate::store::StoreError::Other(source) => Self::Internal(source),
-        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! `X-Request-Id`, metrics and the access line.
 
 pub mod access_log;
+pub mod context;
 pub mod pipeline;
 pub mod refusal;
 
@@ -22,7 +23,7 @@ use crate::error::{ApiError, OwnBody, REQUEST_ID};
 use crate::metrics::{RequestLabels, RouteLabel, method_label};
 use crate::request::RouteName;
 use crate::state::AppState;
-use pipeline::Context;
+use context::Context;
 
 /// The whole gateway as one service; cheap to clone.
 #[derive(Clone)]

@@ -26,6 +26,19 @@ use crate::request::{RequestId, RouteName};
 use crate::state::AppState;
 use crate::store::User;
 
+/// Loads the caller; a deleted user's token is refused.
+pub(crate) async fn current_user(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<User, ApiError> {
+    state
+        .stores
+        .data
+        .user_by_id(principal.user_id)
+        .await?
+        .ok_or_else(ApiError::invalid_token)
+}
+
 /// A user as the API shows it: never a hash.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserView {

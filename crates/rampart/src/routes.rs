@@ -477,7 +477,7 @@ pub struct MatchedRoute(pub Arc<Route>);
 /// The refusals above.
 pub fn resolve(
     state: &crate::state::AppState,
-    context: &mut crate::gateway::pipeline::Context,
+    context: &mut crate::gateway::context::Context,
     request: &mut axum::extract::Request,
 ) -> Result<(), crate::gateway::refusal::Refusal> {
     use crate::gateway::refusal::Refusal;

@@ -85,6 +85,7 @@ use tokio::time::Instant;
 use crate::config::{ServerConfig, TlsConfig};
 use crate::error::{ApiError, REQUEST_ID};
 use crate::metrics::{RequestLabels, method_label};
+use crate::shutdown::Stopping;
 use crate::state::AppState;
 
 /// The listener's limits, from `[server]`.
@@ -138,22 +139,6 @@ const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// Streams one HTTP/2 connection may have open at once.
 const MAX_STREAMS: u32 = 100;
-
-/// Set once shutdown begins; `/readyz` then answers 503.
-#[derive(Debug, Clone, Default)]
-pub struct Stopping(Arc<AtomicBool>);
-
-impl Stopping {
-    /// Whether the server is shutting down.
-    pub fn is_stopping(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-
-    /// Marks the server as shutting down.
-    pub fn begin(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // TLS

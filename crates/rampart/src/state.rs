@@ -46,7 +46,7 @@ pub struct Shared {
     /// API keys that held, by key digest, so that a known key costs no store round trip.
     pub api_keys: Arc<crate::authentication::key_cache::KeyCache>,
     /// Set when shutdown begins (`/readyz` then fails).
-    pub stopping: crate::server::Stopping,
+    pub stopping: crate::shutdown::Stopping,
 }
 
 impl AppState {

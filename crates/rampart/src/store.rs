@@ -10,11 +10,14 @@ pub mod redis;
 pub mod sql;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::audit::{AuditRecord, NewAuditEntry};
+pub use crate::chain::ChainRecord;
+use crate::chain::{AuditRecord, NewAuditEntry};
+use crate::error::ApiError;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -313,20 +316,6 @@ impl SealedKind {
     }
 }
 
-/// One record of `audit_chain`: a row id and hash the audit chain is checked against,
-/// sealed with the chain key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainRecord {
-    /// `head`, `legacy_start` or `legacy_end`.
-    pub name: String,
-    /// The row it names.
-    pub row_id: i64,
-    /// That row's hash (for `legacy_start`, the hash the row links to).
-    pub hash: String,
-    /// HMAC of the above under the chain key; a record without one is not trusted.
-    pub mac: Option<String>,
-}
-
 /// What [`Store::audit_snapshot`] hands to its visitor.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // one at a time, never stored
@@ -602,6 +591,26 @@ pub(crate) const USER_OWNED_TABLES: &[&str] = &[
     "DELETE FROM api_keys WHERE user_id = $1",
     "DELETE FROM trading_accounts WHERE user_id = $1",
 ];
+
+/// How a store failure reaches a client: a conflict or a missing row as themselves, an
+/// unreachable store as 503 with `Retry-After`, anything else as 500.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(what) => ApiError::Conflict(what.into()),
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Unavailable(source) => {
+                tracing::error!(error = ?source, "store unavailable");
+                ApiError::ServiceUnavailable {
+                    message: "A backing store is unavailable".into(),
+                    retry_after: Some(Duration::from_secs(1)),
+                }
+            }
+            StoreError::Other(source) => ApiError::Internal(source),
+        }
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

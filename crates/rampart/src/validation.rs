@@ -21,7 +21,7 @@ use http::header;
 
 use crate::config::IntrusionMode;
 use crate::error::ApiError;
-use crate::gateway::pipeline::Context;
+use crate::gateway::context::Context;
 use crate::gateway::refusal::{Audit, Metric, Note, Refusal};
 use crate::intrusion::{self, Pattern};
 use crate::state::AppState;

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, header};
 use serde_json::Value;
 
-use super::pipeline::Context;
+use super::context::Context;
 use crate::audit::{NewAuditEntry, RequestContext, record_in_background};
 use crate::error::ApiError;
 use crate::metrics::{PatternLabel, PolicyLabel, ReasonLabel};

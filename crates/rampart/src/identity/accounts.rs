@@ -17,7 +17,7 @@ use crate::audit::{NewAuditEntry, RequestContext};
 use crate::authentication::Principal;
 use crate::circuit_breaker::Transition;
 use crate::error::ApiError;
-use crate::identity::{Problems, check_label, users::current_user};
+use crate::identity::{Problems, check_label, current_user};
 use crate::json::{ApiJson, IdPath};
 use crate::keyring::DecryptError;
 use crate::metrics::UpstreamLabel;

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::audit::{NewAuditEntry, RequestContext};
 use crate::authentication::{Principal, api_key};
 use crate::error::ApiError;
-use crate::identity::{Problems, check_label, users::current_user};
+use crate::identity::{Problems, check_label, current_user};
 use crate::json::{ApiJson, IdPath};
 use crate::state::AppState;
 use crate::store::ApiKey;

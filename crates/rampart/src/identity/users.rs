@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::identity::accounts::AccountView;
 use crate::identity::api_keys::ApiKeyView;
 use crate::identity::sessions::{self, RevokedReport, revoke_user};
-use crate::identity::{Admin, Problems, UserView};
+use crate::identity::{Admin, Problems, UserView, current_user};
 use crate::json::{ApiJson, IdPath};
 use crate::password::{self, Verified};
 use crate::state::AppState;
@@ -40,19 +40,6 @@ pub struct PasswordChange {
 pub struct DeleteBody {
     /// The password, to confirm.
     pub password: String,
-}
-
-/// Loads the caller; a deleted user's token is refused.
-pub(crate) async fn current_user(
-    state: &AppState,
-    principal: &Principal,
-) -> Result<User, ApiError> {
-    state
-        .stores
-        .data
-        .user_by_id(principal.user_id)
-        .await?
-        .ok_or_else(ApiError::invalid_token)
 }
 
 /// `GET /users/me`.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use super::{Decision, Per, PolicyId, RateLimiter};
 use crate::client_ip;
 use crate::error::ApiError;
-use crate::gateway::pipeline::Context;
+use crate::gateway::context::Context;
 use crate::gateway::refusal::{Audit, Metric, Note, Refusal};
 use crate::state::AppState;
 

@@ -14,7 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use std::sync::Arc;
 
-use crate::audit::{self, AuditRecord, ChainKey, GENESIS, NewAuditEntry};
+use crate::chain::{self as audit, AuditRecord, ChainKey, GENESIS, NewAuditEntry};
 use crate::store::{
     AccountPatch, ApiKey, Attempt, AuditFilter, AuditItem, ChainRecord, Counter, Family, LockScope,
     NewUser, Rotation, SealedKind, SealedValue, SessionStore, Store, StoreError, StoreResult,

@@ -1,0 +1,373 @@
+//! The crate's imports run one way.
+//!
+//! Every top-level module of `src/` is a room; a room may use the rooms below it and never
+//! one above, so the rooms form a graph without loops that a reader can draw (the module map
+//! at the top of `lib.rs`). Inside a room, the files beside each other (`gateway/pipeline.rs`,
+//! `gateway/refusal.rs`, …) follow the same rule among themselves; a room's own file
+//! (`gateway.rs`) is its face and may be used by its inner files.
+//!
+//! The check reads the source as text: every `crate::` and `super::` path outside
+//! `#[cfg(test)]` items (tests may reach anywhere), resolved to the longest module it names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// One module per source file, keyed by its path from the crate root (`gateway::pipeline`).
+struct Module {
+    file: PathBuf,
+    text: String,
+}
+
+fn collect(dir: &Path, prefix: &[String], out: &mut BTreeMap<Vec<String>, Module>) {
+    let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            let mut inner = prefix.to_vec();
+            inner.push(name);
+            collect(&path, &inner, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let mut key = prefix.to_vec();
+            if !(prefix.is_empty() && name == "lib") && name != "mod" {
+                key.push(name);
+            }
+            let text = fs::read_to_string(&path).unwrap();
+            out.insert(key, Module { file: path, text: strip(&text) });
+        }
+    }
+}
+
+/// The code without comments, string and character literals, and `#[cfg(test)]` items.
+fn strip(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &text[i..];
+        if rest.starts_with("//") {
+            i += rest.find('\n').unwrap_or(rest.len());
+        } else if rest.starts_with("/*") {
+            i += rest.find("*/").map_or(rest.len(), |end| end + 2);
+        } else if let Some((prefix, hashes)) = raw_string_start(rest) {
+            let close = format!("\"{}", "#".repeat(hashes));
+            let body = prefix + hashes + 1;
+            i += body + rest[body..].find(&close).map_or(rest.len(), |end| end + close.len());
+            out.push_str("\"\"");
+        } else if bytes[i] == b'"' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if bytes[i] == b'\'' && char_literal_len(rest).is_some() {
+            i += char_literal_len(rest).unwrap();
+            out.push_str("' '");
+        } else if rest.starts_with("#[cfg(test)]") {
+            i += "#[cfg(test)]".len();
+            i += skip_item(&text[i..]);
+        } else {
+            let c = rest.chars().next().unwrap();
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// A raw string literal's opening (`r"`, `r#"`, `br##"`): the length of the prefix before
+/// the quote and the number of hashes.
+fn raw_string_start(rest: &str) -> Option<(usize, usize)> {
+    let (prefix, after) = match rest.strip_prefix("br") {
+        Some(after) => (2, after),
+        None => (1, rest.strip_prefix('r')?),
+    };
+    let hashes = after.bytes().take_while(|&b| b == b'#').count();
+    (after.as_bytes().get(hashes) == Some(&b'"')).then_some((prefix, hashes))
+}
+
+/// `'x'`, `'\n'`, `'\u{1F600}'`: the literal's length; a lifetime (`'a`) is not one.
+fn char_literal_len(rest: &str) -> Option<usize> {
+    let mut chars = rest.char_indices().skip(1);
+    let (_, first) = chars.next()?;
+    if first == '\\' {
+        let end = rest[2..].find('\'')?;
+        return Some(end + 3);
+    }
+    let (at, next) = chars.next()?;
+    (next == '\'').then_some(at + 1)
+}
+
+/// Length of the item after an attribute: up to its `;` or its matching closing brace.
+fn skip_item(rest: &str) -> usize {
+    let stripped = strip_literals_only(rest);
+    let mut depth = 0usize;
+    for (at, c) in stripped.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return at + 1;
+                }
+            }
+            ';' if depth == 0 => return at + 1,
+            _ => {}
+        }
+    }
+    rest.len()
+}
+
+/// The same text, same length, with literal and comment contents blanked, so braces inside
+/// them do not count.
+fn strip_literals_only(rest: &str) -> String {
+    let bytes = rest.as_bytes();
+    let mut out = vec![b' '; bytes.len()];
+    let mut i = 0;
+    while i < bytes.len() {
+        let tail = &rest[i..];
+        let skip = if tail.starts_with("//") {
+            tail.find('\n').unwrap_or(tail.len())
+        } else if tail.starts_with("/*") {
+            tail.find("*/").map_or(tail.len(), |end| end + 2)
+        } else if let Some((prefix, hashes)) = raw_string_start(tail) {
+            let close = format!("\"{}", "#".repeat(hashes));
+            let body = prefix + hashes + 1;
+            body + tail[body..].find(&close).map_or(tail.len() - body, |end| end + close.len())
+        } else if bytes[i] == b'"' {
+            let mut j = i + 1;
+            while j < bytes.len() && bytes[j] != b'"' {
+                j += if bytes[j] == b'\\' { 2 } else { 1 };
+            }
+            j + 1 - i
+        } else if bytes[i] == b'\'' && char_literal_len(tail).is_some() {
+            char_literal_len(tail).unwrap()
+        } else {
+            out[i] = bytes[i];
+            1
+        };
+        i += skip.max(1);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every module path named from `module`'s code: `crate::a::b`, `super::c`, and the
+/// branches of `use` groups (`crate::a::{b::C, d}`).
+fn references(module: &[String], code: &str) -> Vec<Vec<String>> {
+    let mut found = Vec::new();
+    let bytes = code.as_bytes();
+    let mut i = 0;
+    while i < code.len() {
+        let rest = &code[i..];
+        let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        let base: Option<(Vec<String>, usize)> = if boundary && rest.starts_with("crate::") {
+            Some((Vec::new(), "crate::".len()))
+        } else if boundary && rest.starts_with("super::") {
+            let mut base = module.to_vec();
+            let mut len = 0;
+            while code[i + len..].starts_with("super::") {
+                base.pop();
+                len += "super::".len();
+            }
+            Some((base, len))
+        } else {
+            None
+        };
+        match base {
+            Some((base, len)) => {
+                let used = path_tree(&code[i + len..], &base, &mut found);
+                i += len + used;
+            }
+            None => i += rest.chars().next().unwrap().len_utf8(),
+        }
+    }
+    found
+}
+
+/// Reads a path (or a `{…}` group of paths) after `prefix`, pushing every full path.
+fn path_tree(text: &str, prefix: &[String], found: &mut Vec<Vec<String>>) -> usize {
+    let mut path = prefix.to_vec();
+    let mut i = 0;
+    loop {
+        let rest = &text[i..];
+        let trimmed = rest.trim_start();
+        i += rest.len() - trimmed.len();
+        if trimmed.starts_with('{') {
+            i += 1;
+            let mut inner = &text[i..];
+            loop {
+                let used = path_tree(inner, &path, found);
+                i += used;
+                inner = &text[i..];
+                let t = inner.trim_start();
+                i += inner.len() - t.len();
+                if let Some(after) = t.strip_prefix(',') {
+                    i += 1;
+                    inner = &text[i..];
+                    if after.trim_start().starts_with('}') {
+                        let t = inner.trim_start();
+                        i += inner.len() - t.len() + 1;
+                        return i;
+                    }
+                } else {
+                    if t.starts_with('}') {
+                        i += 1;
+                    }
+                    return i;
+                }
+            }
+        }
+        let ident: String = trimmed
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if ident.is_empty() {
+            found.push(path);
+            return i;
+        }
+        i += ident.len();
+        if ident != "self" {
+            path.push(ident);
+        }
+        if text[i..].starts_with("::") {
+            i += 2;
+        } else {
+            found.push(path);
+            return i;
+        }
+    }
+}
+
+/// The longest known module that `path` names (the module itself for a type inside it).
+fn resolve(modules: &BTreeSet<Vec<String>>, path: &[String]) -> Option<Vec<String>> {
+    (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| modules.contains(p))
+}
+
+/// Strongly connected components of more than one node (Tarjan).
+fn loops(nodes: &BTreeSet<String>, edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    struct Walk<'a> {
+        edges: &'a BTreeMap<String, BTreeSet<String>>,
+        index: BTreeMap<String, usize>,
+        low: BTreeMap<String, usize>,
+        stack: Vec<String>,
+        on_stack: BTreeSet<String>,
+        found: Vec<Vec<String>>,
+    }
+    fn visit(walk: &mut Walk<'_>, node: &str) {
+        let n = walk.index.len();
+        walk.index.insert(node.to_string(), n);
+        walk.low.insert(node.to_string(), n);
+        walk.stack.push(node.to_string());
+        walk.on_stack.insert(node.to_string());
+        for next in walk.edges.get(node).cloned().unwrap_or_default() {
+            if !walk.index.contains_key(&next) {
+                visit(walk, &next);
+                let low = walk.low[node].min(walk.low[&next]);
+                walk.low.insert(node.to_string(), low);
+            } else if walk.on_stack.contains(&next) {
+                let low = walk.low[node].min(walk.index[&next]);
+                walk.low.insert(node.to_string(), low);
+            }
+        }
+        if walk.low[node] == walk.index[node] {
+            let mut component = Vec::new();
+            loop {
+                let top = walk.stack.pop().unwrap();
+                walk.on_stack.remove(&top);
+                let done = top == node;
+                component.push(top);
+                if done {
+                    break;
+                }
+            }
+            if component.len() > 1 {
+                component.sort();
+                walk.found.push(component);
+            }
+        }
+    }
+    let mut walk = Walk {
+        edges,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        found: Vec::new(),
+    };
+    for node in nodes {
+        if !walk.index.contains_key(node) {
+            visit(&mut walk, node);
+        }
+    }
+    walk.found
+}
+
+/// An edge between two rooms (or two files of one room), with the paths that make it.
+type Reasons = BTreeMap<(String, String), BTreeSet<String>>;
+
+#[test]
+fn the_modules_import_one_way() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut modules = BTreeMap::new();
+    collect(&root, &[], &mut modules);
+    let known: BTreeSet<Vec<String>> = modules.keys().cloned().collect();
+
+    // Level 1: top-level rooms. Level 2: the files inside one room, beside each other.
+    let mut graphs: BTreeMap<String, (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>)> =
+        BTreeMap::new();
+    let mut reasons = Reasons::new();
+    for (key, module) in &modules {
+        if key.is_empty() {
+            continue;
+        }
+        for path in references(key, &module.text) {
+            let Some(target) = resolve(&known, &path) else { continue };
+            if target.is_empty() {
+                continue;
+            }
+            let (scope, from, to) = if key[0] != target[0] {
+                ("crate".to_string(), key[0].clone(), target[0].clone())
+            } else if key.len() >= 2 && target.len() >= 2 && key[1] != target[1] {
+                (key[0].clone(), key[1].clone(), target[1].clone())
+            } else {
+                continue;
+            };
+            let graph = graphs.entry(scope.clone()).or_default();
+            graph.0.insert(from.clone());
+            graph.0.insert(to.clone());
+            graph.1.entry(from.clone()).or_default().insert(to.clone());
+            reasons
+                .entry((format!("{scope}/{from}"), format!("{scope}/{to}")))
+                .or_default()
+                .insert(format!("{} uses {}", module.file.strip_prefix(&root).unwrap().display(), path.join("::")));
+        }
+    }
+
+    let mut report = String::new();
+    for (scope, (nodes, edges)) in &graphs {
+        for component in loops(nodes, edges) {
+            report.push_str(&format!("\nloop in {scope}: {}\n", component.join(" <-> ")));
+            for from in &component {
+                for to in edges.get(from).into_iter().flatten().filter(|t| component.contains(t)) {
+                    for why in &reasons[&(format!("{scope}/{from}"), format!("{scope}/{to}"))] {
+                        report.push_str(&format!("  {from} -> {to}: {why}\n"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(report.is_empty(), "imports run in a loop:{report}");
+}
+
+#[test]
+fn the_checker_sees_use_groups_and_skips_tests() {
+    let code = strip(
+        "use crate::{a::B, c::{d::E, F}};\nfn f() { crate::g::h(); let s = \"crate::x\"; }\n\
+         #[cfg(test)]\nmod tests { use crate::z::Q; fn t() { let c = '{'; } }\nuse super::y;",
+    );
+    let found: Vec<String> =
+        references(&["m".to_string(), "n".to_string()], &code).iter().map(|p| p.join("::")).collect();
+    assert_eq!(found, ["a::B", "c::d::E", "c::F", "g::h", "m::y"]);
+}
