@@ -179,7 +179,7 @@ impl Application {
         background.push(revocations.spawn_refresher(sessions.clone(), clock.clone(), poll, loaded));
         // Verified API keys are held in memory and dropped on every instance within a poll
         // of any change to what they grant (authentication::key_cache).
-        let api_keys = Arc::new(crate::authentication::key_cache::KeyCache::default());
+        let api_keys = Arc::new(crate::key_cache::KeyCache::default());
         let head = database
             .data()
             .credential_change_head()
@@ -188,8 +188,8 @@ impl Application {
         background.push(api_keys.spawn_follower(
             database.data(),
             head,
-            crate::authentication::key_cache::POLL,
-            crate::authentication::key_cache::TRUST,
+            crate::key_cache::POLL,
+            crate::key_cache::TRUST,
         ));
         {
             let database = database.clone();

@@ -17,8 +17,6 @@
 //! given here after the key held (a signed body too large or unreadable) are charged too.
 
 pub mod api_key;
-pub mod key_cache;
-pub mod verified;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -229,7 +227,7 @@ pub async fn identify(
         // charged: junk from the same address cannot lock its client out, nor can the
         // anonymous burst cap its requests in flight.
         let now = state.now();
-        let digest = single_key(request.headers()).map(verified::digest);
+        let digest = single_key(request.headers()).map(crate::verified_keys::digest);
         let known = digest.is_some_and(|digest| state.verified_keys.contains(&digest, now));
         // Any other is charged before the lookup, so that guesses in flight at once cannot
         // outrun the budget; given back as soon as the key is found to hold (a signature

@@ -42,9 +42,9 @@ pub struct Shared {
     /// Calls to users' broker hosts, with a circuit breaker per host.
     pub brokers: Brokers,
     /// API keys that authenticated recently (spared the anonymous charge).
-    pub verified_keys: crate::authentication::verified::VerifiedKeys,
+    pub verified_keys: crate::verified_keys::VerifiedKeys,
     /// API keys that held, by key digest, so that a known key costs no store round trip.
-    pub api_keys: Arc<crate::authentication::key_cache::KeyCache>,
+    pub api_keys: Arc<crate::key_cache::KeyCache>,
     /// Set when shutdown begins (`/readyz` then fails).
     pub stopping: crate::shutdown::Stopping,
 }

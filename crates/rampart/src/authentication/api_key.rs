@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::key_cache::CachedKey;
+use crate::key_cache::CachedKey;
 use super::{Credential, Failure, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -386,7 +386,7 @@ async fn check_key(
     {
         return Err(Ok(Refused::Skewed));
     }
-    let digest = super::verified::digest(key.as_bytes());
+    let digest = crate::verified_keys::digest(key.as_bytes());
     let cache = &state.api_keys;
     let record = match cache.get(&digest) {
         Some(record) => record,
@@ -412,7 +412,7 @@ async fn check_key(
 async fn read_key(
     state: &AppState,
     prefix: &str,
-    digest: &super::verified::KeyDigest,
+    digest: &crate::verified_keys::KeyDigest,
     now: i64,
 ) -> Result<Arc<CachedKey>, Result<Refused, ApiError>> {
     let record = state

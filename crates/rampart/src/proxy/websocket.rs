@@ -383,7 +383,7 @@ async fn key_holds(state: &AppState, key: &str) -> bool {
         return false;
     };
     let now = state.now();
-    let digest = authentication::verified::digest(key.as_bytes());
+    let digest = crate::verified_keys::digest(key.as_bytes());
     let unexpired = |expires_at: Option<i64>| expires_at.is_none_or(|at| at > now);
     if let Some(record) = state.api_keys.get(&digest) {
         return unexpired(record.expires_at);

@@ -728,7 +728,7 @@ async fn the_principal_records_whether_the_request_was_signed(backend: Backend) 
     let call = |mut request: http::Request<Body>| {
         let state = app.state.clone();
         async move {
-            let mut context = rampart::gateway::pipeline::Context::begin(&state, &mut request);
+            let mut context = rampart::gateway::context::Context::begin(&state, &mut request);
             rampart::authentication::identify(&state, &mut context, request)
                 .await
                 .expect("identified");

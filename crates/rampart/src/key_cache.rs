@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use super::verified::KeyDigest;
+use crate::verified_keys::KeyDigest;
 use crate::store::Store;
 
 /// How often each instance reads the credential-change log.
@@ -330,7 +330,7 @@ mod tests {
     }
 
     fn digest(n: u8) -> KeyDigest {
-        super::super::verified::digest(&[n])
+        crate::verified_keys::digest(&[n])
     }
 
     #[test]

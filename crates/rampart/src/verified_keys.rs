@@ -2,7 +2,7 @@
 //!
 //! Used for one decision only: whether an API-key request is charged to its client's
 //! anonymous budget before its key is looked up. A key in the set is still checked in
-//! full on every request (from [`super::key_cache`], which drops a deleted key on every
+//! full on every request (from [`crate::key_cache`], which drops a deleted key on every
 //! instance within a second); it is only spared the charge, so that junk from the same address (a shared NAT or IPv6
 //! prefix) cannot lock out a working client, and a client with many requests in flight is
 //! not held to the anonymous burst. Unknown keys are charged before the lookup as before.
