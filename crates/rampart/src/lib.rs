@@ -27,6 +27,7 @@ pub mod keyring;
 pub mod metrics;
 pub mod openapi;
 pub mod operations;
+pub mod outbound;
 pub mod password;
 pub mod proxy;
 pub mod rate_limit;
@@ -36,9 +37,12 @@ pub mod sealing;
 pub mod secrets;
 pub mod security_headers;
 pub mod server;
-pub mod ssrf;
 pub mod state;
 pub mod store;
 pub mod time_format;
 pub mod tokens;
 pub mod validation;
+
+/// The old path of [`outbound`], which configuration validation still names.
+#[doc(hidden)]
+pub use outbound as ssrf;
