@@ -8,7 +8,7 @@
 //! address beyond what the user typed.
 //!
 //! This module holds the URL rules (scheme, credentials, fragment, host globs);
-//! [`address`] what an address may be and the checks on a resolved host, [`client`] the
+//! `address` what an address may be and the checks on a resolved host, `client` the
 //! HTTP client that pins each connection to a checked address.
 
 mod address;

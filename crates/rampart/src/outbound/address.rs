@@ -1,9 +1,14 @@
 //! What an outbound address may be: public unicast only, unless a network in
 //! `accounts.allowed_networks` lets it through; and the checks on every address a host
 //! resolves to.
+//!
+//! Ranges are [`ipnet`] networks, checked when compiled. The one hand-written bit
+//! arithmetic left reads the IPv4 address carried inside a NAT64 or 6to4 address, which
+//! ipnet has no accessor for.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use ipnet::{Ipv4Net, Ipv6Net};
 use url::Url;
 
 use super::{OutboundPolicy, SsrfError, bare_host};
@@ -91,71 +96,73 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// `a.b.c.d/len`, checked when compiled.
+const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> Ipv4Net {
+    Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len)
+}
+
+/// `first::/len` (or `first:second::/len`), checked when compiled.
+const fn v6(first: u16, second: u16, len: u8) -> Ipv6Net {
+    Ipv6Net::new_assert(Ipv6Addr::new(first, second, 0, 0, 0, 0, 0, 0), len)
+}
+
 /// IPv4 ranges that are never public (RFC 6890 and successors).
-const FORBIDDEN_V4: [(Ipv4Addr, u8); 15] = [
-    (Ipv4Addr::new(0, 0, 0, 0), 8),       // "this network", unspecified
-    (Ipv4Addr::new(10, 0, 0, 0), 8),      // private
-    (Ipv4Addr::new(100, 64, 0, 0), 10),   // CGNAT shared address space
-    (Ipv4Addr::new(127, 0, 0, 0), 8),     // loopback
-    (Ipv4Addr::new(169, 254, 0, 0), 16),  // link-local, cloud metadata
-    (Ipv4Addr::new(172, 16, 0, 0), 12),   // private
-    (Ipv4Addr::new(192, 0, 0, 0), 24),    // IETF protocol assignments
-    (Ipv4Addr::new(192, 0, 2, 0), 24),    // TEST-NET-1
-    (Ipv4Addr::new(192, 88, 99, 0), 24),  // deprecated 6to4 relay anycast
-    (Ipv4Addr::new(192, 168, 0, 0), 16),  // private
-    (Ipv4Addr::new(198, 18, 0, 0), 15),   // benchmarking
-    (Ipv4Addr::new(198, 51, 100, 0), 24), // TEST-NET-2
-    (Ipv4Addr::new(203, 0, 113, 0), 24),  // TEST-NET-3
-    (Ipv4Addr::new(224, 0, 0, 0), 4),     // multicast
-    (Ipv4Addr::new(240, 0, 0, 0), 4),     // reserved, broadcast
+const FORBIDDEN_V4: [Ipv4Net; 15] = [
+    v4(0, 0, 0, 0, 8),       // "this network", unspecified
+    v4(10, 0, 0, 0, 8),      // private
+    v4(100, 64, 0, 0, 10),   // CGNAT shared address space
+    v4(127, 0, 0, 0, 8),     // loopback
+    v4(169, 254, 0, 0, 16),  // link-local, cloud metadata
+    v4(172, 16, 0, 0, 12),   // private
+    v4(192, 0, 0, 0, 24),    // IETF protocol assignments
+    v4(192, 0, 2, 0, 24),    // TEST-NET-1
+    v4(192, 88, 99, 0, 24),  // deprecated 6to4 relay anycast
+    v4(192, 168, 0, 0, 16),  // private
+    v4(198, 18, 0, 0, 15),   // benchmarking
+    v4(198, 51, 100, 0, 24), // TEST-NET-2
+    v4(203, 0, 113, 0, 24),  // TEST-NET-3
+    v4(224, 0, 0, 0, 4),     // multicast
+    v4(240, 0, 0, 0, 4),     // reserved, broadcast
 ];
 
 /// Ranges inside global unicast `2000::/3` that are never public.
-const FORBIDDEN_V6_GLOBAL: [(Ipv6Addr, u8); 3] = [
-    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23), // IETF assignments: Teredo, benchmarking, ORCHID
-    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
-    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20), // documentation (RFC 9637)
+const FORBIDDEN_V6_GLOBAL: [Ipv6Net; 3] = [
+    v6(0x2001, 0, 23),     // IETF assignments: Teredo, benchmarking, ORCHID
+    v6(0x2001, 0xdb8, 32), // documentation
+    v6(0x3fff, 0, 20),     // documentation (RFC 9637)
 ];
 
 /// `2000::/3`: the only IPv6 block that holds public unicast addresses.
-const GLOBAL_UNICAST: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0), 3);
+const GLOBAL_UNICAST: Ipv6Net = v6(0x2000, 0, 3);
 
 /// NAT64 well-known prefix `64:ff9b::/96` (RFC 6052); the low 32 bits are an IPv4 address.
-const NAT64: (Ipv6Addr, u8) = (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96);
+const NAT64: Ipv6Net = v6(0x64, 0xff9b, 96);
 
 /// 6to4 `2002::/16` (RFC 3056); bits 16..48 are an IPv4 address.
-const SIX_TO_FOUR: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16);
-
-fn in_v4(ip: Ipv4Addr, (network, prefix): (Ipv4Addr, u8)) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-    ip.to_bits() & mask == network.to_bits() & mask
-}
-
-fn in_v6(ip: Ipv6Addr, (network, prefix): (Ipv6Addr, u8)) -> bool {
-    let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-    ip.to_bits() & mask == network.to_bits() & mask
-}
+const SIX_TO_FOUR: Ipv6Net = v6(0x2002, 0, 16);
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    !FORBIDDEN_V4.iter().any(|&range| in_v4(ip, range))
+    !FORBIDDEN_V4.iter().any(|range| range.contains(&ip))
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return is_public_v4(v4);
     }
+    // The IPv4 address inside a NAT64 or 6to4 address is read by shifting: ipnet tests
+    // membership but does not extract embedded addresses.
     let bits = ip.to_bits();
-    if in_v6(ip, NAT64) {
-        // Truncation keeps exactly the embedded IPv4 address.
+    if NAT64.contains(&ip) {
+        // Truncation keeps exactly the low 32 bits.
         return is_public_v4(Ipv4Addr::from_bits(bits as u32));
     }
-    if !in_v6(ip, GLOBAL_UNICAST) {
+    if !GLOBAL_UNICAST.contains(&ip) {
         return false;
     }
-    if in_v6(ip, SIX_TO_FOUR) && !is_public_v4(Ipv4Addr::from_bits((bits >> 80) as u32)) {
+    if SIX_TO_FOUR.contains(&ip) && !is_public_v4(Ipv4Addr::from_bits((bits >> 80) as u32)) {
         return false;
     }
-    !FORBIDDEN_V6_GLOBAL.iter().any(|&range| in_v6(ip, range))
+    !FORBIDDEN_V6_GLOBAL.iter().any(|range| range.contains(&ip))
 }
 
 #[cfg(test)]
