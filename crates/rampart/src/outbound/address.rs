@@ -15,7 +15,7 @@ use super::{OutboundPolicy, SsrfError, bare_host};
 
 impl OutboundPolicy {
     /// [`OutboundPolicy::check_url`], then resolves the host and checks every address, for a
-    /// 400 when an account is saved. [`SafeClient`] checks again when it connects.
+    /// 400 when an account is saved. [`SafeClient`](super::SafeClient) checks again when it connects.
     ///
     /// # Errors
     /// As [`OutboundPolicy::check_url`], plus [`SsrfError::Unresolvable`] and
