@@ -177,16 +177,19 @@ impl Authentication {
     }
 }
 
-/// The value of a cookie, if present.
+/// The value of a cookie, if present: the first one of that name across every `Cookie`
+/// header. A header that is not visible ASCII is skipped, as is any pair without `=` or
+/// with an empty name; the others still count. Values are borrowed from the header, so
+/// nothing is allocated, and a request without cookies costs one header lookup.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
+        .flat_map(::cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == name)
+        .and_then(|cookie| cookie.value_raw())
 }
 
 /// Whether a method changes state and so needs CSRF protection under cookies.
@@ -529,6 +532,30 @@ mod tests {
         );
         assert_eq!(cookie(&headers, ACCESS_COOKIE), Some("tok"));
         assert_eq!(cookie(&headers, "b"), None);
+    }
+
+    #[test]
+    fn the_first_cookie_of_a_name_wins_and_malformed_pairs_are_skipped() {
+        let mut headers = HeaderMap::new();
+        for value in ["junk; =empty-name; ;; a=1", "a=2; b=x=y; q=\"quoted\""] {
+            headers.append(header::COOKIE, value.parse().unwrap());
+        }
+        assert_eq!(cookie(&headers, "a"), Some("1"));
+        assert_eq!(cookie(&headers, "b"), Some("x=y"));
+        assert_eq!(cookie(&headers, "q"), Some("\"quoted\""));
+        assert_eq!(cookie(&headers, "junk"), None);
+        assert_eq!(cookie(&HeaderMap::new(), "a"), None);
+    }
+
+    #[test]
+    fn a_cookie_header_that_is_not_text_is_skipped() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            http::HeaderValue::from_bytes(b"a=\xff").unwrap(),
+        );
+        headers.append(header::COOKIE, "a=2".parse().unwrap());
+        assert_eq!(cookie(&headers, "a"), Some("2"));
     }
 
     #[test]

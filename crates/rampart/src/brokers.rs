@@ -1,6 +1,6 @@
 //! Calls to users' broker hosts (OpenAlgo API) for `POST /accounts/{id}/refresh`.
 //!
-//! Every call goes through [`ssrf::SafeClient`] (the address is checked again when
+//! Every call goes through [`SafeClient`] (the address is checked again when
 //! connecting, redirects are not followed, timeouts apply) and through the circuit breaker
 //! of its host, kept in a bounded map. Failures are [`BrokerError`]: 502 when the broker
 //! cannot be reached or answers badly, 504 on timeout, 503 + `Retry-After` while open.
@@ -14,7 +14,7 @@ use url::Url;
 
 use crate::circuit_breaker::{self, CircuitBreaker, Transition};
 use crate::error::ApiError;
-use crate::ssrf::{OutboundError, OutboundPolicy, SafeClient, SsrfError};
+use crate::outbound::{OutboundError, OutboundPolicy, SafeClient, SsrfError};
 
 /// Most broker hosts with a breaker of their own; past that, closed breakers are dropped.
 pub const MAX_BREAKERS: usize = 1024;

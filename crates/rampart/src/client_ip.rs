@@ -13,7 +13,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use http::HeaderMap;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 
 /// The client behind a trusted proxy whose `X-Forwarded-For` cannot be read. `0.0.0.0`
 /// is never a socket peer, so every such request shares this one rate budget and lockout
@@ -63,11 +63,7 @@ pub fn resolve(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAd
 pub fn bucket(address: IpAddr, ipv6_prefix: u8) -> IpAddr {
     match address {
         IpAddr::V4(_) => address,
-        IpAddr::V6(v6) => {
-            let prefix = u32::from(ipv6_prefix.min(128));
-            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
-            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & mask))
-        }
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Net::new_assert(v6, ipv6_prefix.min(128)).network()),
     }
 }
 

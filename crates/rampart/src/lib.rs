@@ -29,6 +29,7 @@ pub mod keyring;
 pub mod metrics;
 pub mod openapi;
 pub mod operations;
+pub mod outbound;
 pub mod password;
 pub mod proxy;
 pub mod rate_limit;
@@ -39,10 +40,13 @@ pub mod secrets;
 pub mod security_headers;
 pub mod server;
 pub mod shutdown;
-pub mod ssrf;
 pub mod state;
 pub mod store;
 pub mod time_format;
 pub mod tokens;
 pub mod validation;
 pub mod verified_keys;
+
+/// The old path of [`outbound`], which configuration validation still names.
+#[doc(hidden)]
+pub use outbound as ssrf;

@@ -25,7 +25,7 @@ use http::header::{HeaderValue, LOCATION};
 use http::{Method, StatusCode, Uri};
 use rampart::app::{Application, BuildOptions};
 use rampart::config::{Config, Sources};
-use rampart::ssrf::{
+use rampart::outbound::{
     ConnectError, OutboundError, OutboundPolicy, SafeClient, SafeConnector, SsrfError, is_public,
 };
 use serde_json::{Value, json};
@@ -839,7 +839,7 @@ fn the_gateway_refuses_loopback_host_urls_under_its_default_policy() {
         );
         // A loopback name, a loopback address and names that do not resolve all get one
         // message: the refusal must not tell an internal name from a missing one.
-        let one_message = json!([rampart::ssrf::NOT_PUBLIC]).to_string();
+        let one_message = json!([rampart::outbound::NOT_PUBLIC]).to_string();
         for host_url in [
             format!("https://localhost:{port}"),
             format!("https://127.0.0.1:{port}"),
@@ -880,7 +880,7 @@ fn the_gateway_refuses_loopback_host_urls_under_its_default_policy() {
             .await;
             assert_eq!(
                 messages,
-                json!([rampart::ssrf::NOT_PUBLIC]).to_string(),
+                json!([rampart::outbound::NOT_PUBLIC]).to_string(),
                 "{host_url}"
             );
         }

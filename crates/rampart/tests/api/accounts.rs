@@ -385,7 +385,7 @@ async fn an_internal_name_and_a_missing_name_are_refused_alike(backend: Backend)
     for (url, fields) in &answers {
         assert_eq!(
             fields,
-            &json!({ "host_url": [rampart::ssrf::NOT_PUBLIC] }),
+            &json!({ "host_url": [rampart::outbound::NOT_PUBLIC] }),
             "{url}: a refusal must not tell a private address from a name that does not resolve"
         );
     }
