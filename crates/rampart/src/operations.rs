@@ -13,30 +13,8 @@ use serde_json::json;
 
 use crate::client_ip::ClientIp;
 use crate::error::ApiError;
-use crate::request::RouteName;
+use crate::request::{RouteName, operations_path};
 use crate::state::AppState;
-
-/// Paths served here. Ask [`is_operations_path`] rather than this list.
-const PATHS: [&str; 5] = [
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/.well-known/jwks.json",
-    "/openapi.json",
-];
-
-/// The operations path `path` is, if it is one (compared exactly, on the canonical path).
-pub fn operations_path(path: &str) -> Option<&'static str> {
-    PATHS.iter().find(|known| **known == path).copied()
-}
-
-/// Whether `path` (canonical) is a probe, scraper or public document path (SPEC §8), which
-/// no route's policy, identity, rate limit or body policy applies to. The route stage asks
-/// once per request and records the answer as `Context::operations`, which every later
-/// stage reads.
-pub fn is_operations_path(path: &str) -> bool {
-    operations_path(path).is_some()
-}
 
 /// The routes.
 pub fn routes() -> Router<AppState> {
@@ -122,21 +100,5 @@ async fn jwks(State(state): State<AppState>) -> Response {
     match state.tokens.jwks() {
         Some(keys) => Json(keys.clone()).into_response(),
         None => ApiError::NotFound.into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn operations_paths_match_exactly() {
-        for path in PATHS {
-            assert!(is_operations_path(path), "{path}");
-            assert_eq!(operations_path(path), Some(path));
-        }
-        for path in ["/healthz/", "/HEALTHZ", "/metrics/x", "/", "/readyz?x", ""] {
-            assert!(!is_operations_path(path), "{path}");
-        }
     }
 }

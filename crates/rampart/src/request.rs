@@ -20,6 +20,28 @@ pub fn is_well_formed_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// Paths of the operations endpoints ([`crate::operations`]). Ask [`is_operations_path`] rather than this list.
+const PATHS: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/.well-known/jwks.json",
+    "/openapi.json",
+];
+
+/// The operations path `path` is, if it is one (compared exactly, on the canonical path).
+pub fn operations_path(path: &str) -> Option<&'static str> {
+    PATHS.iter().find(|known| **known == path).copied()
+}
+
+/// Whether `path` (canonical) is a probe, scraper or public document path (SPEC §8), which
+/// no route's policy, identity, rate limit or body policy applies to. The route stage asks
+/// once per request and records the answer as `Context::operations`, which every later
+/// stage reads.
+pub fn is_operations_path(path: &str) -> bool {
+    operations_path(path).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,6 +52,17 @@ mod tests {
         assert!(is_well_formed_id("3f2c1b1e-9c1d-4e43-9d3c-2b7f1f9a2c11"));
         for bad in ["", "has space", "new\nline", "<script>", &"x".repeat(129)] {
             assert!(!is_well_formed_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn operations_paths_match_exactly() {
+        for path in PATHS {
+            assert!(is_operations_path(path), "{path}");
+            assert_eq!(operations_path(path), Some(path));
+        }
+        for path in ["/healthz/", "/HEALTHZ", "/metrics/x", "/", "/readyz?x", ""] {
+            assert!(!is_operations_path(path), "{path}");
         }
     }
 }

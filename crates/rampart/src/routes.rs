@@ -516,7 +516,7 @@ pub fn resolve(
     let path = request.uri().path();
     // Probes and scrapers are never subject to a route's policy (SPEC §8), whatever
     // catch-all route the configuration has.
-    if crate::operations::is_operations_path(path) {
+    if crate::request::is_operations_path(path) {
         context.operations = true;
         return Ok(());
     }

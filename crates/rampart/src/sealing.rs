@@ -5,7 +5,7 @@
 //! that was read, so it is safe to interrupt, to run again, and to run while the gateway
 //! serves. A value that does not open is reported and left as it is.
 
-use crate::audit::{NewAuditEntry, RequestContext};
+use crate::chain::{NewAuditEntry, RequestContext};
 use zeroize::Zeroizing;
 
 use crate::keyring::{DecryptError, KeyRing};

@@ -29,7 +29,7 @@ pub struct Context {
     /// `User-Agent`, for audit rows and the access log.
     pub user_agent: Option<HeaderValue>,
     /// A probe, scraper or public document path (SPEC §8): no route, identity or limit.
-    /// Set by the route stage from [`crate::operations::is_operations_path`].
+    /// Set by the route stage from [`crate::request::is_operations_path`].
     pub operations: bool,
     /// The matched `[[routes]]` entry.
     pub route: Option<Arc<Route>>,
