@@ -149,7 +149,7 @@ pub fn record_in_background(store: std::sync::Arc<dyn Store>, entry: NewAuditEnt
 }
 
 /// A stored audit row.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema, sqlx::FromRow)]
 pub struct AuditRecord {
     /// Row id, increasing.
     pub id: i64,
