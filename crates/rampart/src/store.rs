@@ -488,7 +488,7 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a sealed value only if it still is `old`; `false` when it changed meanwhile.
     async fn reseal(&self, kind: SealedKind, id: i64, old: &str, new: &str) -> StoreResult<bool>;
     /// Overwrites one sealed value without checks; only for rotation tests.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-util"))]
     async fn tamper_sealed_for_test(
         &self,
         kind: SealedKind,
@@ -497,7 +497,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Overwrites one audit row's details; only for tamper-detection tests.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-util"))]
     async fn tamper_audit_for_test(&self, id: i64, details: &str) -> StoreResult<()>;
 }
 

@@ -310,6 +310,7 @@ pub(super) async fn audit_snapshot(
 }
 
 /// Overwrites one audit row's details; only for tamper-detection tests.
+#[cfg(any(test, feature = "test-util"))]
 pub(super) async fn tamper_audit_for_test(
     store: &SqlStore,
     id: i64,

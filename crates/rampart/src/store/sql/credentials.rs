@@ -179,6 +179,7 @@ pub(super) async fn reseal(
 }
 
 /// Overwrites one sealed value without checks; only for rotation tests.
+#[cfg(any(test, feature = "test-util"))]
 pub(super) async fn tamper_sealed_for_test(
     store: &SqlStore,
     kind: SealedKind,

@@ -171,6 +171,7 @@ impl Store for SqlStore {
         credentials::reseal(self, kind, id, old, new).await
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     async fn tamper_sealed_for_test(
         &self,
         kind: SealedKind,
@@ -180,6 +181,7 @@ impl Store for SqlStore {
         credentials::tamper_sealed_for_test(self, kind, id, value).await
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     async fn tamper_audit_for_test(&self, id: i64, details: &str) -> StoreResult<()> {
         audit::tamper_audit_for_test(self, id, details).await
     }
