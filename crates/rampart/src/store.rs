@@ -392,6 +392,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an audit entry on its own.
     async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()>;
+    /// Queues an audit entry to be appended in the background, after every entry queued
+    /// before it; a failure is logged.
+    fn append_audit_later(&self, entry: NewAuditEntry);
+    /// Waits until every entry queued by [`Self::append_audit_later`] before this call is
+    /// written (or its failure logged).
+    async fn flush_audit(&self);
     /// Audit entries, newest first.
     async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
     /// Audit entries in id order after `after_id`, for verification and export.

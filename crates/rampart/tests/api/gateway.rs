@@ -89,8 +89,8 @@ async fn the_shipped_route_matrix_holds_for_every_role(backend: Backend) {
         2 + 2 + 3,
         "refused requests never reach the backend"
     );
-    // Refusals are audited in the background; give the writes a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Refusals are audited in the background.
+    app.flush_audit().await;
     let audit: Value = app
         .get_with(
             "/admin/audit?action=unauthorized_access",
@@ -411,7 +411,7 @@ async fn the_circuit_opens_refuses_at_once_then_recovers(backend: Backend) {
     assert_eq!(get().await.status(), 503, "and the circuit is open again");
 
     let admin = app.user("admin_1").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.flush_audit().await;
     let audit: Value = app
         .get_with("/admin/audit?action=circuit_opened", &admin.access_token)
         .await
@@ -524,7 +524,7 @@ async fn intrusion_patterns_are_detected_or_blocked(backend: Backend) {
         assert_eq!(counted, mode != "off", "{mode}: {metrics}");
         if mode == "detect" {
             let admin = app.user("admin_1").await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            app.flush_audit().await;
             let audit: Value = app
                 .get_with(
                     "/admin/audit?action=suspicious_request",

@@ -67,7 +67,7 @@ async fn get(app: &TestApp, path: &str) -> reqwest::Response {
 }
 
 async fn audit(app: &TestApp, token: &str, action: &str) -> Vec<Value> {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.flush_audit().await;
     let body: Value = app
         .get_with(&format!("/admin/audit?action={action}"), token)
         .await

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::{Db, LOCK_AUDIT, SNAPSHOT, SqlStore, Tx};
+use crate::audit::writer::AuditWriter;
 use crate::audit::{self, AuditRecord, ChainKey, GENESIS, NewAuditEntry};
 use crate::store::sql::{AUDIT_COLUMNS, HEAD_MISSING, KEY_MISMATCH};
 use crate::store::{AuditFilter, AuditItem, ChainRecord, StoreError, StoreResult};
@@ -90,6 +91,15 @@ impl SqlStore {
         tx.commit().await?;
         self.audit_key = Some(Arc::new(key));
         Ok(self)
+    }
+
+    /// The same database and chain key, with a writer queue of its own (never started).
+    pub(super) fn without_writer(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            audit_key: self.audit_key.clone(),
+            writer: AuditWriter::default(),
+        }
     }
 
     /// A transaction that holds the audit lock from its start. Every transaction that

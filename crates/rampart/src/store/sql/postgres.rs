@@ -7,12 +7,15 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::audit::ChainKey;
+use crate::audit::writer::AuditWriter;
 
 /// The production store: a PostgreSQL connection pool.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
     audit_key: Option<Arc<ChainKey>>,
+    /// Appends the entries queued with `append_audit_later`.
+    writer: AuditWriter,
 }
 
 impl PostgresStore {
@@ -31,6 +34,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             audit_key: None,
+            writer: AuditWriter::default(),
         })
     }
 }

@@ -1,5 +1,7 @@
 //! [`Store`] for this backend: each operation is written in the file of its seam.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use super::{SqlStore, accounts, audit, credentials, users};
@@ -61,6 +63,16 @@ impl Store for SqlStore {
 
     async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()> {
         audit::append_audit(self, entry).await
+    }
+
+    fn append_audit_later(&self, entry: NewAuditEntry) {
+        // The writer appends through a copy of this store without the queue, so that the
+        // queue closes (and the writer ends) when the last handle to the store is gone.
+        self.writer.queue(entry, || Arc::new(self.without_writer()));
+    }
+
+    async fn flush_audit(&self) {
+        self.writer.flush().await;
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {

@@ -7,12 +7,15 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use crate::audit::ChainKey;
+use crate::audit::writer::AuditWriter;
 
 /// The embedded store: one SQLite file (or memory), one connection.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
     audit_key: Option<Arc<ChainKey>>,
+    /// Appends the entries queued with `append_audit_later`.
+    writer: AuditWriter,
 }
 
 impl SqliteStore {
@@ -42,6 +45,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             audit_key: None,
+            writer: AuditWriter::default(),
         })
     }
 }
