@@ -387,6 +387,8 @@ async fn the_circuit_opens_refuses_at_once_then_recovers(backend: Backend) {
     );
 
     // After open_for the next request is a probe; the backend is back, so it closes.
+    // Real time: the breaker reads the runtime's clock, which cannot be paused while the
+    // gateway serves this test over real sockets on a multi-threaded runtime.
     tokio::time::sleep(Duration::from_millis(600)).await;
     upstream
         .failing
@@ -406,6 +408,7 @@ async fn the_circuit_opens_refuses_at_once_then_recovers(backend: Backend) {
     for _ in 0..3 {
         get().await;
     }
+    // open_for again, in real time as above.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(get().await.status(), 500, "the probe fails");
     assert_eq!(get().await.status(), 503, "and the circuit is open again");

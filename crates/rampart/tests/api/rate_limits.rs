@@ -315,6 +315,7 @@ impl OwnRedis {
             {
                 return Some(Self { child, url });
             }
+            // A child process starting up: poll until it accepts.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("redis-server did not start on port {port}");
