@@ -72,3 +72,46 @@ fn start(store: Arc<dyn Store>) -> mpsc::UnboundedSender<Job> {
     });
     queue
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use crate::audit::{ChainKey, NewAuditEntry, RequestContext};
+    use crate::store::Store;
+    use crate::store::sql::SqliteStore;
+
+    #[tokio::test]
+    async fn a_flush_returns_once_everything_queued_before_it_is_written_in_order() {
+        let dir = std::env::temp_dir().join(format!("rampart-writer-{}", ulid::Ulid::new()));
+        let url = format!("sqlite://{}", dir.join("rampart.db").display());
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::connect(&url)
+                .await
+                .unwrap()
+                .with_audit_key(ChainKey::new("a chain key for this test only"))
+                .await
+                .unwrap(),
+        );
+        // Nothing queued yet: there is no writer to wait for.
+        store.flush_audit().await;
+        let context = RequestContext::default();
+        for at in 0..20 {
+            let entry = NewAuditEntry::new(at, "auth_failed", None, json!({}), &context);
+            store.append_audit_later(entry);
+        }
+        store.flush_audit().await;
+        let written: Vec<i64> = store
+            .audit_page(0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.at)
+            .collect();
+        assert_eq!(written, (0..20).collect::<Vec<_>>());
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
