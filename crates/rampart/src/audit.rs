@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 use crate::store::{AuditItem, ChainRecord, Store, StoreResult};
 
 pub mod throttle;
+pub mod writer;
 
 fn serialize_json_text<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
     match serde_json::from_str::<Value>(text) {
@@ -137,19 +138,15 @@ pub fn request_entry<B>(
     NewAuditEntry::new(at, action, user_id, details, &RequestContext::of(request))
 }
 
-/// Writes `entry` without making the request wait for it; a failure is logged. For events
-/// that record a refusal rather than a change (there is no transaction to join).
+/// Writes `entry` without making the request wait for it, after the entries queued before
+/// it ([`Store::append_audit_later`]); a failure is logged. For events that record a
+/// refusal rather than a change (there is no transaction to join).
 pub fn record_in_background(store: std::sync::Arc<dyn Store>, entry: NewAuditEntry) {
-    tokio::spawn(async move {
-        let action = entry.action;
-        if let Err(error) = store.append_audit(entry).await {
-            tracing::warn!(%error, action, "could not write an audit entry");
-        }
-    });
+    store.append_audit_later(entry);
 }
 
 /// A stored audit row.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema, sqlx::FromRow)]
 pub struct AuditRecord {
     /// Row id, increasing.
     pub id: i64,

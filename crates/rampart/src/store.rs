@@ -37,7 +37,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A user account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct User {
     /// Numeric id.
     pub id: i64,
@@ -86,7 +86,7 @@ pub struct UserPatch {
 }
 
 /// A login session: every refresh token descending from one login.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Family {
     /// Random id, also the `sid` claim of its access tokens.
     pub id: String,
@@ -150,7 +150,7 @@ impl LockScope {
 /// another client's reservation. When a window has passed, the next reservation starts a
 /// new one with nothing counted (an attempt still in flight from the old window then counts
 /// its failure in the new one); a reservation never settled (a crash) is forgotten so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, sqlx::FromRow)]
 pub struct Counter {
     /// Confirmed failures in the window.
     pub failures: i64,
@@ -233,7 +233,7 @@ pub struct AuditFilter {
 }
 
 /// An API key as stored: the key only as a hash, the signing secret sealed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiKey {
     /// Numeric id.
     pub id: i64,
@@ -254,7 +254,7 @@ pub struct ApiKey {
 }
 
 /// A user's connection to a broker; the broker's API key is sealed by the key ring.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TradingAccount {
     /// Numeric id.
     pub id: i64,
@@ -315,7 +315,7 @@ impl SealedKind {
 
 /// One record of `audit_chain`: a row id and hash the audit chain is checked against,
 /// sealed with the chain key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ChainRecord {
     /// `head`, `legacy_start` or `legacy_end`.
     pub name: String,
@@ -338,7 +338,7 @@ pub enum AuditItem {
 }
 
 /// One sealed value and what it is bound to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SealedValue {
     /// Row id.
     pub id: i64,
@@ -392,6 +392,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an audit entry on its own.
     async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()>;
+    /// Queues an audit entry to be appended in the background, after every entry queued
+    /// before it; a failure is logged.
+    fn append_audit_later(&self, entry: NewAuditEntry);
+    /// Waits until every entry queued by [`Self::append_audit_later`] before this call is
+    /// written (or its failure logged).
+    async fn flush_audit(&self);
     /// Audit entries, newest first.
     async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
     /// Audit entries in id order after `after_id`, for verification and export.
@@ -488,7 +494,7 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a sealed value only if it still is `old`; `false` when it changed meanwhile.
     async fn reseal(&self, kind: SealedKind, id: i64, old: &str, new: &str) -> StoreResult<bool>;
     /// Overwrites one sealed value without checks; only for rotation tests.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-util"))]
     async fn tamper_sealed_for_test(
         &self,
         kind: SealedKind,
@@ -497,7 +503,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Overwrites one audit row's details; only for tamper-detection tests.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-util"))]
     async fn tamper_audit_for_test(&self, id: i64, details: &str) -> StoreResult<()>;
 }
 
