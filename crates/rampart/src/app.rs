@@ -359,6 +359,15 @@ impl Application {
         for task in self.background {
             task.abort();
         }
+        // The audit entries the drained requests queued (refusals, failed authentications)
+        // are written too, unless the database has stopped answering.
+        let flushed = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.state.stores.data.flush_audit(),
+        );
+        if flushed.await.is_err() {
+            tracing::warn!("audit entries queued before shutdown may not have been written");
+        }
         tracing::info!("stopped");
         // Every line of the requests just drained is written before this returns.
         if let Some(sink) = crate::gateway::access_log::sink() {

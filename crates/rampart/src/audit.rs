@@ -26,15 +26,11 @@ use crate::store::{AuditItem, ChainRecord, Store, StoreResult};
 
 pub mod throttle;
 
-/// Writes `entry` without making the request wait for it; a failure is logged. For events
-/// that record a refusal rather than a change (there is no transaction to join).
+/// Writes `entry` without making the request wait for it, after the entries queued before
+/// it ([`Store::append_audit_later`]); a failure is logged. For events that record a
+/// refusal rather than a change (there is no transaction to join).
 pub fn record_in_background(store: std::sync::Arc<dyn Store>, entry: NewAuditEntry) {
-    tokio::spawn(async move {
-        let action = entry.action;
-        if let Err(error) = store.append_audit(entry).await {
-            tracing::warn!(%error, action, "could not write an audit entry");
-        }
-    });
+    store.append_audit_later(entry);
 }
 
 /// Actions anyone can cause on an account without being its owner (a guessed password, a

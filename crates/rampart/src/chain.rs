@@ -98,7 +98,7 @@ impl RequestContext {
 }
 
 /// A stored audit row.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema, sqlx::FromRow)]
 pub struct AuditRecord {
     /// Row id, increasing.
     pub id: i64,
@@ -149,7 +149,7 @@ pub fn pii_digest(salt: &str, ip: Option<&str>, user_agent: Option<&str>) -> Str
 
 /// One record of `audit_chain`: a row id and hash the audit chain is checked against,
 /// sealed with the chain key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ChainRecord {
     /// `head`, `legacy_start` or `legacy_end`.
     pub name: String,

@@ -6,6 +6,7 @@
 //! PostgreSQL; [`redis`] serves [`SessionStore`] for fleets. Nothing above this module
 //! knows which one it talks to.
 
+pub mod audit_writer;
 pub mod redis;
 pub mod sql;
 
@@ -40,7 +41,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A user account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct User {
     /// Numeric id.
     pub id: i64,
@@ -89,7 +90,7 @@ pub struct UserPatch {
 }
 
 /// A login session: every refresh token descending from one login.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Family {
     /// Random id, also the `sid` claim of its access tokens.
     pub id: String,
@@ -153,7 +154,7 @@ impl LockScope {
 /// another client's reservation. When a window has passed, the next reservation starts a
 /// new one with nothing counted (an attempt still in flight from the old window then counts
 /// its failure in the new one); a reservation never settled (a crash) is forgotten so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, sqlx::FromRow)]
 pub struct Counter {
     /// Confirmed failures in the window.
     pub failures: i64,
@@ -236,7 +237,7 @@ pub struct AuditFilter {
 }
 
 /// An API key as stored: the key only as a hash, the signing secret sealed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiKey {
     /// Numeric id.
     pub id: i64,
@@ -257,7 +258,7 @@ pub struct ApiKey {
 }
 
 /// A user's connection to a broker; the broker's API key is sealed by the key ring.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TradingAccount {
     /// Numeric id.
     pub id: i64,
@@ -327,7 +328,7 @@ pub enum AuditItem {
 }
 
 /// One sealed value and what it is bound to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SealedValue {
     /// Row id.
     pub id: i64,
@@ -381,6 +382,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an audit entry on its own.
     async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()>;
+    /// Queues an audit entry to be appended in the background, after every entry queued
+    /// before it; a failure is logged.
+    fn append_audit_later(&self, entry: NewAuditEntry);
+    /// Waits until every entry queued by [`Self::append_audit_later`] before this call is
+    /// written (or its failure logged).
+    async fn flush_audit(&self);
     /// Audit entries, newest first.
     async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
     /// Audit entries in id order after `after_id`, for verification and export.
@@ -477,7 +484,7 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a sealed value only if it still is `old`; `false` when it changed meanwhile.
     async fn reseal(&self, kind: SealedKind, id: i64, old: &str, new: &str) -> StoreResult<bool>;
     /// Overwrites one sealed value without checks; only for rotation tests.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-util"))]
     async fn tamper_sealed_for_test(
         &self,
         kind: SealedKind,
@@ -486,7 +493,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Overwrites one audit row's details; only for tamper-detection tests.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-util"))]
     async fn tamper_audit_for_test(&self, id: i64, details: &str) -> StoreResult<()>;
 }
 

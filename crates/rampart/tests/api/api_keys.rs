@@ -938,7 +938,7 @@ async fn every_signing_failure_spends_the_anonymous_budget_and_is_counted(backen
             "{name}"
         );
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.flush_audit().await;
     let rows: Value = app
         .get_with("/admin/audit?action=auth_failed", &alice.access_token)
         .await

@@ -117,6 +117,7 @@ async fn cors_echo(State(backend): State<Backend>) -> Response {
 
 async fn hang(State(backend): State<Backend>) -> Response {
     backend.hits.fetch_add(1, Ordering::SeqCst);
+    // Longer than any test runs: the request stays outstanding until the client gives up.
     tokio::time::sleep(Duration::from_secs(30)).await;
     "too late".into_response()
 }

@@ -1,8 +1,6 @@
 //! The client behind a trusted proxy: an `X-Forwarded-For` hop that cannot be read makes
 //! the client unknown, never the proxy (SPEC §3 "Client IP").
 
-use std::time::Duration;
-
 use http::HeaderValue;
 use serde_json::{Value, json};
 
@@ -195,7 +193,7 @@ async fn unknown_clients_are_locked_out_together_and_audited_as_unknown(backend:
     let response = login(b"203.0.113.7", STRONG_PASSWORD).await.unwrap();
     assert_eq!(response.status(), 200);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.flush_audit().await;
     let audit: Value = app
         .get_with("/admin/audit?action=login_failed", &admin.access_token)
         .await

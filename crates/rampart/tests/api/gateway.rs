@@ -89,8 +89,8 @@ async fn the_shipped_route_matrix_holds_for_every_role(backend: Backend) {
         2 + 2 + 3,
         "refused requests never reach the backend"
     );
-    // Refusals are audited in the background; give the writes a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Refusals are audited in the background.
+    app.flush_audit().await;
     let audit: Value = app
         .get_with(
             "/admin/audit?action=unauthorized_access",
@@ -387,6 +387,8 @@ async fn the_circuit_opens_refuses_at_once_then_recovers(backend: Backend) {
     );
 
     // After open_for the next request is a probe; the backend is back, so it closes.
+    // Real time: the breaker reads the runtime's clock, which cannot be paused while the
+    // gateway serves this test over real sockets on a multi-threaded runtime.
     tokio::time::sleep(Duration::from_millis(600)).await;
     upstream
         .failing
@@ -406,12 +408,13 @@ async fn the_circuit_opens_refuses_at_once_then_recovers(backend: Backend) {
     for _ in 0..3 {
         get().await;
     }
+    // open_for again, in real time as above.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(get().await.status(), 500, "the probe fails");
     assert_eq!(get().await.status(), 503, "and the circuit is open again");
 
     let admin = app.user("admin_1").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.flush_audit().await;
     let audit: Value = app
         .get_with("/admin/audit?action=circuit_opened", &admin.access_token)
         .await
@@ -524,7 +527,7 @@ async fn intrusion_patterns_are_detected_or_blocked(backend: Backend) {
         assert_eq!(counted, mode != "off", "{mode}: {metrics}");
         if mode == "detect" {
             let admin = app.user("admin_1").await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            app.flush_audit().await;
             let audit: Value = app
                 .get_with(
                     "/admin/audit?action=suspicious_request",

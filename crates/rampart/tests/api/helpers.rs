@@ -302,6 +302,12 @@ impl TestApp {
         }
     }
 
+    /// Waits until every audit entry the gateway queued in the background so far (refusals,
+    /// failed authentications) is written, so that a following read of the trail sees them.
+    pub async fn flush_audit(&self) {
+        self.state.stores.data.flush_audit().await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

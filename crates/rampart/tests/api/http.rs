@@ -360,6 +360,7 @@ async fn shutdown_drains_requests_in_flight(backend: Backend) {
             .send()
             .await
     });
+    // Nothing signals that the request has reached the server; a moment gets it there.
     tokio::time::sleep(Duration::from_millis(20)).await;
     app.stop();
     let response = in_flight

@@ -52,6 +52,7 @@ async fn until_status(app: &TestApp, path: &str, key: &str, before: u16, status:
             started.elapsed() < BOUND,
             "{path} still {got} after {BOUND:?}"
         );
+        // The change reaches this instance on its own schedule: poll until the bound.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -67,7 +67,7 @@ async fn get(app: &TestApp, path: &str) -> reqwest::Response {
 }
 
 async fn audit(app: &TestApp, token: &str, action: &str) -> Vec<Value> {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.flush_audit().await;
     let body: Value = app
         .get_with(&format!("/admin/audit?action={action}"), token)
         .await
@@ -315,6 +315,7 @@ impl OwnRedis {
             {
                 return Some(Self { child, url });
             }
+            // A child process starting up: poll until it accepts.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("redis-server did not start on port {port}");

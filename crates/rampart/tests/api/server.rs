@@ -182,6 +182,7 @@ async fn trickle(stream: TcpStream, head: &'static [u8], patience: Duration) -> 
             if writer.write_all(&[*byte]).await.is_err() {
                 return;
             }
+            // The slow client under test: a byte every 100 ms of real time.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
@@ -215,6 +216,7 @@ async fn a_slow_head_is_cut_off_after_header_read_timeout() {
     let mut kept = connect(&server).await;
     kept.write_all(get("/healthz").as_bytes()).await.unwrap();
     assert_eq!(read_answer(&mut kept).await.expect("answered").status, 200);
+    // The server's timeouts are hyper's timers on real time, against real sockets.
     tokio::time::sleep(Duration::from_millis(900)).await;
     kept.write_all(get("/healthz").as_bytes()).await.unwrap();
     assert_eq!(
@@ -520,6 +522,8 @@ async fn shutdown_fails_readyz_then_closes_everything_by_shutdown_timeout() {
     // A head half sent that is never finished.
     let mut slow = connect(&server).await;
     slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    // Nothing signals that the server has read those bytes, or that shutdown has begun:
+    // a moment of real time for each.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let started = Instant::now();
@@ -552,6 +556,7 @@ async fn shutdown_fails_readyz_then_closes_everything_by_shutdown_timeout() {
     )
     .await;
     assert_eq!(response.status(), 503);
+    // The drain delay runs in real time on the server's own timer.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         TcpStream::connect(server.address).await.is_err(),
@@ -1044,6 +1049,7 @@ async fn an_http2_request_body_that_stalls_fails_alone() {
                     let chunk = chunk.expect("body");
                     let _ = body.flow_control().release_capacity(chunk.len());
                 }
+                // Spread over real time, as the server's timers see it.
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
             statuses
@@ -1109,6 +1115,8 @@ async fn shutdown_drains_an_http2_stream_in_flight() {
     let answer = tokio::spawn(async move { sender.send_request(request).await });
     body.try_send(Bytes::from_static(b"{\"username\":"))
         .unwrap();
+    // Nothing signals that the first chunk has arrived, or that shutdown has begun: a
+    // moment of real time for each.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     drop(server.stop.take());
@@ -1153,6 +1161,7 @@ async fn one_client_holds_at_most(server: &Server, cap: usize) {
     }
     // A place given back is taken again.
     drop(held.pop());
+    // Nothing signals that the server has seen the connection close.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut again = connect(server).await;
     assert_eq!(served(&mut again).await, Some(200));

@@ -652,6 +652,7 @@ async fn refused_within(app: &TestApp, token: &str, lag: Duration) {
             tokio::time::Instant::now() < deadline,
             "still accepted after the lag"
         );
+        // The revocation arrives after the configured lag, in real time: poll until then.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -1263,7 +1264,7 @@ async fn csrf_failures_are_counted_and_audited(backend: Backend) {
     assert_eq!(session.unsafe_request(&app, &csrf).await.status(), 201);
     assert_eq!(session.refresh(&app).await.status(), 200);
     assert_eq!(count(&app.metrics().await), 6);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.flush_audit().await;
     let rows: Value = app
         .get_with("/admin/audit?action=auth_failed", &admin.access_token)
         .await
@@ -1277,7 +1278,7 @@ async fn csrf_failures_are_counted_and_audited(backend: Backend) {
     app.clock.advance(std::time::Duration::from_secs(61));
     let refused = session.refresh_with(&app, "wrong").await;
     assert_error(refused, 403, "csrf_failed").await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.flush_audit().await;
     let rows: Value = app
         .get_with("/admin/audit?action=auth_failed", &admin.access_token)
         .await

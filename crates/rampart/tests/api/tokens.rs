@@ -490,6 +490,7 @@ async fn a_revocation_reaches_another_instance_within_the_lag(backend: Backend) 
             tokio::time::Instant::now() < deadline,
             "still accepted after the lag"
         );
+        // The revocation arrives after the configured lag, in real time: poll until then.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -86,7 +86,15 @@ async fn the_target_with_fewer_outstanding_requests_gets_the_next() {
             let _ = app.client.get(app.url("/hang")).send().await;
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until a target has the hanging request.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while slow.hits() + fast.hits() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (busy, idle) = if slow.hits() == 1 {
         (&slow, &fast)
     } else {
@@ -304,6 +312,7 @@ async fn a_target_failing_its_health_check_is_taken_out_until_it_passes() {
         targets(&[&first.address, &second.address])
     )))
     .await;
+    // The checks run every 200 ms of real time, on the gateway's own timer.
     let settle = || tokio::time::sleep(Duration::from_millis(800));
     first.healthy.store(false, Ordering::SeqCst);
     settle().await;
@@ -694,6 +703,7 @@ async fn websocket_tunnels_are_limited_per_client_and_closed_when_idle() {
             .expect("open")
             .unwrap();
         assert_eq!(echo.into_text().unwrap().as_str(), text);
+        // The idle timeout is the tunnel's own real-time timer.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(
