@@ -277,6 +277,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// 413, closing the connection: the rest of the body is never read, so the connection
+/// cannot carry another request, and the client must not try.
+pub fn too_large() -> Response {
+    let mut response = ApiError::PayloadTooLarge.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

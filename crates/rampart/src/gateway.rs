@@ -4,9 +4,11 @@
 //! `X-Request-Id`, metrics and the access line.
 
 pub mod access_log;
+pub mod authorize;
 pub mod context;
 pub mod pipeline;
 pub mod refusal;
+pub mod validate;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -11,7 +11,6 @@
 pub mod app;
 pub mod audit;
 pub mod authentication;
-pub mod authorization;
 pub mod brokers;
 pub mod circuit_breaker;
 pub mod client_ip;
@@ -44,7 +43,6 @@ pub mod state;
 pub mod store;
 pub mod time_format;
 pub mod tokens;
-pub mod validation;
 pub mod verified_keys;
 
 /// The old path of [`outbound`], which configuration validation still names.

@@ -265,7 +265,7 @@ pub async fn forward(
         Outcome::Answered(response) => (permit.succeeded(), response),
         Outcome::TooLarge => {
             drop(permit);
-            (None, crate::validation::too_large())
+            (None, crate::error::too_large())
         }
         Outcome::ClientBody => {
             drop(permit);

@@ -7,8 +7,8 @@
 //! 4. who is asking ([`crate::authentication::identify`]), which refuses only an API key
 //!    whose client's anonymous budget is spent (429) or a store that is down;
 //! 5. rate limits ([`crate::rate_limit::enforce`]): tier, route, built-in identity limits;
-//! 6. authorization ([`crate::authorization::authorize`]): 401/403;
-//! 7. body policy ([`crate::validation::validate`]): size (413), encoding (415),
+//! 6. authorization ([`super::authorize::authorize`]): 401/403;
+//! 7. body policy ([`super::validate::validate`]): size (413), encoding (415),
 //!    intrusion detection (400 in `block` mode);
 //! 8. the upstream through its circuit breaker ([`crate::proxy::forward`]), or Rampart's
 //!    own identity and operations API (axum).
@@ -66,8 +66,8 @@ async fn stages(
     *canonical = request.uri().path_and_query().cloned();
     let request = crate::authentication::identify(state, context, request).await?;
     crate::rate_limit::enforce(state, context, request.uri().path()).await?;
-    crate::authorization::authorize(state, context)?;
-    let mut request = crate::validation::validate(state, context, request).await?;
+    super::authorize::authorize(state, context)?;
+    let mut request = super::validate::validate(state, context, request).await?;
 
     let upstream = context.route.as_ref().and_then(|route| {
         let name = route.upstream.as_deref()?;

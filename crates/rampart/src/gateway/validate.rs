@@ -16,13 +16,12 @@
 
 use axum::body::{Body, HttpBody};
 use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
 use http::header;
 
 use crate::config::IntrusionMode;
 use crate::error::ApiError;
-use crate::gateway::context::Context;
-use crate::gateway::refusal::{Audit, Metric, Note, Refusal};
+use super::context::Context;
+use super::refusal::{Audit, Metric, Note, Refusal};
 use crate::intrusion::{self, Pattern};
 use crate::state::AppState;
 
@@ -119,16 +118,6 @@ fn is_identity_encoded(headers: &http::HeaderMap) -> bool {
                     .all(|coding| coding.trim().eq_ignore_ascii_case("identity"))
             })
         })
-}
-
-/// 413, closing the connection: the rest of the body is never read, so the connection
-/// cannot carry another request, and the client must not try.
-pub(crate) fn too_large() -> Response {
-    let mut response = ApiError::PayloadTooLarge.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-    response
 }
 
 /// A suspicious request: counted, and audited once per client and pattern a minute. Only

@@ -10,8 +10,8 @@
 
 use crate::authentication::{Authentication, Credential, Refusal as AuthRefusal};
 use crate::error::ApiError;
-use crate::gateway::context::Context;
-use crate::gateway::refusal::{Audit, Metric, Note, Refusal};
+use super::context::Context;
+use super::refusal::{Audit, Metric, Note, Refusal};
 use crate::routes::Access;
 use crate::state::AppState;
 
