@@ -11,7 +11,7 @@ use crate::audit::throttle::AuditThrottle;
 use crate::brokers::Brokers;
 use crate::circuit_breaker;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, OnStoreError, StateStoreKind};
+use crate::config::{Config, StateStoreKind};
 use crate::keyring::KeyRing;
 use crate::metrics::Metrics;
 use crate::password::Hasher;
@@ -220,12 +220,13 @@ impl Application {
             (None, None) => RateLimiter::memory(policies),
             (None, Some(time)) => RateLimiter::memory_with_time(policies, time),
             (Some(url), _) => {
-                let on_store_error = match config.rate_limits.on_store_error {
-                    OnStoreError::Local => crate::rate_limit::OnStoreError::Local,
-                    OnStoreError::Deny => crate::rate_limit::OnStoreError::Deny,
-                };
-                RateLimiter::redis(url, options.redis_prefix.clone(), on_store_error, policies)
-                    .await?
+                RateLimiter::redis(
+                    url,
+                    options.redis_prefix.clone(),
+                    config.rate_limits.on_store_error,
+                    policies,
+                )
+                .await?
             }
         };
         let limiter = Arc::new(limiter);

@@ -13,6 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use crate::rate_limit::Quota;
 use crate::secrets::Secret;
 
 /// Environment variables that are read by the program itself rather than mapped onto keys.
@@ -405,6 +406,19 @@ pub enum RawRateLimit {
     WithBurst { rate: String, burst: u32 },
 }
 
+impl RawRateLimit {
+    /// The quota, parsed by the limiter's own [`Quota::parse`] (or [`Quota::with_burst`]).
+    ///
+    /// # Errors
+    /// What is wrong with the rate or the burst.
+    pub fn quota(&self) -> Result<Quota, crate::rate_limit::QuotaError> {
+        match self {
+            Self::Plain(rate) => Quota::parse(rate),
+            Self::WithBurst { rate, burst } => Quota::with_burst(rate, *burst),
+        }
+    }
+}
+
 /// One `[upstreams.NAME]` entry as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -515,14 +529,7 @@ pub enum StateStoreKind {
     Redis(String),
 }
 
-/// What the rate limiter does when its Redis store fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnStoreError {
-    /// Fall back to a per-instance limiter and log it.
-    Local,
-    /// Refuse with 503.
-    Deny,
-}
+pub use crate::rate_limit::OnStoreError;
 
 /// How log lines are written (`log.format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -692,7 +699,7 @@ pub struct LoginConfig {
     pub failure_window: Duration,
 }
 
-/// Rate-limit settings (quotas are parsed by the limiter).
+/// Rate-limit settings, each quota parsed by [`Quota::parse`], the limiter's own parser.
 #[derive(Debug, Clone)]
 pub struct RateLimitsConfig {
     /// `None` for memory, or a Redis URL.
@@ -700,11 +707,11 @@ pub struct RateLimitsConfig {
     /// Behaviour when Redis fails.
     pub on_store_error: OnStoreError,
     /// Quota for anonymous clients, per IP.
-    pub anonymous: String,
+    pub anonymous: Quota,
     /// Quota for standard-tier users.
-    pub standard: String,
+    pub standard: Quota,
     /// Quota for premium-tier users.
-    pub premium: String,
+    pub premium: Quota,
     /// IPv6 clients are limited and locked out per prefix of this length.
     pub ipv6_prefix: u8,
 }
@@ -1135,15 +1142,15 @@ impl RawConfig {
                 "must be between 32 and 128".into(),
             );
         }
-        for (key, quota) in [
-            ("rate_limits.anonymous", &self.rate_limits.anonymous),
-            ("rate_limits.standard", &self.rate_limits.standard),
-            ("rate_limits.premium", &self.rate_limits.premium),
-        ] {
-            if let Err(message) = check_quota(quota) {
-                bad(key, message);
-            }
-        }
+        let mut tier = |key: &str, text: &str| {
+            Quota::parse(text).unwrap_or_else(|error| {
+                bad(key, error.to_string());
+                Quota::parse("1/s").expect("a valid quota")
+            })
+        };
+        let anonymous = tier("rate_limits.anonymous", &self.rate_limits.anonymous);
+        let standard = tier("rate_limits.standard", &self.rate_limits.standard);
+        let premium = tier("rate_limits.premium", &self.rate_limits.premium);
 
         let legacy_host_binding = self.encryption.legacy_host_binding.unwrap_or(true);
         let encryption_keys: Vec<Secret> = self
@@ -1267,14 +1274,10 @@ impl RawConfig {
                     bad(&key, format!("`{method}` is not an HTTP method"));
                 }
             }
-            if let Some(limit) = &route.rate_limit {
-                let text = match limit {
-                    RawRateLimit::Plain(text) => text,
-                    RawRateLimit::WithBurst { rate, .. } => rate,
-                };
-                if let Err(message) = check_quota(text) {
-                    bad(&format!("{key}.rate_limit"), message);
-                }
+            if let Some(limit) = &route.rate_limit
+                && let Err(error) = limit.quota()
+            {
+                bad(&format!("{key}.rate_limit"), error.to_string());
             }
             if let Some(size) = &route.max_body
                 && let Err(message) = parse_size(size)
@@ -1482,9 +1485,9 @@ impl RawConfig {
             rate_limits: RateLimitsConfig {
                 redis_url,
                 on_store_error,
-                anonymous: self.rate_limits.anonymous,
-                standard: self.rate_limits.standard,
-                premium: self.rate_limits.premium,
+                anonymous,
+                standard,
+                premium,
                 ipv6_prefix: self.rate_limits.ipv6_prefix,
             },
             encryption_keys,
@@ -1553,24 +1556,6 @@ fn is_identifier(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
-/// Checks the shape of a quota such as `50/min`; the limiter parses it for real.
-fn check_quota(text: &str) -> Result<(), String> {
-    let (count, unit) = text
-        .split_once('/')
-        .ok_or_else(|| format!("`{text}` is not a rate such as 50/min"))?;
-    let count: u32 = count
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a rate such as 50/min"))?;
-    if count == 0 {
-        return Err(format!("`{text}`: the count must be at least 1"));
-    }
-    match unit.trim() {
-        "s" | "sec" | "second" | "min" | "m" | "minute" | "h" | "hour" => Ok(()),
-        _ => Err(format!("`{text}`: the unit must be s, min or h")),
-    }
 }
 
 /// An environment value as a TOML value: booleans, integers, arrays and inline tables are

@@ -19,7 +19,6 @@ use std::time::Duration;
 use http::Method;
 
 use crate::config::{RawRateLimit, RawRoute, RawUpstream, parse_duration, parse_size};
-use crate::rate_limit::Quota;
 
 mod identity_limits;
 mod trie;
@@ -337,11 +336,9 @@ impl RouteTable {
             let limit_policy = match &raw.rate_limit {
                 None => None,
                 Some(limit) => {
-                    let quota = match limit {
-                        RawRateLimit::Plain(rate) => Quota::parse(rate),
-                        RawRateLimit::WithBurst { rate, burst } => Quota::with_burst(rate, *burst),
-                    }
-                    .map_err(|error| format!("{}.rate_limit: {error}", raw.path))?;
+                    let quota = limit
+                        .quota()
+                        .map_err(|error| format!("{}.rate_limit: {error}", raw.path))?;
                     Some(
                         policies
                             .add(&policy, quota)
