@@ -405,27 +405,23 @@ fn start_at_zero(metrics: &Metrics, limiter: &RateLimiter, routes: &RouteTable) 
 /// # Errors
 /// A key entry is malformed (the message names its position, never the key).
 pub fn keyring(config: &Config) -> anyhow::Result<KeyRing> {
-    let entries: Vec<&str> = config
-        .encryption_keys
-        .iter()
-        .map(|key| key.expose())
-        .collect();
-    KeyRing::parse(&entries).map_err(|error| anyhow::anyhow!("{error}"))
+    config
+        .keyring
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{}", crate::keyring::KeyRingError::Empty))
 }
 
 fn build_secrets_and_brokers(
     config: &Config,
     broker_timeout: Duration,
 ) -> anyhow::Result<(KeyRing, Brokers)> {
-    let policy = OutboundPolicy::new(
-        config.accounts.allow_http,
-        &config.accounts.allowed_hosts,
-        &config.accounts.allowed_networks,
-    )
-    .map_err(|message| anyhow::anyhow!("{message}"))?;
     Ok((
         keyring(config)?,
-        Brokers::new(policy, broker_timeout, circuit_breaker::Settings::default()),
+        Brokers::new(
+            OutboundPolicy::clone(&config.outbound),
+            broker_timeout,
+            circuit_breaker::Settings::default(),
+        ),
     ))
 }
 

@@ -19,7 +19,9 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+mod config;
 mod layer;
+pub use config::{RateLimitsConfig, RawRateLimits};
 pub use layer::{
     CallerKeys, TIER_NAMES, Tiers, charge_anonymous, enforce, refund_anonymous, refuse_when_spent,
 };

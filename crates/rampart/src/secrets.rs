@@ -181,7 +181,7 @@ pub fn key_weakness(key: &[u8]) -> Option<&'static str> {
 pub fn fill_generated(config: &mut Config) -> anyhow::Result<()> {
     let needs_token_secret =
         config.tokens.algorithm == TokenAlgorithm::Hs256 && config.tokens.secret.is_none();
-    let needs_keys = config.encryption_keys.is_empty();
+    let needs_keys = config.keyring.is_none();
     let needs_chain_key = config.audit_chain_key.is_none();
     if !needs_token_secret && !needs_keys && !needs_chain_key {
         return Ok(());
@@ -200,11 +200,9 @@ pub fn fill_generated(config: &mut Config) -> anyhow::Result<()> {
         config.tokens.secret = Some(Secret::new(secrets.tokens_secret));
     }
     if needs_keys {
-        config.encryption_keys = secrets
-            .encryption_keys
-            .into_iter()
-            .map(Secret::new)
-            .collect();
+        let ring = crate::keyring::KeyRing::parse(&secrets.encryption_keys)
+            .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+        config.keyring = Some(ring);
     }
     Ok(())
 }
