@@ -234,3 +234,70 @@ pub fn check_target_url(url: &str) -> Result<http::Uri, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> (UpstreamConfig, Vec<String>) {
+        let raw: RawUpstream = toml::from_str(text).unwrap();
+        let mut problems = Problems::default();
+        let upstream = UpstreamConfig::from_raw("orders", &raw, &mut problems);
+        let listed = match problems.into_result(()) {
+            Ok(()) => Vec::new(),
+            Err(error) => error.problems,
+        };
+        (upstream, listed)
+    }
+
+    #[test]
+    fn an_upstream_is_typed_once() {
+        let (upstream, problems) = check(
+            "targets = [\"http://10.0.0.1:80\", \"h2c://10.0.0.2:80\"]\ntimeout = \"2s\"\n\
+             retries = 2\nhealth_check = { path = \"/healthz\", interval = \"10s\" }\n\
+             circuit_breaker = { failures = 3, window = \"10s\", open_for = \"1min\" }\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(upstream.targets.len(), 2);
+        assert!(upstream.has_h2c_target());
+        assert_eq!(upstream.timeout, Duration::from_secs(2));
+        assert_eq!(upstream.retries, 2);
+        let check = upstream.health_check.expect("a health check");
+        assert_eq!(check.path, "/healthz");
+        assert_eq!(check.interval, Duration::from_secs(10));
+        assert_eq!(upstream.circuit_breaker.failures, 3);
+        assert_eq!(upstream.circuit_breaker.open_for, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn every_problem_of_an_upstream_is_reported_each_under_its_key() {
+        let (_, problems) = check(
+            "targets = [\"ftp://x\", \"http://a:1\", \"http://a:1\", \"http://u:p@b:1\"]\n\
+             timeout = \"soon\"\nretries = 9\n\
+             health_check = { path = \"healthz\", interval = \"0s\" }\n\
+             circuit_breaker = { failures = 0, window = \"x\" }\n\
+             strip_request_headers = [\"bad header\"]\n",
+        );
+        for expected in [
+            "upstreams.orders.targets: `ftp://x` is not an http(s) URL",
+            "upstreams.orders.targets: `http://a:1` is listed twice",
+            "upstreams.orders.targets: a target URL must not carry user information",
+            "upstreams.orders.timeout: `soon` is not a duration",
+            "upstreams.orders.retries: must be at most 5",
+            "upstreams.orders.health_check.path: `healthz` is not a path",
+            "upstreams.orders.health_check.interval: `0s` must be longer than zero",
+            "upstreams.orders.circuit_breaker.window: `x` is not a duration",
+            "upstreams.orders.circuit_breaker: failures and half_open_requests must be at least 1",
+            "upstreams.orders.strip_request_headers: `bad header` is not a header name",
+        ] {
+            assert!(
+                problems.iter().any(|problem| problem.starts_with(expected)),
+                "{expected} missing from {problems:?}"
+            );
+        }
+        assert!(
+            !problems.iter().any(|problem| problem.contains("u:p")),
+            "{problems:?}"
+        );
+    }
+}

@@ -202,3 +202,83 @@ impl RouteConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> RawRoute {
+        toml::from_str(text).unwrap()
+    }
+
+    fn check(text: &str) -> (RouteConfig, Vec<String>) {
+        let upstreams = BTreeMap::from([(
+            "orders".to_owned(),
+            UpstreamConfig::from_raw(
+                "orders",
+                &toml::from_str("url = \"h2c://127.0.0.1:9\"").unwrap(),
+                &mut Problems::default(),
+            ),
+        )]);
+        let roles = crate::config::default_roles();
+        let mut problems = Problems::default();
+        let route = RouteConfig::from_raw(0, raw(text), &upstreams, &roles, &mut problems);
+        let listed = match problems.into_result(()) {
+            Ok(()) => Vec::new(),
+            Err(error) => error.problems,
+        };
+        (route, listed)
+    }
+
+    #[test]
+    fn a_route_is_typed_once_with_the_limiters_own_quota() {
+        let (route, problems) = check(
+            "path = \"/orders/*\"\nmethods = [\"GET\", \"POST\"]\nupstream = \"orders\"\n\
+             roles = [\"trader\"]\nrate_limit = { rate = \"10/s\", burst = 20 }\n\
+             max_body = \"64KiB\"\nper = \"key\"\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(route.methods, [Method::GET, Method::POST]);
+        assert_eq!(route.access, Access::Roles(vec!["trader".into()]));
+        assert_eq!(
+            route.rate_limit,
+            Some(Quota::with_burst("10/s", 20).unwrap())
+        );
+        assert_eq!(route.max_body, Some(64 * 1024));
+        assert_eq!(route.per, Per::Key);
+        let (route, _) = check("path = \"/open\"\nauth = false\n");
+        assert_eq!(route.access, Access::Public);
+    }
+
+    #[test]
+    fn every_problem_of_a_route_is_reported_each_under_its_key() {
+        let (_, problems) = check(
+            "path = \"orders\"\nmethods = [\"get\"]\nupstream = \"nowhere\"\n\
+             roles = [\"wizard\"]\npermission = \"orders:read\"\nrate_limit = \"10/m\"\n\
+             max_body = \"lots\"\nper = \"team\"\n",
+        );
+        for expected in [
+            "routes[0] (orders): path must start with /",
+            "routes[0] (orders): upstream `nowhere` is not defined",
+            "routes[0] (orders): give either roles or permission, not both",
+            "routes[0] (orders): role `wizard` is not defined",
+            "routes[0] (orders): `get` is not an HTTP method",
+            "routes[0] (orders).rate_limit: rate limit \"10/m\": unknown period; use s, min or h",
+            "routes[0] (orders).max_body: `lots` is not a size",
+            "routes[0] (orders).per: `team` is not one of ip, user, key",
+        ] {
+            assert!(
+                problems.iter().any(|problem| problem.starts_with(expected)),
+                "{expected} missing from {problems:?}"
+            );
+        }
+        let (_, problems) = check("path = \"/ws\"\nupstream = \"orders\"\nwebsocket = true\n");
+        assert_eq!(
+            problems,
+            [
+                "routes[0] (/ws).websocket: upstream `orders` has an h2c:// target, and WebSocket \
+              tunnels need HTTP/1.1"
+            ]
+        );
+    }
+}
