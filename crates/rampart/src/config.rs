@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,9 +29,11 @@ use crate::ssrf::OutboundPolicy;
 pub mod layering;
 mod units;
 
+pub use crate::intrusion::{IntrusionMode, RawIntrusion};
 pub use crate::password::{PasswordPolicy, RawPasswordPolicy};
 pub use crate::proxy::config::{MAX_RETRIES, MAX_TARGETS, check_target_url};
 pub use crate::rate_limit::{OnStoreError, RateLimitsConfig, RawRateLimits};
+pub use crate::server::config::{MAX_CONNECTIONS, RawServer, RawTls, ServerConfig, TlsConfig};
 pub use crate::tokens::{RawTokens, StateStoreKind, TokenAlgorithm, TokensConfig};
 pub use layering::{List, Sources};
 pub use units::{parse_duration, parse_networks, parse_size};
@@ -104,57 +105,6 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub roles: BTreeMap<String, List>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
-pub struct RawServer {
-    pub listen: String,
-    pub trusted_proxies: List,
-    pub behind_tls: bool,
-    pub max_body: String,
-    pub worker_threads: usize,
-    pub tls: Option<RawTls>,
-    pub header_read_timeout: String,
-    pub idle_timeout: String,
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    pub max_header_bytes: String,
-    pub shutdown_timeout: String,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8080".into(),
-            trusted_proxies: List::default(),
-            behind_tls: false,
-            max_body: "1MiB".into(),
-            worker_threads: 0,
-            tls: None,
-            header_read_timeout: "10s".into(),
-            idle_timeout: "60s".into(),
-            max_connections: 10_000,
-            max_connections_per_ip: 256,
-            max_header_bytes: "32KiB".into(),
-            shutdown_timeout: "30s".into(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct RawTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    #[serde(default = "default_tls_version")]
-    pub min_version: String,
-}
-
-fn default_tls_version() -> String {
-    "1.3".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,21 +198,6 @@ impl Default for RawMetrics {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[allow(missing_docs)]
-pub struct RawIntrusion {
-    pub mode: String,
-}
-
-impl Default for RawIntrusion {
-    fn default() -> Self {
-        Self {
-            mode: "detect".into(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawAudit {
     pub retention: String,
     /// Key of the audit chain's HMAC; absent: generated into `secrets.toml`.
@@ -343,59 +278,6 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// One line per request.
     pub access: bool,
-}
-
-/// What the intrusion detector does with a match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IntrusionMode {
-    /// Count and audit, let the request pass.
-    Detect,
-    /// Refuse with 400.
-    Block,
-    /// No scanning.
-    Off,
-}
-
-/// Listener settings.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Address to listen on.
-    pub listen: SocketAddr,
-    /// Peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<IpNet>,
-    /// TLS ends at a proxy in front: send HSTS, mark cookies Secure.
-    pub behind_tls: bool,
-    /// Largest request body accepted anywhere.
-    pub max_body: usize,
-    /// Runtime worker threads; 0 = one per core.
-    pub worker_threads: usize,
-    /// Certificate and key for serving TLS directly.
-    pub tls: Option<TlsConfig>,
-    /// A request head not complete by then: the connection is closed.
-    pub header_read_timeout: Duration,
-    /// A keep-alive connection with no request for this long is closed.
-    pub idle_timeout: Duration,
-    /// Connections served at once; beyond, new ones wait in the backlog.
-    pub max_connections: usize,
-    /// Connections one client address (IPv6: its `rate_limits.ipv6_prefix` network) may
-    /// hold at once; beyond, new ones are closed at once. Peers in `trusted_proxies` are
-    /// exempt.
-    pub max_connections_per_ip: usize,
-    /// Largest request head (request line and headers) accepted; 431 beyond.
-    pub max_header_bytes: usize,
-    /// How long a stopping server drains before it closes what is left.
-    pub shutdown_timeout: Duration,
-}
-
-/// Certificate and key files for serving TLS.
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
-    /// Oldest protocol version accepted: "1.2" or "1.3".
-    pub min_version: String,
 }
 
 /// Brute-force lockout settings.
@@ -480,7 +362,7 @@ impl RawConfig {
     /// Checks every section, each by the module that owns it, and gathers every problem.
     fn validate(self, production: bool, data_dir: PathBuf) -> Result<Config, ConfigError> {
         let mut problems = Problems::default();
-        let server = server(self.server, production, &mut problems);
+        let server = ServerConfig::from_raw(self.server, production, &mut problems);
         let database_url = database(self.database, production, &mut problems);
         let tokens = TokensConfig::from_raw(self.tokens, production, &mut problems);
         let roles = roles(self.roles, &mut problems);
@@ -509,7 +391,7 @@ impl RawConfig {
             });
         let cors_allowed_origins = cors(self.cors, &mut problems);
         let log = log(self.log, &mut problems);
-        let intrusion = intrusion(&self.intrusion, &mut problems);
+        let intrusion = IntrusionMode::from_raw(&self.intrusion, &mut problems);
         if http::HeaderValue::from_str(&self.headers.x_xss_protection).is_err() {
             problems.add("headers.x_xss_protection", "is not a valid header value");
         }
@@ -558,84 +440,6 @@ impl RawConfig {
             production,
             data_dir,
         })
-    }
-}
-
-/// `[server]`; in production, TLS here or at a proxy in front is required.
-fn server(raw: RawServer, production: bool, problems: &mut Problems) -> ServerConfig {
-    let listen = raw.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
-        problems.add(
-            "server.listen",
-            format!("`{}` is not an address such as 127.0.0.1:8080", raw.listen),
-        );
-        SocketAddr::from(([127, 0, 0, 1], 8080))
-    });
-    let trusted_proxies = parse_networks(&raw.trusted_proxies.0).unwrap_or_else(|message| {
-        problems.add("server.trusted_proxies", message);
-        Vec::new()
-    });
-    let max_body = parse_size(&raw.max_body).unwrap_or_else(|message| {
-        problems.add("server.max_body", message);
-        0
-    });
-    let mut duration = |key: &str, text: &str, default: u64| {
-        parse_duration(text).unwrap_or_else(|message| {
-            problems.add(key, message);
-            Duration::from_secs(default)
-        })
-    };
-    let header_read_timeout = duration("server.header_read_timeout", &raw.header_read_timeout, 10);
-    let idle_timeout = duration("server.idle_timeout", &raw.idle_timeout, 60);
-    let shutdown_timeout = duration("server.shutdown_timeout", &raw.shutdown_timeout, 30);
-    let max_header_bytes = parse_size(&raw.max_header_bytes).unwrap_or_else(|message| {
-        problems.add("server.max_header_bytes", message);
-        32 * 1024
-    });
-    if !(1024..=1024 * 1024).contains(&max_header_bytes) {
-        problems.add("server.max_header_bytes", "must be between 1KiB and 1MiB");
-    }
-    for (key, value) in [
-        ("server.max_connections", raw.max_connections),
-        ("server.max_connections_per_ip", raw.max_connections_per_ip),
-    ] {
-        if value == 0 {
-            problems.add(key, "must be at least 1");
-        } else if value > MAX_CONNECTIONS {
-            problems.add(key, format!("must be at most {MAX_CONNECTIONS}"));
-        }
-    }
-    if raw.worker_threads > 1024 {
-        problems.add("server.worker_threads", "must be at most 1024");
-    }
-    let tls = raw.tls.map(|tls| {
-        if tls.min_version != "1.2" && tls.min_version != "1.3" {
-            problems.add("server.tls.min_version", "must be \"1.2\" or \"1.3\"");
-        }
-        TlsConfig {
-            cert: tls.cert,
-            key: tls.key,
-            min_version: tls.min_version,
-        }
-    });
-    if production && !raw.behind_tls && tls.is_none() {
-        problems.add(
-            "server.behind_tls",
-            "RAMPART_ENV=production needs server.tls or server.behind_tls = true",
-        );
-    }
-    ServerConfig {
-        listen,
-        trusted_proxies,
-        behind_tls: raw.behind_tls,
-        max_body,
-        worker_threads: raw.worker_threads,
-        tls,
-        header_read_timeout,
-        idle_timeout,
-        max_connections: raw.max_connections,
-        max_connections_per_ip: raw.max_connections_per_ip,
-        max_header_bytes,
-        shutdown_timeout,
     }
 }
 
@@ -752,22 +556,6 @@ fn log(raw: RawLog, problems: &mut Problems) -> LogConfig {
     }
 }
 
-/// `[intrusion]`.
-fn intrusion(raw: &RawIntrusion, problems: &mut Problems) -> IntrusionMode {
-    match raw.mode.as_str() {
-        "detect" => IntrusionMode::Detect,
-        "block" => IntrusionMode::Block,
-        "off" => IntrusionMode::Off,
-        other => {
-            problems.add(
-                "intrusion.mode",
-                format!("`{other}` is not one of detect, block, off"),
-            );
-            IntrusionMode::Detect
-        }
-    }
-}
-
 /// `[audit]`: the retention, and the chain key (required and strong in production).
 fn audit(raw: RawAudit, production: bool, problems: &mut Problems) -> (Duration, Option<Secret>) {
     let retention = parse_duration(&raw.retention).unwrap_or_else(|message| {
@@ -838,9 +626,6 @@ fn is_identifier(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
-
-/// The most connections `server.max_connections` may allow.
-pub const MAX_CONNECTIONS: usize = 1_000_000;
 
 #[cfg(test)]
 mod tests {
