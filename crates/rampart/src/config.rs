@@ -26,6 +26,7 @@ use crate::routes::{RawRoute, RouteConfig};
 use crate::secrets::Secret;
 use crate::ssrf::OutboundPolicy;
 
+pub mod generated;
 pub mod layering;
 mod units;
 
