@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::store::{AuditItem, ChainRecord, Store, StoreResult};
 
+pub mod config;
 pub mod throttle;
 
 fn serialize_json_text<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {

@@ -30,10 +30,12 @@ pub mod generated;
 pub mod layering;
 mod units;
 
+pub use crate::audit::config::RawAudit;
 pub use crate::intrusion::{IntrusionMode, RawIntrusion};
 pub use crate::password::{PasswordPolicy, RawPasswordPolicy};
 pub use crate::proxy::config::{MAX_RETRIES, MAX_TARGETS, check_target_url};
 pub use crate::rate_limit::{OnStoreError, RateLimitsConfig, RawRateLimits};
+pub use crate::security_headers::{HeadersConfig, RawHeaders};
 pub use crate::server::config::{MAX_CONNECTIONS, RawServer, RawTls, ServerConfig, TlsConfig};
 pub use crate::tokens::{RawTokens, StateStoreKind, TokenAlgorithm, TokensConfig};
 pub use layering::{List, Sources};
@@ -199,24 +201,6 @@ impl Default for RawMetrics {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[allow(missing_docs)]
-pub struct RawAudit {
-    pub retention: String,
-    /// Key of the audit chain's HMAC; absent: generated into `secrets.toml`.
-    pub chain_key: Option<String>,
-}
-
-impl Default for RawAudit {
-    fn default() -> Self {
-        Self {
-            retention: "365d".into(),
-            chain_key: None,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawLog {
     pub level: String,
     pub format: String,
@@ -229,21 +213,6 @@ impl Default for RawLog {
             level: "info".into(),
             format: "auto".into(),
             access: true,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
-pub struct RawHeaders {
-    pub x_xss_protection: String,
-}
-
-impl Default for RawHeaders {
-    fn default() -> Self {
-        Self {
-            x_xss_protection: "0".into(),
         }
     }
 }
@@ -290,13 +259,6 @@ pub struct LoginConfig {
     pub max_failures_per_account: u32,
     /// How long failures count, and how long a lockout lasts.
     pub failure_window: Duration,
-}
-
-/// Response header settings.
-#[derive(Debug, Clone)]
-pub struct HeadersConfig {
-    /// Value of `X-XSS-Protection`.
-    pub x_xss_protection: String,
 }
 
 /// What the gateway runs with. Every value has been checked.
@@ -393,10 +355,9 @@ impl RawConfig {
         let cors_allowed_origins = cors(self.cors, &mut problems);
         let log = log(self.log, &mut problems);
         let intrusion = IntrusionMode::from_raw(&self.intrusion, &mut problems);
-        if http::HeaderValue::from_str(&self.headers.x_xss_protection).is_err() {
-            problems.add("headers.x_xss_protection", "is not a valid header value");
-        }
-        let (audit_retention, audit_chain_key) = audit(self.audit, production, &mut problems);
+        let headers = HeadersConfig::from_raw(self.headers, &mut problems);
+        let (audit_retention, audit_chain_key) =
+            crate::audit::config::from_raw(self.audit, production, &mut problems);
         let upstreams: BTreeMap<String, UpstreamConfig> = self
             .upstreams
             .iter()
@@ -431,9 +392,7 @@ impl RawConfig {
             intrusion,
             audit_retention,
             audit_chain_key,
-            headers: HeadersConfig {
-                x_xss_protection: self.headers.x_xss_protection,
-            },
+            headers,
             log,
             routes,
             upstreams,
@@ -555,38 +514,6 @@ fn log(raw: RawLog, problems: &mut Problems) -> LogConfig {
         format,
         access: raw.access,
     }
-}
-
-/// `[audit]`: the retention, and the chain key (required and strong in production).
-fn audit(raw: RawAudit, production: bool, problems: &mut Problems) -> (Duration, Option<Secret>) {
-    let retention = parse_duration(&raw.retention).unwrap_or_else(|message| {
-        problems.add("audit.retention", message);
-        Duration::from_secs(1)
-    });
-    if let Some(key) = &raw.chain_key
-        && key.len() < 32
-    {
-        problems.add(
-            "audit.chain_key",
-            format!("must be at least 32 bytes (is {})", key.len()),
-        );
-    }
-    if production {
-        match raw.chain_key.as_deref().map(crate::secrets::weakness) {
-            None => problems.add(
-                "audit.chain_key",
-                "RAMPART_ENV=production needs a configured key (see `rampart keygen`)",
-            ),
-            Some(Some(reason)) => problems.add(
-                "audit.chain_key",
-                format!(
-                    "RAMPART_ENV=production refuses a weak key: {reason} (see `rampart keygen`)"
-                ),
-            ),
-            Some(None) => {}
-        }
-    }
-    (retention, raw.chain_key.map(Secret::new))
 }
 
 /// The built-in roles and their permissions (SPEC §3).
