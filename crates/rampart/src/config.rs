@@ -5,11 +5,16 @@
 //! [`Config::load`] then checks every section and reports every problem at once, each
 //! naming its key. Each module owns its section: it declares the section as written
 //! (`RawX`) and turns it into the typed value it runs with, adding what is wrong to
-//! [`Problems`] — quotas ([`crate::rate_limit`]), routes ([`crate::routes`]), upstreams
-//! ([`crate::proxy`], [`crate::circuit_breaker`]), tokens ([`crate::tokens`]), the
-//! password policy ([`crate::password`]) and the key ring ([`crate::keyring`]). What
+//! [`Problems`] — the listener ([`crate::server`]), quotas ([`crate::rate_limit`]), routes
+//! ([`crate::routes`]), upstreams ([`crate::proxy`], [`crate::circuit_breaker`]), tokens
+//! ([`crate::tokens`]), the password policy ([`crate::password`]), the key ring
+//! ([`crate::keyring`]), the intrusion mode ([`crate::intrusion`]), the audit trail
+//! ([`crate::audit`]) and the response headers ([`crate::security_headers`]); the few
+//! sections without a module of their own are checked here, one function each. What
 //! `rampart check-config` accepts is exactly what `rampart serve` runs: both take the
-//! [`Config`] this module returns, and nothing is parsed a second time.
+//! [`Config`] this module returns, and nothing is parsed a second time. [`generated`]
+//! fills in, at start-up, the secrets left out outside production; `units` reads
+//! durations, sizes and networks.
 
 use std::collections::BTreeMap;
 use std::fmt;
