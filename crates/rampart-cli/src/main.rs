@@ -305,7 +305,7 @@ async fn demo(config: Config) -> anyhow::Result<ExitCode> {
     let backend = config
         .upstreams
         .get("orders")
-        .and_then(|upstream| upstream.target_urls().first()?.parse::<http::Uri>().ok())
+        .and_then(|upstream| upstream.targets.first())
         .and_then(|uri| {
             uri.authority()
                 .map(|authority| authority.as_str().to_owned())

@@ -8,9 +8,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
-use rampart::config::{List, RawRoute};
+use rampart::config::{Config, Sources};
 use rampart::rate_limit::{Policies, Quota, RateLimiter};
-use rampart::routes::{Matched, RouteTable};
+use rampart::routes::{Matched, RouteConfig, RouteTable};
 
 fn limiter(c: &mut Criterion) {
     let mut policies = Policies::new();
@@ -105,29 +105,25 @@ fn redis_limiter(c: &mut Criterion) {
     );
 }
 
-fn route(path: &str, methods: &[&str], upstream: Option<&str>) -> RawRoute {
-    RawRoute {
-        path: path.into(),
-        methods: List(methods.iter().map(|m| (*m).to_owned()).collect()),
+fn route(path: &str, methods: &[&str], upstream: Option<&str>) -> RouteConfig {
+    RouteConfig {
+        methods: methods
+            .iter()
+            .map(|m| http::Method::from_bytes(m.as_bytes()).unwrap())
+            .collect(),
         upstream: upstream.map(str::to_owned),
-        roles: None,
-        permission: None,
-        rate_limit: None,
-        signed: false,
-        max_body: None,
-        auth: true,
-        per: "user".into(),
-        case_sensitive: true,
-        websocket: false,
+        ..RouteConfig::new(path)
     }
 }
 
 /// The example table (11 routes) against the same table with 2 000 more prefix routes: the
 /// lookup must cost the same (the routes are indexed by path segment, not scanned).
 fn routing(c: &mut Criterion) {
-    let config =
-        rampart::config::RawConfig::parse(rampart::demo::EXAMPLE_CONFIG, &Default::default())
-            .expect("the example parses");
+    let config = Config::load(&Sources {
+        file: Some(rampart::demo::EXAMPLE_CONFIG.to_owned()),
+        ..Default::default()
+    })
+    .expect("the example loads");
     let mut routes = config.routes.clone();
     routes.push(route("/orders/*", &["GET"], Some("orders")));
     let upstreams: BTreeMap<_, _> = config.upstreams.clone();

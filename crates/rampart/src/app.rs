@@ -11,7 +11,7 @@ use crate::audit::throttle::AuditThrottle;
 use crate::brokers::Brokers;
 use crate::circuit_breaker;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, OnStoreError, StateStoreKind};
+use crate::config::{Config, StateStoreKind};
 use crate::keyring::KeyRing;
 use crate::metrics::Metrics;
 use crate::outbound::OutboundPolicy;
@@ -221,12 +221,13 @@ impl Application {
             (None, None) => RateLimiter::memory(policies),
             (None, Some(time)) => RateLimiter::memory_with_time(policies, time),
             (Some(url), _) => {
-                let on_store_error = match config.rate_limits.on_store_error {
-                    OnStoreError::Local => crate::rate_limit::OnStoreError::Local,
-                    OnStoreError::Deny => crate::rate_limit::OnStoreError::Deny,
-                };
-                RateLimiter::redis(url, options.redis_prefix.clone(), on_store_error, policies)
-                    .await?
+                RateLimiter::redis(
+                    url,
+                    options.redis_prefix.clone(),
+                    config.rate_limits.on_store_error,
+                    policies,
+                )
+                .await?
             }
         };
         let limiter = Arc::new(limiter);
@@ -414,27 +415,23 @@ fn start_at_zero(metrics: &Metrics, limiter: &RateLimiter, routes: &RouteTable) 
 /// # Errors
 /// A key entry is malformed (the message names its position, never the key).
 pub fn keyring(config: &Config) -> anyhow::Result<KeyRing> {
-    let entries: Vec<&str> = config
-        .encryption_keys
-        .iter()
-        .map(|key| key.expose())
-        .collect();
-    KeyRing::parse(&entries).map_err(|error| anyhow::anyhow!("{error}"))
+    config
+        .keyring
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{}", crate::keyring::KeyRingError::Empty))
 }
 
 fn build_secrets_and_brokers(
     config: &Config,
     broker_timeout: Duration,
 ) -> anyhow::Result<(KeyRing, Brokers)> {
-    let policy = OutboundPolicy::new(
-        config.accounts.allow_http,
-        &config.accounts.allowed_hosts,
-        &config.accounts.allowed_networks,
-    )
-    .map_err(|message| anyhow::anyhow!("{message}"))?;
     Ok((
         keyring(config)?,
-        Brokers::new(policy, broker_timeout, circuit_breaker::Settings::default()),
+        Brokers::new(
+            OutboundPolicy::clone(&config.outbound),
+            broker_timeout,
+            circuit_breaker::Settings::default(),
+        ),
     ))
 }
 

@@ -24,6 +24,7 @@ pub use crate::chain::{
 use crate::chain::constant_time_eq;
 use crate::store::{AuditItem, ChainRecord, Store, StoreResult};
 
+pub mod config;
 pub mod throttle;
 
 /// Writes `entry` without making the request wait for it, after the entries queued before

@@ -43,6 +43,55 @@ impl Default for Settings {
     }
 }
 
+/// An upstream's `circuit_breaker` table as written.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawSettings {
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    #[serde(default = "default_window")]
+    pub window: String,
+    #[serde(default = "default_window")]
+    pub open_for: String,
+    #[serde(default = "default_half_open")]
+    pub half_open_requests: u32,
+}
+
+fn default_failures() -> u32 {
+    5
+}
+fn default_window() -> String {
+    "30s".into()
+}
+fn default_half_open() -> u32 {
+    1
+}
+
+impl Settings {
+    /// Checks the `circuit_breaker` table at `key`, adding every problem to `problems`.
+    pub fn from_raw(raw: &RawSettings, key: &str, problems: &mut crate::config::Problems) -> Self {
+        let defaults = Self::default();
+        let mut duration = |field: &str, text: &str, default: Duration| {
+            crate::config::parse_duration(text).unwrap_or_else(|message| {
+                problems.add(&format!("{key}.{field}"), message);
+                default
+            })
+        };
+        let window = duration("window", &raw.window, defaults.window);
+        let open_for = duration("open_for", &raw.open_for, defaults.open_for);
+        if raw.failures == 0 || raw.half_open_requests == 0 {
+            problems.add(key, "failures and half_open_requests must be at least 1");
+        }
+        Self {
+            failures: raw.failures,
+            window,
+            open_for,
+            half_open_requests: raw.half_open_requests,
+        }
+    }
+}
+
 /// Where a circuit stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {

@@ -247,6 +247,51 @@ fn hex(digit: u8) -> Option<u8> {
     }
 }
 
+/// `[intrusion]` as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct RawIntrusion {
+    pub mode: String,
+}
+
+impl Default for RawIntrusion {
+    fn default() -> Self {
+        Self {
+            mode: "detect".into(),
+        }
+    }
+}
+
+/// What the intrusion detector does with a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrusionMode {
+    /// Count and audit, let the request pass.
+    Detect,
+    /// Refuse with 400.
+    Block,
+    /// No scanning.
+    Off,
+}
+
+impl IntrusionMode {
+    /// Checks `[intrusion]`, adding what is wrong to `problems`.
+    pub fn from_raw(raw: &RawIntrusion, problems: &mut crate::config::Problems) -> Self {
+        match raw.mode.as_str() {
+            "detect" => Self::Detect,
+            "block" => Self::Block,
+            "off" => Self::Off,
+            other => {
+                problems.add(
+                    "intrusion.mode",
+                    format!("`{other}` is not one of detect, block, off"),
+                );
+                Self::Detect
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

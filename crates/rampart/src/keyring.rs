@@ -145,6 +145,50 @@ fn is_valid_id(id: &str) -> bool {
 }
 
 impl KeyRing {
+    /// Checks `encryption.keys`, adding every problem to `problems`: the ring, or `None`
+    /// when no key is configured (outside production one is then generated at start-up).
+    /// In production a weak key is refused too. No message shows key material.
+    pub fn from_config(
+        entries: &[String],
+        production: bool,
+        problems: &mut crate::config::Problems,
+    ) -> Option<Self> {
+        if entries.is_empty() {
+            if production {
+                problems.add(
+                    "encryption.keys",
+                    "RAMPART_ENV=production needs configured keys (see `rampart keygen`)",
+                );
+            }
+            return None;
+        }
+        // The message names the entry's position and id, never the key.
+        let ring = Self::parse(entries)
+            .map_err(|error| problems.add("encryption.keys", error))
+            .ok();
+        if production {
+            for (index, entry) in entries.iter().enumerate() {
+                // Malformed entries are reported above.
+                let Some((id, encoded)) = entry.trim().split_once(':') else {
+                    continue;
+                };
+                let Some(key) = decode_key(encoded) else {
+                    continue;
+                };
+                if let Some(reason) = crate::secrets::key_weakness(&key) {
+                    problems.add(
+                        "encryption.keys",
+                        format!(
+                            "entry {index} ({id}): RAMPART_ENV=production refuses a weak key: \
+                             {reason} (see `rampart keygen`)"
+                        ),
+                    );
+                }
+            }
+        }
+        ring
+    }
+
     /// Builds a ring from `<id>:<base64 of 32 bytes>` entries, the first being the primary key.
     ///
     /// Surrounding whitespace of an entry is ignored; the key is standard base64, with or

@@ -14,7 +14,108 @@ use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
-use crate::config::PasswordPolicy;
+use crate::config::Problems;
+
+/// `[password]` as written: a preset, then any rule overridden.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct RawPasswordPolicy {
+    pub preset: Option<String>,
+    pub min_length: Option<usize>,
+    pub max_length: Option<usize>,
+    pub require_upper: Option<bool>,
+    pub require_lower: Option<bool>,
+    pub require_digit: Option<bool>,
+    pub require_special: Option<bool>,
+    pub reject_common: Option<bool>,
+}
+
+/// Password rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordPolicy {
+    /// Fewest characters.
+    pub min_length: usize,
+    /// Most characters.
+    pub max_length: usize,
+    /// At least one upper-case letter.
+    pub require_upper: bool,
+    /// At least one lower-case letter.
+    pub require_lower: bool,
+    /// At least one digit.
+    pub require_digit: bool,
+    /// At least one character that is neither a letter nor a digit.
+    pub require_special: bool,
+    /// Refuse passwords from the common/breached list.
+    pub reject_common: bool,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self {
+            min_length: 8,
+            max_length: 128,
+            require_upper: true,
+            require_lower: true,
+            require_digit: true,
+            require_special: true,
+            reject_common: true,
+        }
+    }
+}
+
+impl PasswordPolicy {
+    /// NIST SP 800-63B-4 style: long passphrases, no composition rules.
+    pub fn nist() -> Self {
+        Self {
+            min_length: 15,
+            max_length: 128,
+            require_upper: false,
+            require_lower: false,
+            require_digit: false,
+            require_special: false,
+            reject_common: true,
+        }
+    }
+
+    /// Checks `[password]`, adding every problem to `problems`.
+    pub fn from_raw(raw: RawPasswordPolicy, problems: &mut Problems) -> Self {
+        let mut policy = match raw.preset.as_deref() {
+            None | Some("default") => Self::default(),
+            Some("nist") => Self::nist(),
+            Some(other) => {
+                problems.add(
+                    "password.preset",
+                    format!("`{other}` is not one of default, nist"),
+                );
+                Self::default()
+            }
+        };
+        macro_rules! override_field {
+            ($($field:ident),*) => {
+                $(if let Some(value) = raw.$field {
+                    policy.$field = value;
+                })*
+            };
+        }
+        override_field!(
+            min_length,
+            max_length,
+            require_upper,
+            require_lower,
+            require_digit,
+            require_special,
+            reject_common
+        );
+        if policy.min_length < 8 {
+            problems.add("password.min_length", "must be at least 8");
+        }
+        if policy.max_length < policy.min_length || policy.max_length > 1024 {
+            problems.add("password.max_length", "must be between min_length and 1024");
+        }
+        policy
+    }
+}
 
 /// The PHC prefix of a hash made with the current parameters.
 const CURRENT_PREFIX: &str = "$argon2id$v=19$m=19456,t=2,p=1$";

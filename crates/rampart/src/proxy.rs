@@ -37,12 +37,14 @@ use crate::routes::{Route, Upstream};
 use crate::state::AppState;
 
 mod client;
+pub mod config;
 pub mod headers;
 pub(crate) mod health;
 mod websocket;
 
 pub use client::{Balancer, Target};
 use client::{Connector, InFlight, SendError, UpstreamBody};
+pub use config::{HealthCheck, RawHealthCheck, RawUpstream, UpstreamConfig};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// obsolete `Proxy-Connection` that some clients still send.

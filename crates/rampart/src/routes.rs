@@ -18,11 +18,14 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::config::{RawRateLimit, RawRoute, RawUpstream, parse_duration, parse_size};
+use crate::proxy::UpstreamConfig;
 use crate::rate_limit::Quota;
 
+mod config;
 mod identity_limits;
 mod trie;
+pub use crate::proxy::HealthCheck;
+pub use config::{RawRateLimit, RawRoute, RouteConfig};
 pub use identity_limits::{BUILTIN as IDENTITY_LIMITS, Builtin, IdentityLimit};
 pub mod path;
 
@@ -37,15 +40,6 @@ pub enum Access {
     Roles(Vec<String>),
     /// Users whose role grants this permission.
     Permission(String),
-}
-
-/// A route's own rate limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteLimit {
-    /// Quota text, e.g. `50/min`.
-    pub rate: String,
-    /// Burst capacity, when it differs from the quota.
-    pub burst: Option<u32>,
 }
 
 /// One segment of a route's path pattern.
@@ -77,7 +71,7 @@ pub struct Route {
     /// Who may use it.
     pub access: Access,
     /// Its own limit, on top of the caller's tier.
-    pub rate_limit: Option<RouteLimit>,
+    pub rate_limit: Option<Quota>,
     /// The limiter's policy for `rate_limit`.
     pub limit_policy: Option<crate::rate_limit::PolicyId>,
     /// Whose budget `rate_limit` is.
@@ -152,15 +146,6 @@ pub struct Upstream {
     pub balancer: Arc<crate::proxy::Balancer>,
 }
 
-/// An upstream's `health_check`.
-#[derive(Debug, Clone)]
-pub struct HealthCheck {
-    /// The path (and query) asked for with `GET`.
-    pub path: http::uri::PathAndQuery,
-    /// Time between checks of one target.
-    pub interval: Duration,
-}
-
 /// What a request matched.
 #[derive(Debug, Clone)]
 pub enum Matched<'a> {
@@ -225,78 +210,48 @@ fn policy_name(methods: &[Method], path: &str) -> String {
 }
 
 impl RouteTable {
-    /// Builds the table from validated configuration, registering each route's own limit
+    /// Builds the table from checked configuration, registering each route's own limit
     /// in `policies`.
     ///
     /// # Errors
-    /// A value that configuration validation should already have refused.
+    /// A route names an upstream that is not in `upstreams`, or a policy cannot be
+    /// registered: both programming errors, as configuration checking refuses the first and
+    /// policy names are made unique here.
     pub fn new(
-        routes: &[RawRoute],
-        upstreams: &BTreeMap<String, RawUpstream>,
+        routes: &[RouteConfig],
+        upstreams: &BTreeMap<String, UpstreamConfig>,
         default_max_body: usize,
         policies: &mut crate::rate_limit::Policies,
     ) -> Result<Self, String> {
         let mut table = Self::default();
         for (name, upstream) in upstreams {
-            let circuit_breaker = match &upstream.circuit_breaker {
-                Some(raw) => crate::circuit_breaker::Settings {
-                    failures: raw.failures,
-                    window: parse_duration(&raw.window)?,
-                    open_for: parse_duration(&raw.open_for)?,
-                    half_open_requests: raw.half_open_requests,
-                },
-                None => crate::circuit_breaker::Settings::default(),
-            };
-            let targets = upstream
-                .target_urls()
-                .into_iter()
-                .map(|url| {
-                    let field = if upstream.url.is_some() {
-                        "url"
-                    } else {
-                        "targets"
-                    };
-                    crate::config::check_target_url(url)
-                        .map(|uri| Arc::new(crate::proxy::Target::new(&uri, circuit_breaker)))
-                        .map_err(|message| format!("upstreams.{name}.{field}: {message}"))
-                })
-                .collect::<Result<Arc<[_]>, String>>()?;
+            let targets: Arc<[_]> = upstream
+                .targets
+                .iter()
+                .map(|uri| Arc::new(crate::proxy::Target::new(uri, upstream.circuit_breaker)))
+                .collect();
             if targets.is_empty() {
                 return Err(format!("upstreams.{name}: url or targets is required"));
             }
-            let health_check = match &upstream.health_check {
-                Some(raw) => Some(HealthCheck {
-                    path: raw
-                        .path
-                        .parse()
-                        .map_err(|_| format!("upstreams.{name}.health_check.path"))?,
-                    interval: parse_duration(&raw.interval)?,
-                }),
-                None => None,
-            };
             table.upstreams.insert(
                 name.clone(),
                 Arc::new(Upstream {
                     name: leak(name),
                     targets,
-                    timeout: parse_duration(&upstream.timeout)?,
-                    circuit_breaker,
-                    forward: crate::proxy::headers::ForwardPolicy::new(
-                        &upstream.strip_request_headers.0,
-                        &upstream.pass_request_headers.0,
-                    )
-                    .map_err(|error| format!("upstreams.{name}: {error}"))?,
-                    health_check,
+                    timeout: upstream.timeout,
+                    circuit_breaker: upstream.circuit_breaker,
+                    forward: upstream.forward.clone(),
+                    health_check: upstream.health_check.clone(),
                     retries: upstream.retries,
                     balancer: Arc::default(),
                 }),
             );
         }
         let mut policy_names = std::collections::HashSet::new();
-        for raw in routes {
-            let (base, prefix) = match raw.path.strip_suffix("/*") {
+        for configured in routes {
+            let (base, prefix) = match configured.path.strip_suffix("/*") {
                 Some(base) => (if base.is_empty() { "/" } else { base }.to_owned(), true),
-                None => (raw.path.clone(), false),
+                None => (configured.path.clone(), false),
             };
             let segments: Vec<Segment> = base
                 .trim_start_matches('/')
@@ -310,76 +265,48 @@ impl RouteTable {
                     }
                 })
                 .collect();
-            let access = if !raw.auth {
-                Access::Public
-            } else if let Some(roles) = &raw.roles {
-                Access::Roles(roles.0.clone())
-            } else if let Some(permission) = &raw.permission {
-                Access::Permission(permission.clone())
-            } else {
-                Access::Authenticated
-            };
-            let methods = raw
-                .methods
-                .0
-                .iter()
-                .map(|method| {
-                    Method::from_bytes(method.as_bytes())
-                        .map_err(|_| format!("{}: method {method}", raw.path))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut policy = policy_name(&methods, &raw.path);
+            if let Some(upstream) = &configured.upstream
+                && !table.upstreams.contains_key(upstream)
+            {
+                return Err(format!(
+                    "{}: upstream `{upstream}` is not defined",
+                    configured.path
+                ));
+            }
+            let methods = configured.methods.clone();
+            let mut policy = policy_name(&methods, &configured.path);
             let mut suffix = 2;
             while !policy_names.insert(policy.clone()) {
-                policy = format!("{} #{suffix}", policy_name(&methods, &raw.path));
+                policy = format!("{} #{suffix}", policy_name(&methods, &configured.path));
                 suffix += 1;
             }
-            let limit_policy = match &raw.rate_limit {
+            let limit_policy = match configured.rate_limit {
                 None => None,
-                Some(limit) => {
-                    let quota = match limit {
-                        RawRateLimit::Plain(rate) => Quota::parse(rate),
-                        RawRateLimit::WithBurst { rate, burst } => Quota::with_burst(rate, *burst),
-                    }
-                    .map_err(|error| format!("{}.rate_limit: {error}", raw.path))?;
-                    Some(
-                        policies
-                            .add(&policy, quota)
-                            .map_err(|error| error.to_string())?,
-                    )
-                }
+                Some(quota) => Some(
+                    policies
+                        .add(&policy, quota)
+                        .map_err(|error| error.to_string())?,
+                ),
             };
-            let per = identity_limits::route_per(&raw.per, &segments, prefix, &methods);
+            let per = identity_limits::route_per(configured.per, &segments, prefix, &methods);
             table.routes.push(Arc::new(Route {
                 limit_policy,
                 per,
-                name: leak(&raw.path),
+                name: leak(&configured.path),
                 policy_name: policy,
                 base,
                 segments,
                 prefix,
                 methods,
-                upstream: raw.upstream.as_deref().map(Arc::from),
-                access,
-                rate_limit: raw.rate_limit.as_ref().map(|limit| match limit {
-                    RawRateLimit::Plain(rate) => RouteLimit {
-                        rate: rate.clone(),
-                        burst: None,
-                    },
-                    RawRateLimit::WithBurst { rate, burst } => RouteLimit {
-                        rate: rate.clone(),
-                        burst: Some(*burst),
-                    },
-                }),
-                signed: raw.signed,
-                max_body: match &raw.max_body {
-                    Some(size) => parse_size(size)?,
-                    None => default_max_body,
-                },
-                case_sensitive: raw.case_sensitive,
-                websocket: raw.websocket,
+                upstream: configured.upstream.as_deref().map(Arc::from),
+                access: configured.access.clone(),
+                rate_limit: configured.rate_limit,
+                signed: configured.signed,
+                max_body: configured.max_body.unwrap_or(default_max_body),
+                case_sensitive: configured.case_sensitive,
+                websocket: configured.websocket,
             }));
-            table.any_case_insensitive |= !raw.case_sensitive;
+            table.any_case_insensitive |= !configured.case_sensitive;
         }
         // Most specific first: exact before prefix, fewer parameters before more, longer
         // before shorter.
@@ -541,35 +468,26 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::List;
 
-    fn route(path: &str, methods: &[&str], upstream: Option<&str>) -> RawRoute {
-        RawRoute {
-            path: path.into(),
-            methods: List(methods.iter().map(|m| (*m).to_owned()).collect()),
+    fn route(path: &str, methods: &[&str], upstream: Option<&str>) -> RouteConfig {
+        RouteConfig {
+            methods: methods
+                .iter()
+                .map(|m| Method::from_bytes(m.as_bytes()).unwrap())
+                .collect(),
             upstream: upstream.map(str::to_owned),
-            roles: None,
-            permission: None,
-            rate_limit: None,
-            signed: false,
-            max_body: None,
-            auth: true,
-            per: "user".into(),
-            case_sensitive: true,
-            websocket: false,
+            ..RouteConfig::new(path)
         }
     }
 
-    fn orders_upstream() -> BTreeMap<String, RawUpstream> {
+    fn orders_upstream() -> BTreeMap<String, UpstreamConfig> {
         BTreeMap::from([(
             "orders".to_owned(),
-            RawUpstream {
-                url: Some("http://127.0.0.1:9000".into()),
-                targets: None,
-                timeout: "5s".into(),
-                circuit_breaker: None,
-                strip_request_headers: crate::config::List::default(),
-                pass_request_headers: crate::config::List::default(),
+            UpstreamConfig {
+                targets: vec!["http://127.0.0.1:9000".parse().unwrap()],
+                timeout: Duration::from_secs(5),
+                circuit_breaker: crate::circuit_breaker::Settings::default(),
+                forward: crate::proxy::headers::ForwardPolicy::new(&[], &[]).unwrap(),
                 health_check: None,
                 retries: 0,
             },
@@ -762,7 +680,7 @@ mod tests {
                     same(&indexed, &scanned),
                     "{method} {path}: {indexed:?} against {scanned:?} in {:?}",
                     raw.iter()
-                        .map(|r| (&r.path, &r.methods.0, r.case_sensitive))
+                        .map(|r| (&r.path, &r.methods, r.case_sensitive))
                         .collect::<Vec<_>>()
                 );
                 decided[match scanned {
@@ -779,7 +697,7 @@ mod tests {
 
     #[test]
     fn a_table_of_two_thousand_routes_finds_the_same_routes_as_a_scan() {
-        let mut raw: Vec<RawRoute> = (0..2000)
+        let mut raw: Vec<RouteConfig> = (0..2000)
             .map(|i| route(&format!("/service{i}/*"), &["GET"], Some("orders")))
             .collect();
         raw.push(route("/positions", &["GET"], Some("orders")));

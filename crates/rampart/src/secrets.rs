@@ -1,20 +1,14 @@
-//! Secret values, and the secrets generated once for the embedded defaults.
-//!
-//! A [`Secret`] never prints its value. When no JWT secret or encryption key is
-//! configured (outside production), they are generated on first start into
-//! `<data_dir>/secrets.toml`, created with mode 0600, and read back on every later start,
-//! so a restart keeps every session and every encrypted value.
+//! Secret values: a [`Secret`] never prints its value; fresh secrets, and whether a
+//! configured one is weak. The secrets generated once for the embedded defaults are
+//! [`crate::config::generated`]'s.
 
 use std::fmt;
-use std::io::Write;
-use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, TokenAlgorithm};
+pub use crate::config::generated::{fill_generated, would_generate_chain_key};
 
 /// A string that must not reach logs, errors or `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
@@ -36,17 +30,6 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
     }
-}
-
-/// The contents of `secrets.toml`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GeneratedSecrets {
-    tokens_secret: String,
-    encryption_keys: Vec<String>,
-    /// Added after the first release: a file written before has none until it is filled.
-    #[serde(default)]
-    audit_chain_key: Option<String>,
 }
 
 /// `n` random bytes from the operating system's generator.
@@ -173,122 +156,6 @@ pub fn key_weakness(key: &[u8]) -> Option<&'static str> {
     None
 }
 
-/// Fills in secrets the configuration left out, from `<data_dir>/secrets.toml`,
-/// generating that file first if it does not exist.
-///
-/// # Errors
-/// The file cannot be read, parsed or written.
-pub fn fill_generated(config: &mut Config) -> anyhow::Result<()> {
-    let needs_token_secret =
-        config.tokens.algorithm == TokenAlgorithm::Hs256 && config.tokens.secret.is_none();
-    let needs_keys = config.encryption_keys.is_empty();
-    let needs_chain_key = config.audit_chain_key.is_none();
-    if !needs_token_secret && !needs_keys && !needs_chain_key {
-        return Ok(());
-    }
-    if config.production {
-        anyhow::bail!("RAMPART_ENV=production refuses generated secrets");
-    }
-    let path = config.data_dir.join("secrets.toml");
-    let secrets = load_or_generate(&path)?;
-    if needs_chain_key {
-        config.audit_chain_key = Some(Secret::new(
-            secrets.audit_chain_key.clone().unwrap_or_default(),
-        ));
-    }
-    if needs_token_secret {
-        config.tokens.secret = Some(Secret::new(secrets.tokens_secret));
-    }
-    if needs_keys {
-        config.encryption_keys = secrets
-            .encryption_keys
-            .into_iter()
-            .map(Secret::new)
-            .collect();
-    }
-    Ok(())
-}
-
-/// Whether [`fill_generated`] would generate a new audit chain key: none is configured
-/// and `<data_dir>/secrets.toml` holds none.
-pub fn would_generate_chain_key(config: &Config) -> bool {
-    if config.audit_chain_key.is_some() {
-        return false;
-    }
-    let path = config.data_dir.join("secrets.toml");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return true;
-    };
-    toml::from_str::<GeneratedSecrets>(&text)
-        .map_or(true, |secrets| secrets.audit_chain_key.is_none())
-}
-
-fn load_or_generate(path: &Path) -> anyhow::Result<GeneratedSecrets> {
-    if path.exists() {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?;
-        let mut secrets: GeneratedSecrets = toml::from_str(&text)
-            .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.message()))?;
-        if secrets.audit_chain_key.is_none() {
-            // Written by a release before the keyed audit chain: add its key once, keeping
-            // every other secret as it is.
-            secrets.audit_chain_key = Some(generate_token_secret());
-            write_secrets(path, &secrets, false)?;
-            tracing::warn!(path = %path.display(), "generated the audit chain key");
-        }
-        return Ok(secrets);
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|error| anyhow::anyhow!("creating {}: {error}", parent.display()))?;
-    }
-    let secrets = GeneratedSecrets {
-        tokens_secret: generate_token_secret(),
-        encryption_keys: vec![generate_key_entry("k1")],
-        audit_chain_key: Some(generate_token_secret()),
-    };
-    write_secrets(path, &secrets, true)?;
-    tracing::warn!(path = %path.display(), "generated secrets for the embedded defaults");
-    Ok(secrets)
-}
-
-/// Writes `secrets` to `path` with mode 0600: as a new file, or replacing the old one
-/// through a temporary file renamed over it, so a crash leaves one or the other whole.
-fn write_secrets(path: &Path, secrets: &GeneratedSecrets, new: bool) -> anyhow::Result<()> {
-    let text = format!(
-        "# Generated by rampart on first start. Keep this file: it signs sessions,\n\
-         # decrypts stored secrets and keys the audit chain. Production configures secrets\n\
-         # instead (rampart keygen).\n{}",
-        toml::to_string(secrets)?
-    );
-    let target = if new {
-        path.to_path_buf()
-    } else {
-        path.with_extension("toml.tmp")
-    };
-    if !new {
-        // A leftover of an interrupted write; created afresh so that it gets mode 0600.
-        let _ = std::fs::remove_file(&target);
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(&target)
-        .map_err(|error| anyhow::anyhow!("creating {}: {error}", target.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    if !new {
-        std::fs::rename(&target, path)
-            .map_err(|error| anyhow::anyhow!("replacing {}: {error}", path.display()))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,50 +184,6 @@ mod tests {
     fn a_secret_never_prints_its_value() {
         let secret = Secret::new("hunter2-hunter2");
         assert!(!format!("{secret:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn a_secrets_file_from_before_the_keyed_audit_chain_gains_a_stable_key() {
-        let dir = std::env::temp_dir().join(format!("rampart-secrets-{}", ulid::Ulid::new()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("secrets.toml");
-        std::fs::write(
-            &path,
-            "tokens_secret = \"old-token\"\nencryption_keys = [\"k1:old\"]\n",
-        )
-        .unwrap();
-        let first = load_or_generate(&path).unwrap();
-        assert_eq!(first.tokens_secret, "old-token");
-        assert_eq!(first.encryption_keys, ["k1:old"]);
-        let key = first.audit_chain_key.unwrap();
-        assert_eq!(weakness(&key), None);
-        let second = load_or_generate(&path).unwrap();
-        assert_eq!(second.audit_chain_key.as_deref(), Some(key.as_str()));
-        assert_eq!(second.tokens_secret, "old-token");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn generated_secrets_are_kept_across_starts_with_mode_0600() {
-        let dir = std::env::temp_dir().join(format!("rampart-secrets-{}", ulid::Ulid::new()));
-        let path = dir.join("secrets.toml");
-        let first = load_or_generate(&path).unwrap();
-        let second = load_or_generate(&path).unwrap();
-        assert_eq!(first.tokens_secret, second.tokens_secret);
-        assert_eq!(first.encryption_keys, second.encryption_keys);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -2,6 +2,41 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
+/// `[headers]` as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct RawHeaders {
+    pub x_xss_protection: String,
+}
+
+impl Default for RawHeaders {
+    fn default() -> Self {
+        Self {
+            x_xss_protection: "0".into(),
+        }
+    }
+}
+
+/// Response header settings.
+#[derive(Debug, Clone)]
+pub struct HeadersConfig {
+    /// Value of `X-XSS-Protection`.
+    pub x_xss_protection: String,
+}
+
+impl HeadersConfig {
+    /// Checks `[headers]`, adding what is wrong to `problems`.
+    pub fn from_raw(raw: RawHeaders, problems: &mut crate::config::Problems) -> Self {
+        if HeaderValue::from_str(&raw.x_xss_protection).is_err() {
+            problems.add("headers.x_xss_protection", "is not a valid header value");
+        }
+        Self {
+            x_xss_protection: raw.x_xss_protection,
+        }
+    }
+}
+
 /// The headers, built once from configuration.
 #[derive(Debug, Clone)]
 pub struct SecurityHeaders {

@@ -83,6 +83,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{ServerConfig, TlsConfig};
+
+pub mod config;
 use crate::error::{ApiError, REQUEST_ID};
 use crate::metrics::{RequestLabels, method_label};
 use crate::shutdown::Stopping;

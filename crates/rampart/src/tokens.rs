@@ -21,8 +21,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::clock::SharedClock;
-use crate::config::{TokenAlgorithm, TokensConfig};
 use crate::store::{Family, SessionStore, User};
+
+mod config;
+pub use config::{RawTokens, StateStoreKind, TokenAlgorithm, TokensConfig};
 
 /// Leeway for `exp` and `nbf`.
 pub const LEEWAY_SECONDS: i64 = 30;

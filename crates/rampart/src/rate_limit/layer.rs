@@ -39,20 +39,18 @@ impl Tiers {
     /// Registers the three tier policies of `config`.
     ///
     /// # Errors
-    /// A quota that configuration validation should already have refused.
+    /// A tier name already taken in `policies` (a programming error).
     pub fn register(
         policies: &mut super::Policies,
         config: &crate::config::RateLimitsConfig,
     ) -> Result<Self, String> {
-        let mut add = |name: &str, text: &str| {
-            let quota = super::Quota::parse(text)
-                .map_err(|error| format!("rate_limits.{name}: {error}"))?;
+        let mut add = |name: &str, quota: super::Quota| {
             policies.add(name, quota).map_err(|error| error.to_string())
         };
         Ok(Self {
-            anonymous: add(TIER_NAMES[0], &config.anonymous)?,
-            standard: add(TIER_NAMES[1], &config.standard)?,
-            premium: add(TIER_NAMES[2], &config.premium)?,
+            anonymous: add(TIER_NAMES[0], config.anonymous)?,
+            standard: add(TIER_NAMES[1], config.standard)?,
+            premium: add(TIER_NAMES[2], config.premium)?,
         })
     }
 }

@@ -99,7 +99,7 @@ fn covers(segments: &[Segment], prefix: bool, methods: &[Method], builtin: &Buil
 /// Whose budget a configured route's own limit is: its `per`, except on an identity route
 /// whose built-in limit is per address, which stays per address.
 pub(super) fn route_per(
-    configured: &str,
+    configured: Per,
     segments: &[Segment],
     prefix: bool,
     methods: &[Method],
@@ -110,7 +110,7 @@ pub(super) fn route_per(
     if anonymous_entry {
         return Per::Ip;
     }
-    Per::parse(configured).unwrap_or_default()
+    configured
 }
 
 impl RouteTable {
@@ -169,26 +169,22 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::{List, RawRateLimit, RawRoute};
+    use crate::routes::{Access, RouteConfig};
 
-    fn route(path: &str, methods: &[&str], rate: Option<&str>, per: &str) -> RawRoute {
-        RawRoute {
-            path: path.into(),
-            methods: List(methods.iter().map(|m| (*m).to_owned()).collect()),
-            upstream: None,
-            roles: None,
-            permission: None,
-            rate_limit: rate.map(|rate| RawRateLimit::Plain(rate.to_owned())),
-            signed: false,
-            max_body: None,
-            auth: false,
-            per: per.into(),
-            case_sensitive: true,
-            websocket: false,
+    fn route(path: &str, methods: &[&str], rate: Option<&str>, per: &str) -> RouteConfig {
+        RouteConfig {
+            methods: methods
+                .iter()
+                .map(|m| Method::from_bytes(m.as_bytes()).unwrap())
+                .collect(),
+            access: Access::Public,
+            rate_limit: rate.map(|rate| Quota::parse(rate).unwrap()),
+            per: Per::parse(per).unwrap(),
+            ..RouteConfig::new(path)
         }
     }
 
-    fn table(routes: &[RawRoute]) -> (RouteTable, Policies) {
+    fn table(routes: &[RouteConfig]) -> (RouteTable, Policies) {
         let mut policies = Policies::new();
         let mut table = RouteTable::new(routes, &BTreeMap::new(), 1024, &mut policies).unwrap();
         table.add_identity_limits(&mut policies).unwrap();
@@ -205,13 +201,14 @@ mod tests {
 
     #[test]
     fn the_shipped_example_reproduces_the_documented_limits() {
-        let raw = crate::config::RawConfig::parse(
-            crate::demo::EXAMPLE_CONFIG,
-            &std::collections::HashMap::new(),
-        )
+        let config = crate::config::Config::load(&crate::config::Sources {
+            file: Some(crate::demo::EXAMPLE_CONFIG.to_owned()),
+            ..Default::default()
+        })
         .unwrap();
         let mut policies = Policies::new();
-        let mut table = RouteTable::new(&raw.routes, &raw.upstreams, 1024, &mut policies).unwrap();
+        let mut table =
+            RouteTable::new(&config.routes, &config.upstreams, 1024, &mut policies).unwrap();
         table.add_identity_limits(&mut policies).unwrap();
         let limiter = crate::rate_limit::RateLimiter::memory(policies);
         let limit = |method: &str, path: &str| {
