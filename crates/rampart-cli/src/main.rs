@@ -269,7 +269,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 /// the database's audit trail already has entries, as a new chain key would append links
 /// no one can verify (opening also checks the key against the sealed head).
 async fn fill_secrets(config: &mut Config) -> anyhow::Result<()> {
-    if rampart::secrets::would_generate_chain_key(config) {
+    if rampart::config::generated::would_generate_chain_key(config) {
         let store = rampart::app::open_store(config.database_url.expose(), 1, None)
             .await?
             .data();
@@ -284,7 +284,7 @@ async fn fill_secrets(config: &mut Config) -> anyhow::Result<()> {
             config.data_dir.join("secrets.toml").display()
         );
     }
-    rampart::secrets::fill_generated(config)
+    rampart::config::generated::fill_generated(config)
 }
 
 /// The example configuration with the demo's overrides; the process environment still wins.

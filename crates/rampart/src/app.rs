@@ -147,7 +147,7 @@ impl Application {
     /// # Errors
     /// Secrets, stores, keys or the listener cannot be set up.
     pub async fn build_with(mut config: Config, options: BuildOptions) -> anyhow::Result<Self> {
-        crate::secrets::fill_generated(&mut config)?;
+        crate::config::generated::fill_generated(&mut config)?;
         crate::server::descriptor_budget(
             config.server.max_connections,
             crate::server::descriptor_reserve(options.max_db_connections, config.upstreams.len()),

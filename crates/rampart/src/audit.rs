@@ -17,11 +17,11 @@
 
 use serde_json::Value;
 
+use crate::chain::constant_time_eq;
 pub use crate::chain::{
     AuditRecord, ChainKey, GENESIS, HEAD, LEGACY_END, LEGACY_START, NewAuditEntry, PURGED,
     REDACTED, RequestContext, SealedEntry, keyed_row_hash, pii_digest, redact, row_hash, seal,
 };
-use crate::chain::constant_time_eq;
 use crate::store::{AuditItem, ChainRecord, Store, StoreResult};
 
 pub mod config;
@@ -83,7 +83,6 @@ pub fn for_subject(record: &AuditRecord, subject: i64) -> Value {
         "caused_by_subject": false,
     })
 }
-
 
 /// What `rampart audit verify` found.
 #[derive(Debug, PartialEq, Eq)]

@@ -70,10 +70,14 @@ fn default_half_open() -> u32 {
 
 impl Settings {
     /// Checks the `circuit_breaker` table at `key`, adding every problem to `problems`.
-    pub fn from_raw(raw: &RawSettings, key: &str, problems: &mut crate::config::Problems) -> Self {
+    pub fn from_raw(
+        raw: &RawSettings,
+        key: &str,
+        problems: &mut crate::settings::Problems,
+    ) -> Self {
         let defaults = Self::default();
         let mut duration = |field: &str, text: &str, default: Duration| {
-            crate::config::parse_duration(text).unwrap_or_else(|message| {
+            crate::settings::parse_duration(text).unwrap_or_else(|message| {
                 problems.add(&format!("{key}.{field}"), message);
                 default
             })

@@ -17,7 +17,6 @@
 //! durations, sizes and networks.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +32,6 @@ use crate::ssrf::OutboundPolicy;
 
 pub mod generated;
 pub mod layering;
-mod units;
 
 pub use crate::audit::config::RawAudit;
 pub use crate::intrusion::{IntrusionMode, RawIntrusion};
@@ -42,53 +40,11 @@ pub use crate::proxy::config::{MAX_RETRIES, MAX_TARGETS, check_target_url};
 pub use crate::rate_limit::{OnStoreError, RateLimitsConfig, RawRateLimits};
 pub use crate::security_headers::{HeadersConfig, RawHeaders};
 pub use crate::server::config::{MAX_CONNECTIONS, RawServer, RawTls, ServerConfig, TlsConfig};
+pub use crate::settings::{
+    ConfigError, List, Problems, parse_duration, parse_networks, parse_size,
+};
 pub use crate::tokens::{RawTokens, StateStoreKind, TokenAlgorithm, TokensConfig};
-pub use layering::{List, Sources};
-pub use units::{parse_duration, parse_networks, parse_size};
-
-/// Everything that stops start-up: one line per problem, each naming its key.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
-pub struct ConfigError {
-    /// One entry per invalid key.
-    pub problems: Vec<String>,
-}
-
-impl ConfigError {
-    fn one(problem: impl Into<String>) -> Self {
-        Self {
-            problems: vec![problem.into()],
-        }
-    }
-}
-
-/// The problems found so far, each `key: message`; every section adds its own.
-#[derive(Debug, Default)]
-pub struct Problems(Vec<String>);
-
-impl Problems {
-    /// Records that `key` is wrong, and why.
-    pub fn add(&mut self, key: &str, message: impl fmt::Display) {
-        self.0.push(format!("{key}: {message}"));
-    }
-
-    /// Whether nothing is wrong.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// `Ok(value)` when nothing is wrong, else every problem.
-    ///
-    /// # Errors
-    /// The [`ConfigError`] listing every problem.
-    pub fn into_result<T>(self, value: T) -> Result<T, ConfigError> {
-        if self.0.is_empty() {
-            Ok(value)
-        } else {
-            Err(ConfigError { problems: self.0 })
-        }
-    }
-}
+pub use layering::Sources;
 
 /// `rampart.toml` as written. Nothing here is trusted yet.
 #[derive(Debug, Default, Deserialize)]
@@ -278,7 +234,7 @@ pub struct Config {
     pub login: LoginConfig,
     pub rate_limits: RateLimitsConfig,
     /// `encryption.keys`, parsed; `None` when none is configured (then
-    /// [`crate::secrets::fill_generated`] loads or generates them).
+    /// [`crate::config::generated::fill_generated`] loads or generates them).
     pub keyring: Option<KeyRing>,
     /// `encryption.legacy_host_binding` (default `true`): whether a broker key sealed
     /// before keys were bound to their host still opens (and is re-sealed bound to the

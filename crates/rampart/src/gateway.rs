@@ -6,6 +6,8 @@
 pub mod access_log;
 pub mod authorize;
 pub mod context;
+pub mod identify;
+pub mod limit;
 pub mod pipeline;
 pub mod refusal;
 pub mod validate;

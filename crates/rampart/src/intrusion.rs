@@ -276,7 +276,7 @@ pub enum IntrusionMode {
 
 impl IntrusionMode {
     /// Checks `[intrusion]`, adding what is wrong to `problems`.
-    pub fn from_raw(raw: &RawIntrusion, problems: &mut crate::config::Problems) -> Self {
+    pub fn from_raw(raw: &RawIntrusion, problems: &mut crate::settings::Problems) -> Self {
         match raw.mode.as_str() {
             "detect" => Self::Detect,
             "block" => Self::Block,

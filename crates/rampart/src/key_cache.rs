@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use crate::verified_keys::KeyDigest;
 use crate::store::Store;
+use crate::verified_keys::KeyDigest;
 
 /// How often each instance reads the credential-change log.
 pub const POLL: Duration = Duration::from_millis(250);

@@ -151,7 +151,7 @@ impl KeyRing {
     pub fn from_config(
         entries: &[String],
         production: bool,
-        problems: &mut crate::config::Problems,
+        problems: &mut crate::settings::Problems,
     ) -> Option<Self> {
         if entries.is_empty() {
             if production {

@@ -14,7 +14,7 @@ use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
-use crate::config::Problems;
+use crate::settings::Problems;
 
 /// `[password]` as written: a preset, then any rule overridden.
 #[derive(Debug, Default, serde::Deserialize)]

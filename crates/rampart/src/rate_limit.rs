@@ -11,7 +11,7 @@
 //! `quota` is the quota grammar that configuration and the limiter share; `gcra` the
 //! algorithm and its clock; `memory` and `redis` the two stores, which keep the same state
 //! under the same keys; `headers` the response fields, each policy's fixed part built once
-//! at start-up; `config` the `[rate_limits]` section; `layer` the pipeline stage.
+//! at start-up; `config` the `[rate_limits]` section; `keys` the tiers and the keys budgets are kept under.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,7 +22,7 @@ use http::HeaderValue;
 mod config;
 mod gcra;
 mod headers;
-mod layer;
+mod keys;
 mod memory;
 mod quota;
 mod redis;
@@ -37,9 +37,7 @@ pub use self::redis::STORE_TIMEOUT;
 pub use config::{RateLimitsConfig, RawRateLimits};
 pub use gcra::ManualTime;
 pub use headers::{RATELIMIT, RATELIMIT_POLICY, RateLimitHeaders, headers};
-pub use layer::{
-    CallerKeys, TIER_NAMES, Tiers, charge_anonymous, enforce, refund_anonymous, refuse_when_spent,
-};
+pub use keys::{CallerKeys, TIER_NAMES, Tiers};
 pub use quota::{MAX_REQUESTS, Quota, QuotaError};
 
 /// The outcome of one request against one policy.

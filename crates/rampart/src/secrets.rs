@@ -8,8 +8,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore;
 
-pub use crate::config::generated::{fill_generated, would_generate_chain_key};
-
 /// A string that must not reach logs, errors or `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

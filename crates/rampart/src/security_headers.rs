@@ -27,7 +27,7 @@ pub struct HeadersConfig {
 
 impl HeadersConfig {
     /// Checks `[headers]`, adding what is wrong to `problems`.
-    pub fn from_raw(raw: RawHeaders, problems: &mut crate::config::Problems) -> Self {
+    pub fn from_raw(raw: RawHeaders, problems: &mut crate::settings::Problems) -> Self {
         if HeaderValue::from_str(&raw.x_xss_protection).is_err() {
             problems.add("headers.x_xss_protection", "is not a valid header value");
         }

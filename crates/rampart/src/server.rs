@@ -82,7 +82,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{ServerConfig, TlsConfig};
+use config::{ServerConfig, TlsConfig};
 
 pub mod config;
 use crate::error::{ApiError, REQUEST_ID};

@@ -618,7 +618,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

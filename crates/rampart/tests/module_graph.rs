@@ -20,7 +20,10 @@ struct Module {
 }
 
 fn collect(dir: &Path, prefix: &[String], out: &mut BTreeMap<Vec<String>, Module>) {
-    let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
@@ -34,7 +37,13 @@ fn collect(dir: &Path, prefix: &[String], out: &mut BTreeMap<Vec<String>, Module
                 key.push(name);
             }
             let text = fs::read_to_string(&path).unwrap();
-            out.insert(key, Module { file: path, text: strip(&text) });
+            out.insert(
+                key,
+                Module {
+                    file: path,
+                    text: strip(&text),
+                },
+            );
         }
     }
 }
@@ -53,7 +62,10 @@ fn strip(text: &str) -> String {
         } else if let Some((prefix, hashes)) = raw_string_start(rest) {
             let close = format!("\"{}", "#".repeat(hashes));
             let body = prefix + hashes + 1;
-            i += body + rest[body..].find(&close).map_or(rest.len(), |end| end + close.len());
+            i += body
+                + rest[body..]
+                    .find(&close)
+                    .map_or(rest.len(), |end| end + close.len());
             out.push_str("\"\"");
         } else if bytes[i] == b'"' {
             i += 1;
@@ -135,7 +147,9 @@ fn strip_literals_only(rest: &str) -> String {
         } else if let Some((prefix, hashes)) = raw_string_start(tail) {
             let close = format!("\"{}", "#".repeat(hashes));
             let body = prefix + hashes + 1;
-            body + tail[body..].find(&close).map_or(tail.len() - body, |end| end + close.len())
+            body + tail[body..]
+                .find(&close)
+                .map_or(tail.len() - body, |end| end + close.len())
         } else if bytes[i] == b'"' {
             let mut j = i + 1;
             while j < bytes.len() && bytes[j] != b'"' {
@@ -242,7 +256,10 @@ fn path_tree(text: &str, prefix: &[String], found: &mut Vec<Vec<String>>) -> usi
 
 /// The longest known module that `path` names (the module itself for a type inside it).
 fn resolve(modules: &BTreeSet<Vec<String>>, path: &[String]) -> Option<Vec<String>> {
-    (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| modules.contains(p))
+    (1..=path.len())
+        .rev()
+        .map(|n| path[..n].to_vec())
+        .find(|p| modules.contains(p))
 }
 
 /// Strongly connected components of more than one node (Tarjan).
@@ -323,7 +340,9 @@ fn the_modules_import_one_way() {
             continue;
         }
         for path in references(key, &module.text) {
-            let Some(target) = resolve(&known, &path) else { continue };
+            let Some(target) = resolve(&known, &path) else {
+                continue;
+            };
             if target.is_empty() {
                 continue;
             }
@@ -341,7 +360,11 @@ fn the_modules_import_one_way() {
             reasons
                 .entry((format!("{scope}/{from}"), format!("{scope}/{to}")))
                 .or_default()
-                .insert(format!("{} uses {}", module.file.strip_prefix(&root).unwrap().display(), path.join("::")));
+                .insert(format!(
+                    "{} uses {}",
+                    module.file.strip_prefix(&root).unwrap().display(),
+                    path.join("::")
+                ));
         }
     }
 
@@ -350,7 +373,12 @@ fn the_modules_import_one_way() {
         for component in loops(nodes, edges) {
             report.push_str(&format!("\nloop in {scope}: {}\n", component.join(" <-> ")));
             for from in &component {
-                for to in edges.get(from).into_iter().flatten().filter(|t| component.contains(t)) {
+                for to in edges
+                    .get(from)
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| component.contains(t))
+                {
                     for why in &reasons[&(format!("{scope}/{from}"), format!("{scope}/{to}"))] {
                         report.push_str(&format!("  {from} -> {to}: {why}\n"));
                     }
@@ -367,7 +395,9 @@ fn the_checker_sees_use_groups_and_skips_tests() {
         "use crate::{a::B, c::{d::E, F}};\nfn f() { crate::g::h(); let s = \"crate::x\"; }\n\
          #[cfg(test)]\nmod tests { use crate::z::Q; fn t() { let c = '{'; } }\nuse super::y;",
     );
-    let found: Vec<String> =
-        references(&["m".to_string(), "n".to_string()], &code).iter().map(|p| p.join("::")).collect();
+    let found: Vec<String> = references(&["m".to_string(), "n".to_string()], &code)
+        .iter()
+        .map(|p| p.join("::"))
+        .collect();
     assert_eq!(found, ["a::B", "c::d::E", "c::F", "g::h", "m::y"]);
 }

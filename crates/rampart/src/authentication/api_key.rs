@@ -19,9 +19,9 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::key_cache::CachedKey;
 use super::{Credential, Failure, Principal};
 use crate::error::ApiError;
+use crate::key_cache::CachedKey;
 use crate::state::AppState;
 
 /// The header that carries the key.

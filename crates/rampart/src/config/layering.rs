@@ -4,37 +4,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Deserializer};
-
 use super::{ConfigError, RawConfig};
 
 /// Environment variables that are read by the program itself rather than mapped onto keys.
 const RESERVED_VARIABLES: [&str; 3] = ["RAMPART_ENV", "RAMPART_CONFIG", "RAMPART_LOG"];
-
-/// A list given either as a TOML array or, from the environment, as one comma-separated string.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct List(pub Vec<String>);
-
-impl<'de> Deserialize<'de> for List {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        Ok(match OneOrMany::deserialize(deserializer)? {
-            OneOrMany::One(text) => List(
-                text.split(',')
-                    .map(str::trim)
-                    .filter(|item| !item.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            ),
-            OneOrMany::Many(items) => List(items),
-        })
-    }
-}
 
 /// Where configuration comes from.
 #[derive(Debug, Default, Clone)]

@@ -8,10 +8,10 @@
 //! an API-key request must also be HMAC-signed (401 otherwise). Ownership of a resource (a
 //! user's own trading account) is checked by the handler that loads it.
 
-use crate::authentication::{Authentication, Credential, Refusal as AuthRefusal};
-use crate::error::ApiError;
 use super::context::Context;
 use super::refusal::{Audit, Metric, Note, Refusal};
+use crate::authentication::{Authentication, Credential, Refusal as AuthRefusal};
+use crate::error::ApiError;
 use crate::routes::Access;
 use crate::state::AppState;
 

@@ -4,9 +4,9 @@
 //! 2. CORS preflight, answered at once when `[cors]` is configured;
 //! 3. the route ([`crate::routes::resolve`]): the path in canonical form, its `[[routes]]`
 //!    entry, 400 for a path without a safe canonical form or a case respelling, 405;
-//! 4. who is asking ([`crate::authentication::identify`]), which refuses only an API key
+//! 4. who is asking ([`super::identify::identify`]), which refuses only an API key
 //!    whose client's anonymous budget is spent (429) or a store that is down;
-//! 5. rate limits ([`crate::rate_limit::enforce`]): tier, route, built-in identity limits;
+//! 5. rate limits ([`super::limit::enforce`]): tier, route, built-in identity limits;
 //! 6. authorization ([`super::authorize::authorize`]): 401/403;
 //! 7. body policy ([`super::validate::validate`]): size (413), encoding (415),
 //!    intrusion detection (400 in `block` mode);
@@ -64,8 +64,8 @@ async fn stages(
     // The access line and the response's cache policy go by the path the decisions were
     // made on.
     *canonical = request.uri().path_and_query().cloned();
-    let request = crate::authentication::identify(state, context, request).await?;
-    crate::rate_limit::enforce(state, context, request.uri().path()).await?;
+    let request = super::identify::identify(state, context, request).await?;
+    super::limit::enforce(state, context, request.uri().path()).await?;
     super::authorize::authorize(state, context)?;
     let mut request = super::validate::validate(state, context, request).await?;
 

@@ -18,10 +18,10 @@ use axum::body::{Body, HttpBody};
 use axum::extract::Request;
 use http::header;
 
-use crate::config::IntrusionMode;
-use crate::error::ApiError;
 use super::context::Context;
 use super::refusal::{Audit, Metric, Note, Refusal};
+use crate::error::ApiError;
+use crate::intrusion::IntrusionMode;
 use crate::intrusion::{self, Pattern};
 use crate::state::AppState;
 

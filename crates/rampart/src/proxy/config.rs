@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::circuit_breaker;
-use crate::config::{List, Problems, parse_duration};
+use crate::settings::{List, Problems, parse_duration};
 
 /// The largest `retries` accepted: more attempts than this only delay the 502.
 pub const MAX_RETRIES: u32 = 5;

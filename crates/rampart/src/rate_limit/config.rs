@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::{OnStoreError, Quota};
-use crate::config::Problems;
+use crate::settings::Problems;
 
 /// `[rate_limits]` as written.
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::config::{List, Problems, parse_duration, parse_networks, parse_size};
+use crate::settings::{List, Problems, parse_duration, parse_networks, parse_size};
 
 /// The most connections `server.max_connections` may allow.
 pub const MAX_CONNECTIONS: usize = 1_000_000;

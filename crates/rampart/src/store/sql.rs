@@ -20,7 +20,7 @@ mod sqlite;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-use crate::audit::NewAuditEntry;
+use crate::chain::NewAuditEntry;
 use crate::store::{SealedKind, StoreError};
 
 /// Every database error becomes a [`StoreError`] here, and only here: a broken uniqueness

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{Problems, parse_duration};
 use crate::secrets::Secret;
+use crate::settings::{Problems, parse_duration};
 
 /// `[tokens]` as written.
 #[derive(Debug, Deserialize)]

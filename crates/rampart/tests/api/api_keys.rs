@@ -729,7 +729,7 @@ async fn the_principal_records_whether_the_request_was_signed(backend: Backend) 
         let state = app.state.clone();
         async move {
             let mut context = rampart::gateway::context::Context::begin(&state, &mut request);
-            rampart::authentication::identify(&state, &mut context, request)
+            rampart::gateway::identify::identify(&state, &mut context, request)
                 .await
                 .expect("identified");
             let principal = context.principal().expect("authenticated");

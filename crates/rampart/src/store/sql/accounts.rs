@@ -1,7 +1,7 @@
 //! Trading accounts: a user's connections to brokers, their keys sealed.
 
 use super::SqlStore;
-use crate::audit::NewAuditEntry;
+use crate::chain::NewAuditEntry;
 use crate::store::sql::{ACCOUNT_COLUMNS, with_id};
 use crate::store::{AccountPatch, StoreError, StoreResult, TradingAccount};
 

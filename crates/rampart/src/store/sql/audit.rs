@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{Db, LOCK_AUDIT, SNAPSHOT, SqlStore, Tx};
-use crate::store::audit_writer::AuditWriter;
 use crate::chain::{self as audit, AuditRecord, ChainKey, GENESIS, NewAuditEntry};
+use crate::store::audit_writer::AuditWriter;
 use crate::store::sql::{AUDIT_COLUMNS, HEAD_MISSING, KEY_MISMATCH};
 use crate::store::{AuditFilter, AuditItem, ChainRecord, StoreError, StoreResult};
 

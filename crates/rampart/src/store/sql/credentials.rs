@@ -2,7 +2,7 @@
 //! `rampart keys rotate` walks.
 
 use super::{Db, SqlStore};
-use crate::audit::NewAuditEntry;
+use crate::chain::NewAuditEntry;
 use crate::store::sql::{API_KEY_COLUMNS, sealed_columns, sealed_host_column, with_id};
 use crate::store::{ApiKey, SealedKind, SealedValue, StoreError, StoreResult};
 

@@ -1,9 +1,83 @@
-//! Durations (`30s`, `5min`, `1h`, `7d`), sizes (`64KiB`, `1MiB`) and networks
-//! (`10.0.0.0/8`) as configuration writes them.
+//! The vocabulary every configuration section is checked in: the [`Problems`] found so
+//! far (all reported at once, as [`ConfigError`]), lists that may come from the environment
+//! as one comma-separated string, durations (`30s`, `5min`, `1h`, `7d`), sizes (`64KiB`,
+//! `1MiB`) and networks (`10.0.0.0/8`). Each module that owns a section (`routes`,
+//! `proxy`, `tokens`, …) checks it with these; [`crate::config`] gathers the sections.
 
+use std::fmt;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// Everything that stops start-up: one line per problem, each naming its key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One entry per invalid key.
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    pub(crate) fn one(problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+/// The problems found so far, each `key: message`; every section adds its own.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<String>);
+
+impl Problems {
+    /// Records that `key` is wrong, and why.
+    pub fn add(&mut self, key: &str, message: impl fmt::Display) {
+        self.0.push(format!("{key}: {message}"));
+    }
+
+    /// Whether nothing is wrong.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(value)` when nothing is wrong, else every problem.
+    ///
+    /// # Errors
+    /// The [`ConfigError`] listing every problem.
+    pub fn into_result<T>(self, value: T) -> Result<T, ConfigError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError { problems: self.0 })
+        }
+    }
+}
+
+/// A list given either as a TOML array or, from the environment, as one comma-separated string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct List(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(deserializer)? {
+            OneOrMany::One(text) => List(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            OneOrMany::Many(items) => List(items),
+        })
+    }
+}
 
 /// Parses a duration such as `250ms`, `30s`, `5min`, `1h`, `7d`.
 ///
