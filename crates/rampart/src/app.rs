@@ -16,7 +16,6 @@ use crate::keyring::KeyRing;
 use crate::metrics::Metrics;
 use crate::outbound::OutboundPolicy;
 use crate::password::Hasher;
-use crate::proxy::Proxy;
 use crate::rate_limit::{Policies, RateLimiter, Tiers};
 use crate::routes::RouteTable;
 use crate::security_headers::SecurityHeaders;
@@ -27,6 +26,7 @@ use crate::store::redis::RedisSessionStore;
 use crate::store::sql::{PostgresStore, SqliteStore};
 use crate::store::{SessionStore, Store, Stores};
 use crate::tokens::{RevocationCache, TokenService};
+use crate::upstream::Proxy;
 
 /// What tests (and embedders) may change about how the gateway is built.
 #[derive(Debug, Clone)]

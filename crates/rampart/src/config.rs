@@ -25,10 +25,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::keyring::KeyRing;
-use crate::proxy::{RawUpstream, UpstreamConfig};
 use crate::routes::{RawRoute, RouteConfig};
 use crate::secrets::Secret;
 use crate::ssrf::OutboundPolicy;
+use crate::upstream::{RawUpstream, UpstreamConfig};
 
 pub mod generated;
 pub mod layering;
@@ -36,14 +36,14 @@ pub mod layering;
 pub use crate::audit::config::RawAudit;
 pub use crate::intrusion::{IntrusionMode, RawIntrusion};
 pub use crate::password::{PasswordPolicy, RawPasswordPolicy};
-pub use crate::proxy::config::{MAX_RETRIES, MAX_TARGETS, check_target_url};
 pub use crate::rate_limit::{OnStoreError, RateLimitsConfig, RawRateLimits};
 pub use crate::security_headers::{HeadersConfig, RawHeaders};
-pub use crate::server::config::{MAX_CONNECTIONS, RawServer, RawTls, ServerConfig, TlsConfig};
+pub use crate::server_config::{MAX_CONNECTIONS, RawServer, RawTls, ServerConfig, TlsConfig};
 pub use crate::settings::{
     ConfigError, List, Problems, parse_duration, parse_networks, parse_size,
 };
 pub use crate::tokens::{RawTokens, StateStoreKind, TokenAlgorithm, TokensConfig};
+pub use crate::upstream::config::{MAX_RETRIES, MAX_TARGETS, check_target_url};
 pub use layering::Sources;
 
 /// `rampart.toml` as written. Nothing here is trusted yet.

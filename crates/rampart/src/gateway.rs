@@ -10,6 +10,7 @@ pub mod identify;
 pub mod limit;
 pub mod pipeline;
 pub mod refusal;
+pub mod route;
 pub mod validate;
 
 use std::convert::Infallible;

@@ -38,12 +38,14 @@ pub mod sealing;
 pub mod secrets;
 pub mod security_headers;
 pub mod server;
+pub mod server_config;
 pub mod settings;
 pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod time_format;
 pub mod tokens;
+pub mod upstream;
 pub mod verified_keys;
 
 /// The old path of [`outbound`], which configuration validation still names.

@@ -17,8 +17,7 @@
 //! `-Role`, the request id, and `Forwarded` / `X-Forwarded-For` / `X-Real-IP` built from the
 //! trusted client IP.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -33,18 +32,15 @@ use crate::client_ip::ClientIp;
 use crate::error::{ApiError, OwnBody};
 use crate::metrics::UpstreamLabel;
 use crate::request::RequestId;
-use crate::routes::{Route, Upstream};
+use crate::routes::Route;
 use crate::state::AppState;
 
-mod client;
-pub mod config;
-pub mod headers;
 pub(crate) mod health;
 mod websocket;
 
-pub use client::{Balancer, Target};
-use client::{Connector, InFlight, SendError, UpstreamBody};
-pub use config::{HealthCheck, RawHealthCheck, RawUpstream, UpstreamConfig};
+use crate::upstream::client::{self, InFlight, SendError, Target, UpstreamBody};
+use crate::upstream::{BODY_FAILED, BODY_TOO_LARGE, WatchedBody, is_body_too_large};
+pub use crate::upstream::{Proxy, Upstream};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// obsolete `Proxy-Connection` that some clients still send.
@@ -68,27 +64,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The upstream client's connector and what every forwarded request shares.
-#[derive(Debug)]
-pub struct Proxy {
-    connector: Connector,
-    /// Open WebSocket tunnels, per client IP and in all.
-    tunnels: std::sync::Arc<websocket::Tunnels>,
-    /// Whether the gateway is reached over TLS (for `Forwarded: proto=`).
-    tls: bool,
-}
-
-impl Proxy {
-    /// The client; each upstream's targets keep their own connections and breakers.
-    pub fn new(tls: bool) -> Self {
-        Self {
-            connector: Connector::new(),
-            tunnels: std::sync::Arc::default(),
-            tls,
-        }
-    }
-}
 
 /// How an exchange with an upstream ended, for the breaker.
 enum Outcome {
@@ -290,74 +265,6 @@ pub async fn forward(
         note_transition(state, upstream, target, transition, &audit);
     }
     response
-}
-
-const BODY_TOO_LARGE: u8 = 1;
-const BODY_FAILED: u8 = 2;
-
-/// The client's body on its way to the backend, noting whether it failed, so that a
-/// client's broken upload is answered as the client's fault and never counts against the
-/// upstream's circuit breaker.
-pub(crate) struct WatchedBody {
-    inner: Body,
-    failed: Arc<AtomicU8>,
-}
-
-impl WatchedBody {
-    fn new(inner: Body) -> (Self, Arc<AtomicU8>) {
-        let failed = Arc::new(AtomicU8::new(0));
-        (
-            Self {
-                inner,
-                failed: Arc::clone(&failed),
-            },
-            failed,
-        )
-    }
-}
-
-impl hyper::body::Body for WatchedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        context: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let poll = hyper::body::Body::poll_frame(std::pin::Pin::new(&mut self.inner), context);
-        if let std::task::Poll::Ready(Some(Err(error))) = &poll {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-            let mut verdict = BODY_FAILED;
-            while let Some(error) = source {
-                if error.is::<http_body_util::LengthLimitError>() {
-                    verdict = BODY_TOO_LARGE;
-                    break;
-                }
-                source = error.source();
-            }
-            self.failed.store(verdict, Ordering::Relaxed);
-        }
-        poll
-    }
-
-    fn is_end_stream(&self) -> bool {
-        hyper::body::Body::is_end_stream(&self.inner)
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::Body::size_hint(&self.inner)
-    }
-}
-
-fn is_body_too_large(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(error) = source {
-        if error.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
 }
 
 /// Logs a target's circuit change, and keeps the upstream's gauge, opens counter and

@@ -14,17 +14,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::Method;
 
-use crate::proxy::UpstreamConfig;
 use crate::rate_limit::Quota;
+use crate::upstream::{Upstream, UpstreamConfig};
 
 mod config;
 mod identity_limits;
 mod trie;
-pub use crate::proxy::HealthCheck;
+pub use crate::upstream::HealthCheck;
 pub use config::{RawRateLimit, RawRoute, RouteConfig};
 pub use identity_limits::{BUILTIN as IDENTITY_LIMITS, Builtin, IdentityLimit};
 pub mod path;
@@ -124,28 +123,6 @@ impl Route {
     }
 }
 
-/// An upstream service: one or more targets, balanced by least outstanding requests.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// Its configured name (the metric label).
-    pub name: &'static str,
-    /// Its backends (`url`, or each of `targets`), each with its own connections, circuit
-    /// breaker and health.
-    pub targets: Arc<[Arc<crate::proxy::Target>]>,
-    /// Time allowed for the response head.
-    pub timeout: Duration,
-    /// Circuit-breaker settings, for each target.
-    pub circuit_breaker: crate::circuit_breaker::Settings,
-    /// Which request headers stop at the gateway.
-    pub forward: crate::proxy::headers::ForwardPolicy,
-    /// Active health checks of each target, if configured.
-    pub health_check: Option<HealthCheck>,
-    /// Further attempts after a connect failure (idempotent methods without a body).
-    pub retries: u32,
-    /// The balancer's shared state: the upstream-level circuit state and the rotation.
-    pub balancer: Arc<crate::proxy::Balancer>,
-}
-
 /// What a request matched.
 #[derive(Debug, Clone)]
 pub enum Matched<'a> {
@@ -228,7 +205,7 @@ impl RouteTable {
             let targets: Arc<[_]> = upstream
                 .targets
                 .iter()
-                .map(|uri| Arc::new(crate::proxy::Target::new(uri, upstream.circuit_breaker)))
+                .map(|uri| Arc::new(crate::upstream::Target::new(uri, upstream.circuit_breaker)))
                 .collect();
             if targets.is_empty() {
                 return Err(format!("upstreams.{name}: url or targets is required"));
@@ -396,77 +373,10 @@ impl RouteTable {
 #[derive(Debug, Clone)]
 pub struct MatchedRoute(pub Arc<Route>);
 
-/// The route stage: puts the request's path in canonical form and finds its route for the
-/// stages after it; refuses paths without a safe canonical form and case respellings of a
-/// protected route (400), and methods a matched path does not allow (405 with `Allow`).
-///
-/// # Errors
-/// The refusals above.
-pub fn resolve(
-    state: &crate::state::AppState,
-    context: &mut crate::gateway::context::Context,
-    request: &mut axum::extract::Request,
-) -> Result<(), crate::gateway::refusal::Refusal> {
-    use crate::gateway::refusal::Refusal;
-    let not_canonical = || {
-        Refusal::new(crate::error::ApiError::invalid(
-            "The request path is not in canonical form",
-        ))
-    };
-    let canonical = match path::canonical(request.uri().path()) {
-        Ok(std::borrow::Cow::Borrowed(_)) => None,
-        Ok(std::borrow::Cow::Owned(form)) => Some(form),
-        Err(_) => return Err(not_canonical()),
-    };
-    if let Some(form) = canonical {
-        // The query is forwarded as sent; only the path changes.
-        let target = match request.uri().query() {
-            Some(query) => format!("{form}?{query}"),
-            None => form,
-        };
-        let mut parts = request.uri().clone().into_parts();
-        match target.parse() {
-            Ok(path_and_query) => parts.path_and_query = Some(path_and_query),
-            Err(_) => return Err(not_canonical()),
-        }
-        match http::Uri::from_parts(parts) {
-            Ok(uri) => {
-                // What the client sent stays known (a signature covers it as sent).
-                let original = std::mem::replace(request.uri_mut(), uri);
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::OriginalUri(original));
-            }
-            Err(_) => return Err(not_canonical()),
-        }
-    }
-    let path = request.uri().path();
-    // Probes and scrapers are never subject to a route's policy (SPEC §8), whatever
-    // catch-all route the configuration has.
-    if crate::request::is_operations_path(path) {
-        context.operations = true;
-        return Ok(());
-    }
-    match state.routes.lookup(request.method(), path) {
-        Matched::Route(route) => context.route = Some(Arc::clone(route)),
-        Matched::Respelled => {
-            return Err(Refusal::new(crate::error::ApiError::invalid(
-                "The request path respells a more specific route",
-            )));
-        }
-        Matched::WrongMethod { allowed, proxied } if proxied => {
-            let allow: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-            return Err(Refusal::method_not_allowed(
-                http::HeaderValue::from_str(&allow.join(", ")).ok(),
-            ));
-        }
-        Matched::WrongMethod { .. } | Matched::None => {}
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn route(path: &str, methods: &[&str], upstream: Option<&str>) -> RouteConfig {
@@ -487,7 +397,7 @@ mod tests {
                 targets: vec!["http://127.0.0.1:9000".parse().unwrap()],
                 timeout: Duration::from_secs(5),
                 circuit_breaker: crate::circuit_breaker::Settings::default(),
-                forward: crate::proxy::headers::ForwardPolicy::new(&[], &[]).unwrap(),
+                forward: crate::upstream::headers::ForwardPolicy::new(&[], &[]).unwrap(),
                 health_check: None,
                 retries: 0,
             },

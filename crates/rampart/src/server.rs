@@ -82,9 +82,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use config::{ServerConfig, TlsConfig};
+use crate::server_config::{ServerConfig, TlsConfig};
 
-pub mod config;
 use crate::error::{ApiError, REQUEST_ID};
 use crate::metrics::{RequestLabels, method_label};
 use crate::shutdown::Stopping;

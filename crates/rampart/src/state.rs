@@ -10,12 +10,12 @@ use crate::config::Config;
 use crate::keyring::KeyRing;
 use crate::metrics::Metrics;
 use crate::password::Hasher;
-use crate::proxy::Proxy;
 use crate::rate_limit::{RateLimiter, Tiers};
 use crate::routes::RouteTable;
 use crate::security_headers::SecurityHeaders;
 use crate::store::Stores;
 use crate::tokens::{RevocationCache, TokenService};
+use crate::upstream::Proxy;
 
 /// Shared state; cheap to clone.
 #[derive(Clone)]

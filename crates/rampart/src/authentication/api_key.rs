@@ -317,7 +317,7 @@ pub async fn authenticate<F: Future<Output = ()>>(
             record.secret.get_or_init(|| opened.clone())
         }
     };
-    // The client signs the target exactly as it sent it, even if `routes::resolve` has
+    // The client signs the target exactly as it sent it, even if the route stage has
     // since put the path in canonical form. The route, and so whether a signature is
     // required, is chosen on the canonical form of this same target, so a respelling can
     // neither dodge a signed route nor reuse another spelling's signature.

@@ -2,7 +2,7 @@
 //!
 //! 1. client IP and request id ([`Context::begin`]);
 //! 2. CORS preflight, answered at once when `[cors]` is configured;
-//! 3. the route ([`crate::routes::resolve`]): the path in canonical form, its `[[routes]]`
+//! 3. the route ([`super::route::resolve`]): the path in canonical form, its `[[routes]]`
 //!    entry, 400 for a path without a safe canonical form or a case respelling, 405;
 //! 4. who is asking ([`super::identify::identify`]), which refuses only an API key
 //!    whose client's anonymous budget is spent (429) or a store that is down;
@@ -60,7 +60,7 @@ async fn stages(
     if matches!(*request.method(), Method::CONNECT | Method::TRACE) {
         return Err(Refusal::method_not_allowed(None));
     }
-    crate::routes::resolve(state, context, &mut request)?;
+    super::route::resolve(state, context, &mut request)?;
     // The access line and the response's cache policy go by the path the decisions were
     // made on.
     *canonical = request.uri().path_and_query().cloned();

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use super::Proxy;
-use super::client::{self, Target};
 use crate::routes::{HealthCheck, RouteTable};
+use crate::upstream::client::{self, Target};
 
 /// Starts the checks of every upstream that has a `health_check`, one task per target.
 pub fn spawn(routes: &RouteTable, proxy: &Proxy) -> Vec<JoinHandle<()>> {

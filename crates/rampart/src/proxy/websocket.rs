@@ -13,11 +13,9 @@
 //! `Connection` headers are hop-by-hop and dropped as for any request: the backend gets a
 //! plain `GET`, and nothing is tunnelled.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,73 +28,19 @@ use http::{Method, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::client::{self, InFlight, UpstreamBody};
 use super::{
     AuditContext, Caller, note_transition, note_upstream_state, outgoing_request, strip_hop_by_hop,
 };
 use crate::authentication::{self, Authentication, Credential, api_key};
 use crate::error::{ApiError, OwnBody};
 use crate::metrics::UpstreamLabel;
-use crate::routes::{Route, Upstream};
+use crate::routes::Route;
 use crate::state::AppState;
+use crate::upstream::Upstream;
+use crate::upstream::client::{self, InFlight, UpstreamBody};
 
 /// How often an open tunnel looks up whether its login was revoked.
 const REVOCATION_POLL: Duration = Duration::from_secs(1);
-
-/// Open tunnels, per client IP and in all: a tunnel outlives the connection that asked for
-/// it, so it is counted here against `server.max_connections_per_ip` and
-/// `server.max_connections`.
-#[derive(Debug, Default)]
-pub(crate) struct Tunnels {
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
-}
-
-/// One open tunnel, counted until dropped.
-pub(crate) struct TunnelGuard {
-    tunnels: Arc<Tunnels>,
-    client: IpAddr,
-}
-
-impl Tunnels {
-    /// Counts a new tunnel for `client`, unless it or everyone already has as many as allowed.
-    pub(crate) fn open(
-        self: &Arc<Self>,
-        client: IpAddr,
-        per_ip: usize,
-        total: usize,
-    ) -> Option<TunnelGuard> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let (all, by_ip) = &mut *open;
-        let mine = by_ip.get(&client).copied().unwrap_or(0);
-        if mine >= per_ip || *all >= total {
-            return None;
-        }
-        *all += 1;
-        by_ip.insert(client, mine + 1);
-        Some(TunnelGuard {
-            tunnels: Arc::clone(self),
-            client,
-        })
-    }
-}
-
-impl Drop for TunnelGuard {
-    fn drop(&mut self) {
-        let mut open = self
-            .tunnels
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let (all, by_ip) = &mut *open;
-        *all = all.saturating_sub(1);
-        if let Some(mine) = by_ip.get_mut(&self.client) {
-            *mine -= 1;
-            if *mine == 0 {
-                by_ip.remove(&self.client);
-            }
-        }
-    }
-}
 
 /// One side of a tunnel, noting when it last read a byte.
 struct Active<T> {

@@ -7,9 +7,9 @@ use http::Method;
 use serde::Deserialize;
 
 use super::Access;
-use crate::proxy::UpstreamConfig;
 use crate::rate_limit::{Per, Quota, QuotaError};
 use crate::settings::{List, Problems, parse_size};
+use crate::upstream::UpstreamConfig;
 
 /// One `[[routes]]` entry as written.
 #[derive(Debug, Clone, Deserialize)]

@@ -1,4 +1,7 @@
-//! `[server]`: the listener, its limits and TLS.
+//! `[server]`: the listener, its limits and TLS, checked once. A room of its own rather
+//! than part of [`crate::server`]: the listener drives the gateway and sits near the top
+//! of the house, while configuration is gathered below the shared state that the gateway
+//! reads.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

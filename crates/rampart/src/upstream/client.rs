@@ -32,9 +32,9 @@ use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use super::Upstream;
 use super::WatchedBody;
 use crate::circuit_breaker::{CircuitBreaker, Permit, Settings, State};
-use crate::routes::Upstream;
 
 /// A connection to a target, in the clear or over TLS.
 pub(crate) type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
