@@ -406,6 +406,12 @@ fn start_at_zero(metrics: &Metrics, limiter: &RateLimiter, routes: &RouteTable) 
         };
         drop(metrics.breaker_opens.get_or_create(&label));
     }
+    // The brokers behind trading accounts share one circuit label.
+    drop(
+        metrics
+            .breaker_opens
+            .get_or_create(&UpstreamLabel { upstream: "broker" }),
+    );
 }
 
 /// The key ring of `encryption.keys`.
