@@ -49,7 +49,7 @@ fn skip_unreachable(what: &str, error: &dyn std::fmt::Display) -> bool {
 }
 
 /// A fresh PostgreSQL schema; its URL selects it through `search_path`.
-async fn postgres_schema() -> Option<String> {
+pub async fn postgres_schema() -> Option<String> {
     use sqlx::Connection;
     let base = postgres_url();
     let mut connection = match sqlx::PgConnection::connect(&base).await {

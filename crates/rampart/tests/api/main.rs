@@ -19,6 +19,7 @@ mod login;
 mod paths;
 mod protocols;
 mod rate_limits;
+mod readiness;
 mod registration;
 mod server;
 mod session_security;
