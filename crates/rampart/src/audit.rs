@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::store::{AuditItem, ChainRecord, Store, StoreResult};
 
+pub mod export;
 pub mod throttle;
 pub mod writer;
 
