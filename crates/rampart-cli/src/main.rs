@@ -273,20 +273,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                         None => config.audit_retention,
                     };
                     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                    let cutoff = now - i64::try_from(age.as_secs()).unwrap_or(i64::MAX / 2);
-                    let context = RequestContext {
-                        ip: None,
-                        user_agent: Some("rampart audit purge".into()),
-                        request_id: "console".into(),
-                    };
-                    let entry = NewAuditEntry::new(
+                    let removed = rampart::audit::purge_older_than(
+                        &*store,
+                        age,
                         now,
-                        rampart::audit::PURGED,
-                        None,
-                        serde_json::json!({ "older_than_seconds": age.as_secs(), "cutoff": cutoff }),
-                        &context,
-                    );
-                    let removed = store.purge_audit(cutoff, entry).await?;
+                        "rampart audit purge",
+                        "console",
+                    )
+                    .await?;
                     println!(
                         "purged {removed} audit entries older than {}s",
                         age.as_secs()

@@ -6,6 +6,7 @@ mod accounts;
 mod admin;
 mod api_keys;
 mod audit;
+mod audit_operations;
 mod backend;
 mod bodies;
 mod forwarded_for;
