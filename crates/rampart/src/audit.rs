@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 use crate::store::{AuditItem, ChainRecord, Store, StoreResult};
 
 pub mod config;
+pub mod export;
 pub mod throttle;
 pub mod writer;
 
@@ -336,6 +337,36 @@ pub const LEGACY_START: &str = "legacy_start";
 pub const LEGACY_END: &str = "legacy_end";
 /// The action that records a purge and the hash it cut at.
 pub const PURGED: &str = "audit_purged";
+
+/// Applies retention: deletes the entries older than `age` at `now` (unix seconds) and, in
+/// the same transaction, records the purge ([`PURGED`], with the age, the cutoff, the count
+/// and the hash it cut at) as made by `by` under `request_id`. `rampart audit purge` and
+/// the daily run of `serve` both come here. Returns how many entries were deleted.
+///
+/// # Errors
+/// The store fails.
+pub async fn purge_older_than(
+    store: &dyn Store,
+    age: std::time::Duration,
+    now: i64,
+    by: &str,
+    request_id: &str,
+) -> StoreResult<u64> {
+    let cutoff = now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX / 2));
+    let context = RequestContext {
+        ip: None,
+        user_agent: Some(by.to_owned()),
+        request_id: request_id.to_owned(),
+    };
+    let entry = NewAuditEntry::new(
+        now,
+        PURGED,
+        None,
+        serde_json::json!({ "older_than_seconds": age.as_secs(), "cutoff": cutoff }),
+        &context,
+    );
+    store.purge_audit(cutoff, entry).await
+}
 
 /// The bytes a row's hash covers: every field, length-prefixed, and the previous hash.
 #[allow(clippy::too_many_arguments)]
