@@ -81,6 +81,18 @@ enum AuditCommand {
         #[arg(long)]
         older_than: Option<String>,
     },
+    /// Stream entries to standard output in id order.
+    Export {
+        /// `jsonl` (one JSON object a line) or `csv` (a header line, every field quoted).
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv"])]
+        format: String,
+        /// Entries at or after this time: RFC 3339 (2026-01-31T00:00:00Z) or an age (7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Entries before this time: RFC 3339 or an age.
+        #[arg(long)]
+        until: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -117,7 +129,24 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Declared before the runtime, so dropped after it: what is queued is written out.
-    let _log = init_logging(&config.log);
+    // An export owns standard output, so its log lines go to standard error.
+    let _log = if matches!(
+        cli.command,
+        Command::Audit {
+            command: AuditCommand::Export { .. }
+        }
+    ) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        None
+    } else {
+        Some(init_logging(&config.log))
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if config.server.worker_threads > 0 {
@@ -179,6 +208,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Users {
             command: UsersCommand::CreateAdmin { username, email },
         } => return create_admin(config, username, email).await,
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    format,
+                    since,
+                    until,
+                },
+        } => return export_audit(&config, &format, since, until).await,
         Command::Audit { command } => {
             let mut config = config;
             // The chain key lives with the other secrets, as `serve` finds them.
@@ -228,6 +265,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                         return Ok(ExitCode::FAILURE);
                     }
                 },
+                AuditCommand::Export { .. } => unreachable!("handled above"),
                 AuditCommand::Purge { older_than } => {
                     let age = match older_than {
                         Some(text) => parse_duration(&text)
@@ -235,20 +273,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                         None => config.audit_retention,
                     };
                     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                    let cutoff = now - i64::try_from(age.as_secs()).unwrap_or(i64::MAX / 2);
-                    let context = RequestContext {
-                        ip: None,
-                        user_agent: Some("rampart audit purge".into()),
-                        request_id: "console".into(),
-                    };
-                    let entry = NewAuditEntry::new(
+                    let removed = rampart::audit::purge_older_than(
+                        &*store,
+                        age,
                         now,
-                        rampart::audit::PURGED,
-                        None,
-                        serde_json::json!({ "older_than_seconds": age.as_secs(), "cutoff": cutoff }),
-                        &context,
-                    );
-                    let removed = store.purge_audit(cutoff, entry).await?;
+                        "rampart audit purge",
+                        "console",
+                    )
+                    .await?;
                     println!(
                         "purged {removed} audit entries older than {}s",
                         age.as_secs()
@@ -262,6 +294,49 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Keygen | Command::CheckConfig => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `rampart audit export`: reads need no chain key, so none is looked for.
+async fn export_audit(
+    config: &Config,
+    format: &str,
+    since: Option<String>,
+    until: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use rampart::audit::export::Format;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let bound = |name: &str, text: Option<String>| -> anyhow::Result<Option<i64>> {
+        let Some(text) = text else { return Ok(None) };
+        if let Some(at) = rampart::time_format::parse_rfc3339(&text) {
+            return Ok(Some(at));
+        }
+        let age = parse_duration(&text).map_err(|_| {
+            anyhow::anyhow!(
+                "--{name}: {text:?} is neither an RFC 3339 time (2026-01-31T00:00:00Z) nor an \
+                 age such as 7d"
+            )
+        })?;
+        Ok(Some(
+            now - i64::try_from(age.as_secs()).unwrap_or(i64::MAX / 2),
+        ))
+    };
+    let since = bound("since", since)?;
+    let until = bound("until", until)?;
+    let format = if format == "csv" {
+        Format::Csv
+    } else {
+        Format::Jsonl
+    };
+    let store = rampart::app::open_store(config.database_url.expose(), 2, None)
+        .await?
+        .data();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+    match rampart::audit::export::write(store, since, until, format, &mut out).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // The reader went away (`| head`): not an error of the export.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(error) => Err(anyhow::anyhow!("audit export: {error}")),
+    }
 }
 
 /// Fills in the secrets `serve` would use, from `<data_dir>/secrets.toml`. A command run

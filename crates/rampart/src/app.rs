@@ -44,6 +44,8 @@ pub struct BuildOptions {
     /// Whether the identity routes' built-in limits apply (SPEC §3); tests that register
     /// many users from one address turn them off.
     pub identity_limits: bool,
+    /// When, after start-up, `audit.retention` is first applied (then once a day).
+    pub audit_retention_delay: Duration,
 }
 
 impl Default for BuildOptions {
@@ -55,6 +57,7 @@ impl Default for BuildOptions {
             rate_limit_time: None,
             broker_timeout: Duration::from_secs(10),
             identity_limits: true,
+            audit_retention_delay: Duration::from_secs(60),
         }
     }
 }
@@ -291,6 +294,10 @@ impl Application {
             stopping: Stopping::default(),
             config,
         });
+        background.push(spawn_retention(
+            state.clone(),
+            options.audit_retention_delay,
+        ));
         Ok(Self {
             listener,
             state,
@@ -360,6 +367,11 @@ impl Application {
         for task in self.background {
             task.abort();
         }
+        // The counts the audit throttle still holds (refusals, failed authentications and
+        // suspicious requests since their key's last row) are written as rows of their own.
+        for entry in self.state.audit_throttle.take_held_back(self.state.now()) {
+            self.state.stores.data.append_audit_later(entry);
+        }
         // The audit entries the drained requests queued (refusals, failed authentications)
         // are written too, unless the database has stopped answering.
         let flushed = tokio::time::timeout(
@@ -376,6 +388,46 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Applies `audit.retention` `delay` after start-up, then once a day (an hour after a
+/// failure), with the purge of `rampart audit purge`: each run is an `audit_purged` entry.
+/// A zero retention (never set by the defaults) keeps everything rather than nothing.
+fn spawn_retention(state: AppState, delay: Duration) -> tokio::task::JoinHandle<()> {
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+    const RETRY: Duration = Duration::from_secs(60 * 60);
+    tokio::spawn(async move {
+        let age = state.config.audit_retention;
+        if age.is_zero() {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        loop {
+            let purged = crate::audit::purge_older_than(
+                &*state.stores.data,
+                age,
+                state.now(),
+                "rampart serve (audit.retention)",
+                "retention",
+            )
+            .await;
+            let next = match purged {
+                Ok(removed) => {
+                    tracing::info!(
+                        removed,
+                        retention_seconds = age.as_secs(),
+                        "audit retention applied"
+                    );
+                    DAY
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "applying audit.retention failed; retrying in an hour");
+                    RETRY
+                }
+            };
+            tokio::time::sleep(next).await;
+        }
+    })
 }
 
 /// Creates every series whose label values are known at start-up, at zero (SPEC §8), so
@@ -408,6 +460,12 @@ fn start_at_zero(metrics: &Metrics, limiter: &RateLimiter, routes: &RouteTable) 
         };
         drop(metrics.breaker_opens.get_or_create(&label));
     }
+    // The brokers behind trading accounts share one circuit label.
+    drop(
+        metrics
+            .breaker_opens
+            .get_or_create(&UpstreamLabel { upstream: "broker" }),
+    );
 }
 
 /// The key ring of `encryption.keys`.

@@ -25,6 +25,7 @@ pub use crate::chain::{
 use crate::store::{AuditItem, ChainRecord, Store, StoreResult};
 
 pub mod config;
+pub mod export;
 pub mod throttle;
 
 /// Writes `entry` without making the request wait for it, after the entries queued before
@@ -82,6 +83,36 @@ pub fn for_subject(record: &AuditRecord, subject: i64) -> Value {
         "details": about,
         "caused_by_subject": false,
     })
+}
+
+/// Applies retention: deletes the entries older than `age` at `now` (unix seconds) and, in
+/// the same transaction, records the purge ([`PURGED`], with the age, the cutoff, the count
+/// and the hash it cut at) as made by `by` under `request_id`. `rampart audit purge` and
+/// the daily run of `serve` both come here. Returns how many entries were deleted.
+///
+/// # Errors
+/// The store fails.
+pub async fn purge_older_than(
+    store: &dyn Store,
+    age: std::time::Duration,
+    now: i64,
+    by: &str,
+    request_id: &str,
+) -> StoreResult<u64> {
+    let cutoff = now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX / 2));
+    let context = RequestContext {
+        ip: None,
+        user_agent: Some(by.to_owned()),
+        request_id: request_id.to_owned(),
+    };
+    let entry = NewAuditEntry::new(
+        now,
+        PURGED,
+        None,
+        serde_json::json!({ "older_than_seconds": age.as_secs(), "cutoff": cutoff }),
+        &context,
+    );
+    store.purge_audit(cutoff, entry).await
 }
 
 /// What `rampart audit verify` found.

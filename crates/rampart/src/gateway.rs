@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 use crate::error::{ApiError, OwnBody, REQUEST_ID};
-use crate::metrics::{RequestLabels, RouteLabel, method_label};
+use crate::metrics::{RequestLabels, RouteLabel, UpstreamStatusLabels, method_label};
 use crate::request::RouteName;
 use crate::state::AppState;
 use context::Context;
@@ -70,6 +70,7 @@ impl Gateway {
     pub async fn handle(&self, mut request: Request) -> Response {
         let inner = &*self.0;
         let started = tokio::time::Instant::now();
+        let _in_flight = inner.state.metrics.in_flight();
         let mut context = Context::begin(&inner.state, &mut request);
         let credentialed = crate::security_headers::carries_credentials(request.headers());
         let origin = inner
@@ -155,6 +156,13 @@ impl Gateway {
             .http_duration
             .get_or_create(&RouteLabel { route })
             .observe(elapsed.as_secs_f64());
+        if let Some((upstream, _)) = context.upstream {
+            state
+                .metrics
+                .upstream_requests
+                .get_or_create(&UpstreamStatusLabels { upstream, status })
+                .inc();
+        }
         if inner.access
             && let Some(sink) = access_log::sink()
         {

@@ -51,8 +51,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .into_body();
         return response;
     }
-    let database = state.stores.data.ping().await.is_ok();
-    let sessions = state.stores.sessions.ping().await.is_ok();
+    // Both checks at once, each bounded: a store that hangs (a dropped network path, a
+    // server that accepts but never answers) makes the probe fail in about a second
+    // instead of holding it past the prober's own timeout.
+    let (database, sessions) = tokio::join!(
+        answers_in_time(state.stores.data.ping()),
+        answers_in_time(state.stores.sessions.ping()),
+    );
     let body = Json(json!({
         "status": if database && sessions { "ready" } else { "unavailable" },
         "checks": { "database": database, "session_store": sessions },
@@ -68,6 +73,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
         *response.body_mut() = body.into_response().into_body();
         response
     }
+}
+
+/// How long `/readyz` waits for one store's answer.
+const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether `ping` succeeded within [`READINESS_TIMEOUT`].
+async fn answers_in_time<E>(ping: impl Future<Output = Result<(), E>>) -> bool {
+    matches!(
+        tokio::time::timeout(READINESS_TIMEOUT, ping).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Prometheus text, for `metrics.allowed_networks` only (404 for anyone else, so the

@@ -1,9 +1,16 @@
 //! Aggregation of audit events a client can trigger at will (`rate_limit_exceeded`,
 //! `suspicious_request`): one row per key and window, carrying how many events it stands for,
 //! so that a flood of refused requests cannot flood the audit table.
+//!
+//! The count of a window is written with the next row of its key; the counts still held when
+//! the gateway stops are written at shutdown ([`AuditThrottle::take_held_back`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+use serde_json::Value;
+
+use crate::audit::{NewAuditEntry, RequestContext};
 
 /// Most keys tracked at once; past this, events of new keys are counted but not written until
 /// old windows expire, so memory stays bounded whatever the number of clients.
@@ -16,11 +23,29 @@ pub struct AuditThrottle {
     keys: Mutex<HashMap<String, Window>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Window {
     started: i64,
     /// Occurrences since the row that opened the window.
     held_back: u64,
+    /// The row that opened the window, to write the held-back count as at shutdown.
+    pending: Option<Box<Pending>>,
+}
+
+/// What a key's held-back count is written as when no later occurrence writes it: the
+/// row that opened its window, with `field` set to the count.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The audit action.
+    pub action: &'static str,
+    /// The user concerned.
+    pub user_id: Option<i64>,
+    /// The row's details, without the count.
+    pub details: Value,
+    /// The details field that carries the count.
+    pub field: &'static str,
+    /// Who made the request.
+    pub context: RequestContext,
 }
 
 impl AuditThrottle {
@@ -35,6 +60,18 @@ impl AuditThrottle {
     /// Counts an occurrence of `key` at `now` (unix seconds). `Some(n)` means: write a row now,
     /// standing for this occurrence and the `n` held back since the previous row.
     pub fn admit(&self, key: &str, now: i64) -> Option<u64> {
+        self.admit_with(key, now, || None)
+    }
+
+    /// [`Self::admit`], remembering for a row written now what the window's held-back count
+    /// is to be written as should no later row of the key carry it (the gateway stops).
+    /// `pending` is called only when a row is to be written.
+    pub fn admit_with(
+        &self,
+        key: &str,
+        now: i64,
+        pending: impl FnOnce() -> Option<Pending>,
+    ) -> Option<u64> {
         let mut keys = self
             .keys
             .lock()
@@ -48,6 +85,7 @@ impl AuditThrottle {
             *window = Window {
                 started: now,
                 held_back: 0,
+                pending: pending().map(Box::new),
             };
             return Some(held_back);
         }
@@ -63,9 +101,39 @@ impl AuditThrottle {
             Window {
                 started: now,
                 held_back: 0,
+                pending: pending().map(Box::new),
             },
         );
         Some(0)
+    }
+
+    /// The rows for every count held back and not yet written (at shutdown), dated `now`
+    /// and marked `flushed_at_shutdown`; the counts are reset, so a second call returns only
+    /// what was counted since.
+    pub fn take_held_back(&self, now: i64) -> Vec<NewAuditEntry> {
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        keys.values_mut()
+            .filter(|window| window.held_back > 0)
+            .filter_map(|window| {
+                let pending = window.pending.as_deref()?;
+                let mut details = pending.details.clone();
+                if let Value::Object(fields) = &mut details {
+                    fields.insert(pending.field.into(), window.held_back.into());
+                    fields.insert("flushed_at_shutdown".into(), true.into());
+                }
+                window.held_back = 0;
+                Some(NewAuditEntry::new(
+                    now,
+                    pending.action,
+                    pending.user_id,
+                    details,
+                    &pending.context,
+                ))
+            })
+            .collect()
     }
 }
 
@@ -83,6 +151,50 @@ mod tests {
         assert_eq!(throttle.admit("b", 1010), Some(0), "keys are separate");
         assert_eq!(throttle.admit("a", 1060), Some(41));
         assert_eq!(throttle.admit("a", 1061), None);
+    }
+
+    #[test]
+    fn held_back_counts_are_taken_once_as_the_row_that_opened_their_window() {
+        let throttle = AuditThrottle::new(60);
+        let pending = |policy: &str| {
+            Some(Pending {
+                action: "rate_limit_exceeded",
+                user_id: None,
+                details: serde_json::json!({ "policy": policy }),
+                field: "refusals_since_last_entry",
+                context: RequestContext::default(),
+            })
+        };
+        assert_eq!(
+            throttle.admit_with("a", 1000, || pending("anonymous")),
+            Some(0)
+        );
+        assert_eq!(
+            throttle.admit_with("b", 1000, || pending("standard")),
+            Some(0)
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                throttle.admit_with("a", 1010, || panic!("no row, no template")),
+                None
+            );
+        }
+        // `b` holds nothing back; a key admitted without a template is not written.
+        assert_eq!(throttle.admit("c", 1000), Some(0));
+        assert_eq!(throttle.admit("c", 1001), None);
+        let rows = throttle.take_held_back(1020);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].action, "rate_limit_exceeded");
+        assert_eq!(rows[0].at, 1020);
+        assert_eq!(
+            rows[0].details,
+            serde_json::json!({
+                "policy": "anonymous",
+                "refusals_since_last_entry": 3,
+                "flushed_at_shutdown": true,
+            })
+        );
+        assert!(throttle.take_held_back(1021).is_empty(), "taken once");
     }
 
     #[test]

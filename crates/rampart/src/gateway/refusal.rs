@@ -12,6 +12,7 @@ use http::{HeaderValue, header};
 use serde_json::Value;
 
 use super::context::Context;
+use crate::audit::throttle::Pending;
 use crate::audit::{NewAuditEntry, RequestContext, record_in_background};
 use crate::error::ApiError;
 use crate::metrics::{PatternLabel, PolicyLabel, ReasonLabel};
@@ -165,14 +166,6 @@ pub fn record(state: &AppState, context: &Context, note: Note) {
     };
     let now = state.now();
     let mut details = audit.details;
-    if let Some((key, field)) = &audit.throttle {
-        let Some(held_back) = state.audit_throttle.admit(key, now) else {
-            return;
-        };
-        if let Value::Object(fields) = &mut details {
-            fields.insert((*field).into(), held_back.into());
-        }
-    }
     if let Value::Object(fields) = &mut details {
         fields.insert(
             "route".into(),
@@ -180,13 +173,27 @@ pub fn record(state: &AppState, context: &Context, note: Note) {
         );
         fields.insert("method".into(), context.method.as_str().into());
     }
-    let entry = NewAuditEntry::new(
-        now,
-        audit.action,
-        context.user_id(),
-        details,
-        &audit_context(context),
-    );
+    let request = audit_context(context);
+    if let Some((key, field)) = &audit.throttle {
+        // The row written now also stands for its window's later occurrences, should the
+        // gateway stop before the next row of the key.
+        let pending = || {
+            Some(Pending {
+                action: audit.action,
+                user_id: context.user_id(),
+                details: details.clone(),
+                field,
+                context: request.clone(),
+            })
+        };
+        let Some(held_back) = state.audit_throttle.admit_with(key, now, pending) else {
+            return;
+        };
+        if let Value::Object(fields) = &mut details {
+            fields.insert((*field).into(), held_back.into());
+        }
+    }
+    let entry = NewAuditEntry::new(now, audit.action, context.user_id(), details, &request);
     record_in_background(state.stores.data.clone(), entry);
 }
 

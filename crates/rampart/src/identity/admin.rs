@@ -15,7 +15,7 @@ use crate::identity::{Admin, Problems, UserView};
 use crate::json::{ApiJson, ApiQuery, IdPath};
 use crate::state::AppState;
 use crate::store::{AuditFilter, LockScope, UserPatch};
-use crate::time_format::{parse_rfc3339, rfc3339};
+use crate::time_format::parse_rfc3339;
 
 /// `?limit=&offset=`.
 #[derive(Debug, Deserialize)]
@@ -342,56 +342,6 @@ pub struct ExportQuery {
     pub until: Option<String>,
 }
 
-/// Whether a spreadsheet could read `text` as a formula (OWASP CSV injection): it starts
-/// with `=`, `+`, `-`, `@`, a tab or a carriage return, or, after leading whitespace or
-/// control characters that some spreadsheets skip, with one of the formula characters
-/// (full-width forms included).
-fn is_formula_like(text: &str) -> bool {
-    if text.starts_with(['\t', '\r', '\n']) {
-        return true;
-    }
-    text.chars()
-        .find(|c| !c.is_whitespace() && !c.is_control())
-        .is_some_and(|c| {
-            matches!(
-                c,
-                '=' | '+' | '-' | '@' | '\u{FF1D}' | '\u{FF0B}' | '\u{FF0D}' | '\u{FF20}'
-            )
-        })
-}
-
-fn csv_field(text: &str) -> String {
-    // Quote every field; neutralise spreadsheet formulas with a leading apostrophe.
-    let text = if is_formula_like(text) {
-        format!("'{text}")
-    } else {
-        text.to_owned()
-    };
-    format!("\"{}\"", text.replace('"', "\"\""))
-}
-
-fn csv_line(record: &AuditRecord) -> String {
-    let fields = [
-        record.id.to_string(),
-        rfc3339(record.at),
-        record.user_id.map(|id| id.to_string()).unwrap_or_default(),
-        record.action.clone(),
-        record.details.clone(),
-        record.ip_address.clone().unwrap_or_default(),
-        record.user_agent.clone().unwrap_or_default(),
-        record.request_id.clone(),
-        record.prev_hash.clone(),
-        record.hash.clone(),
-    ];
-    let mut line = fields
-        .iter()
-        .map(|field| csv_field(field))
-        .collect::<Vec<_>>()
-        .join(",");
-    line.push('\n');
-    line
-}
-
 /// `GET /admin/audit/export`: the trail in id order, streamed page by page.
 #[utoipa::path(get, path = "/admin/audit/export", tag = "admin", security(("bearer" = [])),
     params(("format" = Option<String>, Query, description = "jsonl (default) or csv"),
@@ -428,7 +378,12 @@ pub async fn export_audit(
         ))
         .await?;
     let store = state.stores.data.clone();
-    let stream = async_stream(store, since, until, csv);
+    let format = if csv {
+        crate::audit::export::Format::Csv
+    } else {
+        crate::audit::export::Format::Jsonl
+    };
+    let stream = crate::audit::export::stream(store, since, until, format);
     let content_type = if csv {
         "text/csv; charset=utf-8"
     } else {
@@ -439,77 +394,4 @@ pub async fn export_audit(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok(response)
-}
-
-fn async_stream(
-    store: std::sync::Arc<dyn crate::store::Store>,
-    since: Option<i64>,
-    until: Option<i64>,
-    csv: bool,
-) -> impl futures::Stream<Item = Result<String, std::io::Error>> {
-    let header = csv.then(|| {
-        "\"id\",\"at\",\"user_id\",\"action\",\"details\",\"ip_address\",\"user_agent\",\
-         \"request_id\",\"prev_hash\",\"hash\"\n"
-            .to_owned()
-    });
-    let first = futures::stream::iter(header.map(Ok));
-    let pages = futures::stream::unfold(Some(0i64), move |after| {
-        let store = store.clone();
-        async move {
-            let after = after?;
-            match store.audit_page(after, 500).await {
-                Ok(page) if page.is_empty() => None,
-                Ok(page) => {
-                    let last = page.last().map(|record| record.id);
-                    let chunk: String = page
-                        .iter()
-                        .filter(|record| since.is_none_or(|since| record.at >= since))
-                        .filter(|record| until.is_none_or(|until| record.at < until))
-                        .map(|record| {
-                            if csv {
-                                csv_line(record)
-                            } else {
-                                let mut line = serde_json::to_string(record).unwrap_or_default();
-                                line.push('\n');
-                                line
-                            }
-                        })
-                        .collect();
-                    Some((Ok(chunk), last))
-                }
-                Err(error) => Some((Err(std::io::Error::other(error.to_string())), None)),
-            }
-        }
-    });
-    futures::StreamExt::chain(first, pages)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_fields_that_a_spreadsheet_would_evaluate_are_neutralised() {
-        for text in [
-            "=1+1",
-            "+1",
-            "-1",
-            "@SUM(A1)",
-            "\t=cmd",
-            "\tplain",
-            "\r=cmd",
-            "\rplain",
-            "\n=cmd",
-            " =cmd",
-            "  \u{a0}+cmd",
-            "\u{FF1D}cmd",
-        ] {
-            let field = csv_field(text);
-            assert!(field.starts_with("\"'"), "{text:?} became {field:?}");
-        }
-        for text in ["", "plain", "a=b", "{k:1}", "1.2.3.4", " plain"] {
-            assert_eq!(csv_field(text), format!("\"{text}\""), "{text:?}");
-        }
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-    }
 }

@@ -352,6 +352,17 @@ async fn the_circuit_opens_refuses_at_once_then_recovers(backend: Backend) {
         metrics.contains("rampart_circuit_breaker_state{upstream=\"app\"} 0"),
         "every circuit shows from the start: {metrics}"
     );
+    for series in [
+        "rampart_circuit_breaker_opens_total{upstream=\"app\"} 0",
+        "rampart_circuit_breaker_opens_total{upstream=\"broker\"} 0",
+        "rampart_rate_limit_hits_total{policy=\"anonymous\"} 0",
+        "rampart_failed_login_attempts_total 0",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} from the start: {metrics}"
+        );
+    }
     upstream
         .failing
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -611,8 +622,31 @@ async fn metrics_label_requests_by_route_pattern_never_by_raw_path(backend: Back
         metrics.contains("rampart_upstream_duration_seconds_count{upstream=\"app\"} 2"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("rampart_upstream_requests_total{upstream=\"app\",status=\"200\"} 2"),
+        "{metrics}"
+    );
+    // The scrape itself is the one request in flight.
+    assert!(
+        metrics.contains("\nrampart_http_requests_in_flight 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "rampart_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{metrics}"
+    );
     assert!(!metrics.contains("secret-user-supplied-id"));
     assert!(!metrics.contains("/no/such/thing"));
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("# EOF"), "the text format, not OpenMetrics");
 }
 
 async fn the_demo_places_an_order_through_every_layer(backend: Backend) {

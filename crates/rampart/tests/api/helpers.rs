@@ -49,7 +49,7 @@ fn skip_unreachable(what: &str, error: &dyn std::fmt::Display) -> bool {
 }
 
 /// A fresh PostgreSQL schema; its URL selects it through `search_path`.
-async fn postgres_schema() -> Option<String> {
+pub async fn postgres_schema() -> Option<String> {
     use sqlx::Connection;
     let base = postgres_url();
     let mut connection = match sqlx::PgConnection::connect(&base).await {
@@ -260,6 +260,8 @@ async fn start_with(
             max_db_connections: 4,
             rate_limit_time: Some(limiter_time.clone()),
             identity_limits,
+            // Tests that count audit rows see no retention run; those about it start their own.
+            audit_retention_delay: std::time::Duration::from_secs(24 * 60 * 60),
             ..BuildOptions::default()
         },
     )

@@ -27,7 +27,9 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(5))
+            // A request that needs the database fails (503) within 2 s when no connection
+            // can be had (server down or hanging) instead of queueing behind it.
+            .acquire_timeout(Duration::from_secs(2))
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
