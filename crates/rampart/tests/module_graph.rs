@@ -321,6 +321,9 @@ fn loops(nodes: &BTreeSet<String>, edges: &BTreeMap<String, BTreeSet<String>>) -
     walk.found
 }
 
+/// The rooms of one scope and, for each, the rooms it uses.
+type Graph = (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>);
+
 /// An edge between two rooms (or two files of one room), with the paths that make it.
 type Reasons = BTreeMap<(String, String), BTreeSet<String>>;
 
@@ -332,8 +335,7 @@ fn the_modules_import_one_way() {
     let known: BTreeSet<Vec<String>> = modules.keys().cloned().collect();
 
     // Level 1: top-level rooms. Level 2: the files inside one room, beside each other.
-    let mut graphs: BTreeMap<String, (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>)> =
-        BTreeMap::new();
+    let mut graphs: BTreeMap<String, Graph> = BTreeMap::new();
     let mut reasons = Reasons::new();
     for (key, module) in &modules {
         if key.is_empty() {
@@ -387,6 +389,49 @@ fn the_modules_import_one_way() {
         }
     }
     assert!(report.is_empty(), "imports run in a loop:{report}");
+
+    // The floors, printed with `--nocapture`: each room one floor above the highest room it
+    // uses, so a room only ever looks down.
+    if let Some((nodes, edges)) = graphs.get("crate") {
+        let mut floor: BTreeMap<&str, usize> = BTreeMap::new();
+        fn height<'a>(
+            node: &'a str,
+            edges: &'a BTreeMap<String, BTreeSet<String>>,
+            floor: &mut BTreeMap<&'a str, usize>,
+        ) -> usize {
+            if let Some(&known) = floor.get(node) {
+                return known;
+            }
+            let below = edges.get(node).into_iter().flatten();
+            let height = below
+                .map(|next| height(next, edges, floor) + 1)
+                .max()
+                .unwrap_or(0);
+            floor.insert(node, height);
+            height
+        }
+        let all: BTreeSet<&str> = nodes
+            .iter()
+            .map(String::as_str)
+            .chain(
+                modules
+                    .keys()
+                    .filter_map(|key| key.first().map(String::as_str)),
+            )
+            .collect();
+        for node in &all {
+            height(node, edges, &mut floor);
+        }
+        let top = floor.values().copied().max().unwrap_or(0);
+        for level in (0..=top).rev() {
+            let rooms: Vec<&str> = floor
+                .iter()
+                .filter(|(_, f)| **f == level)
+                .map(|(n, _)| *n)
+                .collect();
+            println!("floor {level:>2}: {}", rooms.join(", "));
+        }
+    }
 }
 
 #[test]
