@@ -1,12 +1,44 @@
 //! Rampart: a security gateway and identity service for trading platforms.
 //!
-//! Every request meets the stages of [`gateway::pipeline`] in this order: rate limiting,
-//! authentication, authorization, input validation and intrusion detection, the
-//! circuit breaker of its upstream, the backend (or the built-in identity API), then
-//! security headers, audit and metrics on the way out. Durable state lives behind
-//! [`store::Store`] (SQLite or PostgreSQL); short-lived security state (refresh
-//! tokens, lockouts, nonces, rate limits) can move to Redis so that any number of
-//! stateless instances share it.
+//! Every request meets the stages of [`gateway::pipeline`] in this order: the route,
+//! who is asking, rate limits, authorization, body policy and intrusion detection, then the
+//! upstream through its circuit breaker (or the built-in identity API), and on the way out
+//! security headers, audit and metrics. Durable state lives behind [`store::Store`]
+//! (SQLite or PostgreSQL); short-lived security state (refresh tokens, lockouts, nonces,
+//! rate limits) can move to Redis so that any number of stateless instances share it.
+//!
+//! # The module map
+//!
+//! Imports run one way: a module uses only the floors below it, never one above, and the
+//! files inside a module never use each other in a loop (`tests/module_graph.rs` fails on
+//! any loop; `cargo test --test module_graph -- --nocapture` prints the floors). From the
+//! top down:
+//!
+//! | floor | module | owns | may import |
+//! |---|---|---|---|
+//! | 13 | [`app`] | start-up: config → stores → services → listener; signals, background tasks | everything |
+//! | 12 | [`server`] | the listener: TLS, connection caps, HTTP/1.1 and h2 deadlines, drain | gateway and below |
+//! | 11 | [`gateway`] | the data plane: [`gateway::pipeline`] and one file per stage (`route`, `identify`, `limit`, `authorize`, `validate`), [`gateway::refusal`], the access log | every floor below |
+//! | 10 | [`operations`] | `/healthz`, `/readyz`, `/metrics`, JWKS | openapi, state and below |
+//! | 9 | [`openapi`] | `/openapi.json` from the handlers | identity and below |
+//! | 8 | [`identity`] | the identity API handlers (SPEC §2) | authentication, state and below |
+//! | 8 | [`proxy`] | forwarding to an upstream: headers both ways, retries, WebSocket tunnels, health checks | authentication, state and below |
+//! | 7 | [`authentication`] | credentials: bearer and cookie tokens, CSRF, API keys and signatures | state and below |
+//! | 6 | [`state`] | the shared services one running gateway holds | config and below |
+//! | 5 | [`config`] | layering file, `.env` and environment; gathers every section's problems | the modules that own sections |
+//! | 4 | [`key_cache`] | verified API keys in memory, invalidated on every instance | store, tokens |
+//! | 4 | [`security_headers`] | the headers every response carries | routes |
+//! | 3 | [`audit`] | the audit service: verify, export, retention, throttled rows | store, chain |
+//! | 3 | [`routes`] | the route table, canonical paths, route policy | upstream, rate_limit |
+//! | 3 | [`sealing`] | stored secrets bound to their rows; key rotation | store, keyring, chain |
+//! | 3 | [`tokens`] | access, refresh and CSRF tokens; the revocation cache | store, secrets |
+//! | 2 | [`store`] | SQLite, PostgreSQL and Redis stores; the audit writer | chain, error |
+//! | 2 | [`upstream`] | targets, keep-alive connections, balancing, header policy, tunnel counts | circuit_breaker |
+//! | 2 | [`brokers`] | calls to brokers' hosts through the SSRF-safe client | outbound, circuit_breaker |
+//! | 1 | [`chain`] | audit records and the hash chain that makes them tamper-evident | floor 0 |
+//! | 1 | [`rate_limit`] | quotas, GCRA, in-memory and Redis limiters, `RateLimit` headers | floor 0 |
+//! | 1 | [`circuit_breaker`], [`intrusion`], [`keyring`], [`password`], [`json`], [`server_config`] | engines and their config sections | floor 0 |
+//! | 0 | [`settings`], [`request`], [`error`], [`client_ip`], [`outbound`], [`metrics`], [`clock`], [`secrets`], [`shutdown`], [`time_format`], [`verified_keys`], [`demo`] | shared vocabulary and engines that import nothing of the crate | nothing of the crate |
 
 pub mod app;
 pub mod audit;
