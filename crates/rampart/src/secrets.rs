@@ -207,11 +207,19 @@ mod tests {
         for secret in &trivial {
             assert!(weakness(secret).is_some(), "{secret:?} passed");
         }
+        // Random secrets are refused only by chance (a placeholder word inside them): about
+        // once in 280 000 for 64 hex characters, far less for base64. Out of 2 000 of each,
+        // three refusals happen by chance about once in a million runs.
+        let mut refused = Vec::new();
         for _ in 0..2000 {
             let secret = generate_token_secret();
-            assert_eq!(weakness(&secret), None, "{secret}");
             let hex = hex::encode(random_bytes::<32>());
-            assert_eq!(weakness(&hex), None, "{hex}");
+            for value in [secret, hex] {
+                if weakness(&value).is_some() {
+                    refused.push(value);
+                }
+            }
         }
+        assert!(refused.len() <= 2, "random secrets refused: {refused:?}");
     }
 }
