@@ -59,10 +59,20 @@ impl NewAuditEntry {
             user_agent: context
                 .user_agent
                 .as_ref()
-                .map(|agent| agent.chars().take(200).collect()),
+                .map(|agent| user_agent_field(agent)),
             request_id: context.request_id.clone(),
         }
     }
+}
+
+/// The most of a user agent an audit row keeps, in characters.
+pub const USER_AGENT_CHARS: usize = 200;
+
+/// A user agent as an audit row keeps it: its first [`USER_AGENT_CHARS`] characters. Cut
+/// wherever a context is made, so that nothing holding one (a throttled row waiting to be
+/// written) keeps a client's whole header.
+pub fn user_agent_field(agent: &str) -> String {
+    agent.chars().take(USER_AGENT_CHARS).collect()
 }
 
 /// Who made the request an entry records.
@@ -88,7 +98,7 @@ impl RequestContext {
                 .headers()
                 .get(http::header::USER_AGENT)
                 .and_then(|value| value.to_str().ok())
-                .map(str::to_owned),
+                .map(user_agent_field),
             request_id: request
                 .extensions()
                 .get::<crate::request::RequestId>()

@@ -71,19 +71,12 @@ pub struct RawConfig {
     pub roles: BTreeMap<String, List>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Default, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[allow(missing_docs)]
 pub struct RawDatabase {
-    pub url: String,
-}
-
-impl Default for RawDatabase {
-    fn default() -> Self {
-        Self {
-            url: "sqlite://data/rampart.db".into(),
-        }
-    }
+    /// Absent: SQLite in `server.data_dir` (`rampart.db`).
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +118,8 @@ impl Default for RawLogin {
 #[allow(missing_docs)]
 pub struct RawEncryption {
     pub keys: Option<List>,
+    /// A file holding the key ring, one `id:key` entry per line (a container secret).
+    pub keys_file: Option<PathBuf>,
     pub legacy_host_binding: Option<bool>,
 }
 
@@ -277,17 +272,63 @@ impl Config {
         let data_dir = sources
             .data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from("data"));
+            .unwrap_or_else(|| raw.server.data_dir.clone());
         raw.validate(production, data_dir)
     }
 }
 
 impl RawConfig {
+    /// Reads the secrets given as files (`tokens.secret_file`, `encryption.keys_file`,
+    /// `audit.chain_key_file`), as container secrets are mounted, into the keys they stand
+    /// for. A key given both ways, or a file that cannot be read, is a problem of its own.
+    fn read_secret_files(&mut self, problems: &mut Problems) {
+        fn read(key: &str, path: &std::path::Path, problems: &mut Problems) -> Option<String> {
+            match std::fs::read_to_string(path) {
+                Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
+                Err(error) => {
+                    problems.add(key, format!("cannot read {}: {error}", path.display()));
+                    None
+                }
+            }
+        }
+        fn both(key: &str, other: &str, problems: &mut Problems) {
+            problems.add(key, format!("give either {other} or {key}, not both"));
+        }
+        if let Some(path) = self.tokens.secret_file.take() {
+            if self.tokens.secret.is_some() {
+                both("tokens.secret_file", "tokens.secret", problems);
+            } else {
+                self.tokens.secret = read("tokens.secret_file", &path, problems);
+            }
+        }
+        if let Some(path) = self.audit.chain_key_file.take() {
+            if self.audit.chain_key.is_some() {
+                both("audit.chain_key_file", "audit.chain_key", problems);
+            } else {
+                self.audit.chain_key = read("audit.chain_key_file", &path, problems);
+            }
+        }
+        if let Some(path) = self.encryption.keys_file.take() {
+            if self.encryption.keys.is_some() {
+                both("encryption.keys_file", "encryption.keys", problems);
+            } else if let Some(text) = read("encryption.keys_file", &path, problems) {
+                let keys = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect();
+                self.encryption.keys = Some(List(keys));
+            }
+        }
+    }
+
     /// Checks every section, each by the module that owns it, and gathers every problem.
-    fn validate(self, production: bool, data_dir: PathBuf) -> Result<Config, ConfigError> {
+    fn validate(mut self, production: bool, data_dir: PathBuf) -> Result<Config, ConfigError> {
         let mut problems = Problems::default();
+        self.read_secret_files(&mut problems);
         let server = ServerConfig::from_raw(self.server, production, &mut problems);
-        let database_url = database(self.database, production, &mut problems);
+        let database_url = database(self.database, &data_dir, production, &mut problems);
         let tokens = TokensConfig::from_raw(self.tokens, production, &mut problems);
         let roles = roles(self.roles, &mut problems);
         if !roles.contains_key(&self.users.default_role) {
@@ -365,8 +406,15 @@ impl RawConfig {
 }
 
 /// `[database]`; production needs PostgreSQL.
-fn database(raw: RawDatabase, production: bool, problems: &mut Problems) -> Secret {
-    let url = raw.url;
+fn database(
+    raw: RawDatabase,
+    data_dir: &std::path::Path,
+    production: bool,
+    problems: &mut Problems,
+) -> Secret {
+    let url = raw
+        .url
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("rampart.db").display()));
     if !(url.starts_with("sqlite:")
         || url.starts_with("postgres://")
         || url.starts_with("postgresql://"))
@@ -518,6 +566,8 @@ fn is_identifier(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -530,6 +580,102 @@ mod tests {
             env,
             data_dir: Some(PathBuf::from("/nonexistent")),
         })
+    }
+
+    /// A file under the system's temporary directory, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("rampart-config-{}", ulid::Ulid::new()));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_data_directory_holds_the_default_database_unless_one_is_named() {
+        let load_without_override = |text: &str| {
+            Config::load(&Sources {
+                file: Some(text.to_owned()),
+                env: HashMap::new(),
+                data_dir: None,
+            })
+            .unwrap()
+        };
+        let config = load_without_override("");
+        assert_eq!(config.data_dir, PathBuf::from("data"));
+        assert_eq!(config.database_url.expose(), "sqlite://data/rampart.db");
+        let config = load_without_override("[server]\ndata_dir = \"/srv/rampart\"\n");
+        assert_eq!(config.data_dir, PathBuf::from("/srv/rampart"));
+        assert_eq!(
+            config.database_url.expose(),
+            "sqlite:///srv/rampart/rampart.db"
+        );
+        let config = load_without_override(
+            "[server]\ndata_dir = \"/srv/rampart\"\n[database]\nurl = \"postgres://db/rampart\"\n",
+        );
+        assert_eq!(config.database_url.expose(), "postgres://db/rampart");
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_named_by_their_file_keys() {
+        let secret = crate::secrets::generate_token_secret();
+        let chain = crate::secrets::generate_token_secret();
+        let (first, second) = (
+            crate::secrets::generate_key_entry("k2"),
+            crate::secrets::generate_key_entry("k1"),
+        );
+        let secret_file = TempFile::new(&format!("{secret}\n"));
+        let chain_file = TempFile::new(&chain);
+        let keys_file = TempFile::new(&format!("# the ring\n{first}\n\n{second}\r\n"));
+        let text = format!(
+            "[tokens]\nsecret_file = {:?}\n[audit]\nchain_key_file = {:?}\n\
+             [encryption]\nkeys_file = {:?}\n",
+            secret_file.0, chain_file.0, keys_file.0
+        );
+        let config = load(&text, &[]).unwrap();
+        assert_eq!(config.tokens.secret.as_ref().unwrap().expose(), secret);
+        assert_eq!(config.audit_chain_key.as_ref().unwrap().expose(), chain);
+        let ring = config.keyring.unwrap();
+        assert_eq!(ring.key_ids().collect::<Vec<_>>(), ["k2", "k1"]);
+        assert_eq!(ring.primary_id(), "k2");
+        // Also from the environment, as a container sets it.
+        let path = secret_file.0.to_str().unwrap();
+        let config = load("", &[("RAMPART_TOKENS__SECRET_FILE", path)]).unwrap();
+        assert_eq!(config.tokens.secret.as_ref().unwrap().expose(), secret);
+    }
+
+    #[test]
+    fn a_secret_given_twice_or_an_unreadable_file_is_refused_naming_the_key() {
+        let secret = crate::secrets::generate_token_secret();
+        let file = TempFile::new(&secret);
+        let both = format!(
+            "[tokens]\nsecret = {secret:?}\nsecret_file = {:?}\n",
+            file.0
+        );
+        let error = load(&both, &[]).unwrap_err().to_string();
+        assert!(
+            error.contains("tokens.secret_file: give either tokens.secret"),
+            "{error}"
+        );
+        assert!(
+            !error.contains(&secret),
+            "the secret is never shown: {error}"
+        );
+        let error = load("[encryption]\nkeys_file = \"/nonexistent/keys\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("encryption.keys_file: cannot read /nonexistent/keys"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct RawServer {
     pub max_connections_per_ip: usize,
     pub max_header_bytes: String,
     pub shutdown_timeout: String,
+    /// Where the embedded SQLite database and the generated secrets live.
+    pub data_dir: PathBuf,
 }
 
 impl Default for RawServer {
@@ -48,6 +50,7 @@ impl Default for RawServer {
             max_connections_per_ip: 256,
             max_header_bytes: "32KiB".into(),
             shutdown_timeout: "30s".into(),
+            data_dir: PathBuf::from("data"),
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct RawAudit {
     pub retention: String,
     /// Key of the audit chain's HMAC; absent: generated into `secrets.toml`.
     pub chain_key: Option<String>,
+    /// A file holding `chain_key` (a container secret); read at start-up.
+    pub chain_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RawAudit {
@@ -22,6 +24,7 @@ impl Default for RawAudit {
         Self {
             retention: "365d".into(),
             chain_key: None,
+            chain_key_file: None,
         }
     }
 }

@@ -205,7 +205,7 @@ pub fn audit_context(context: &Context) -> RequestContext {
             .user_agent
             .as_ref()
             .and_then(|value| value.to_str().ok())
-            .map(str::to_owned),
+            .map(crate::chain::user_agent_field),
         request_id: context.id.0.to_string(),
     }
 }

@@ -16,6 +16,8 @@ use crate::settings::{Problems, parse_duration};
 pub struct RawTokens {
     pub algorithm: String,
     pub secret: Option<String>,
+    /// A file holding `secret` (a container secret); read at start-up.
+    pub secret_file: Option<PathBuf>,
     pub private_key_file: Option<PathBuf>,
     pub issuer: String,
     pub audience: String,
@@ -30,6 +32,7 @@ impl Default for RawTokens {
         Self {
             algorithm: "HS256".into(),
             secret: None,
+            secret_file: None,
             private_key_file: None,
             issuer: "rampart".into(),
             audience: "rampart".into(),
