@@ -1,6 +1,9 @@
 //! `rampart audit export`: the trail on standard output as JSON lines or quoted CSV,
 //! filtered by time, with nothing else on standard output.
 
+// Test code: a failed unwrap is a failed test, helpers included.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,6 +1,9 @@
 //! The CLI keeps to the audit chain's key: run from another directory (no secrets.toml
 //! there) or with another key, commands that write refuse instead of breaking the chain.
 
+// Test code: a failed unwrap is a failed test, helpers included.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

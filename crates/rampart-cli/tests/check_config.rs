@@ -1,6 +1,9 @@
 //! `rampart check-config` and `rampart serve` judge a file by the same rules: what one
 //! refuses the other refuses with the same message, and what one accepts the other runs.
 
+// Test code: a failed unwrap is a failed test, helpers included.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,5 +1,8 @@
 //! `rampart serve` as a process: signals and operating-system limits.
 
+// Test code: a failed unwrap is a failed test, helpers included.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,10 @@
 //!
 //! `cargo bench -p rampart --bench identity`
 
+// Benchmark code: a failed unwrap is a broken benchmark, and `criterion_group!` makes
+// undocumented public functions.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -3,6 +3,10 @@
 //!
 //! `cargo bench -p rampart --bench pipeline`
 
+// Benchmark code: a failed unwrap is a broken benchmark, and `criterion_group!` makes
+// undocumented public functions.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 

@@ -15,6 +15,9 @@
 //! that authenticated in the last ten minutes ([`verified`]) is looked up and checked as
 //! usual but spared that charge, so junk from a shared address cannot lock it out. Answers
 //! given here after the key held (a signed body too large or unreadable) are charged too.
+//!
+//! [`identify`]: crate::gateway::identify::identify
+//! [`verified`]: crate::verified_keys
 
 pub mod api_key;
 
@@ -153,7 +156,7 @@ impl Failure {
     }
 }
 
-/// The outcome of [`identify`], in the request's extensions.
+/// The outcome of [`identify`](crate::gateway::identify::identify), in the request's extensions.
 #[derive(Debug, Clone)]
 pub enum Authentication {
     /// No credentials.

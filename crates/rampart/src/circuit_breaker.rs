@@ -46,14 +46,17 @@ impl Default for Settings {
 /// An upstream's `circuit_breaker` table as written.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct RawSettings {
+    /// Failures within `window` that open the circuit.
     #[serde(default = "default_failures")]
     pub failures: u32,
+    /// How long a failure counts.
     #[serde(default = "default_window")]
     pub window: String,
+    /// How long an open circuit refuses before it probes.
     #[serde(default = "default_window")]
     pub open_for: String,
+    /// Probes let through while half-open.
     #[serde(default = "default_half_open")]
     pub half_open_requests: u32,
 }

@@ -49,40 +49,59 @@ pub use layering::Sources;
 /// `rampart.toml` as written. Nothing here is trusted yet.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawConfig {
+    /// `[server]`: the listener.
     pub server: RawServer,
+    /// `[database]`.
     pub database: RawDatabase,
+    /// `[tokens]`: access and refresh tokens.
     pub tokens: RawTokens,
+    /// `[users]`.
     pub users: RawUsers,
+    /// `[password]`: the password policy.
     pub password: RawPasswordPolicy,
+    /// `[login]`: brute-force lockouts.
     pub login: RawLogin,
+    /// `[rate_limits]`: tier quotas and where their counters live.
     pub rate_limits: RawRateLimits,
+    /// `[encryption]`: the key ring for stored secrets.
     pub encryption: RawEncryption,
+    /// `[accounts]`: which broker hosts account calls may reach.
     pub accounts: RawAccounts,
+    /// `[cors]`.
     pub cors: RawCors,
+    /// `[metrics]`.
     pub metrics: RawMetrics,
+    /// `[intrusion]`: what the scanner does with a suspicious request.
     pub intrusion: RawIntrusion,
+    /// `[audit]`: retention and the chain key.
     pub audit: RawAudit,
+    /// `[headers]`: response security headers.
     pub headers: RawHeaders,
+    /// `[log]`.
     pub log: RawLog,
+    /// `[[routes]]`, in file order.
     pub routes: Vec<RawRoute>,
+    /// `[upstreams.NAME]`, by name.
     pub upstreams: BTreeMap<String, RawUpstream>,
+    /// `[roles]`: each role's permissions.
     pub roles: BTreeMap<String, List>,
 }
 
+/// `[database]` as written.
 #[derive(Default, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawDatabase {
-    /// Absent: SQLite in `server.data_dir` (`rampart.db`).
+    /// `sqlite://…` or `postgres://…` (may carry a password); absent: SQLite at
+    /// `<server.data_dir>/rampart.db`.
     pub url: Option<String>,
 }
 
+/// `[users]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawUsers {
+    /// The role a self-registered user gets; must be defined in `[roles]`.
     pub default_role: String,
 }
 
@@ -94,12 +113,15 @@ impl Default for RawUsers {
     }
 }
 
+/// `[login]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawLogin {
+    /// Failed logins from one client address before it is locked out.
     pub max_failures_per_ip: u32,
+    /// Failed logins on one account before it is locked out.
     pub max_failures_per_account: u32,
+    /// How long failures count and a lockout lasts (a duration).
     pub failure_window: String,
 }
 
@@ -113,36 +135,44 @@ impl Default for RawLogin {
     }
 }
 
+/// `[encryption]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawEncryption {
+    /// The sealing keys, the first sealing and every one opening; absent: generated into
+    /// `secrets.toml` outside production.
     pub keys: Option<List>,
     /// A file holding the key ring, one `id:key` entry per line (a container secret).
     pub keys_file: Option<PathBuf>,
+    /// Whether a broker key sealed before host binding still opens (default `true`).
     pub legacy_host_binding: Option<bool>,
 }
 
+/// `[accounts]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawAccounts {
+    /// Whether broker `host_url`s may be plain `http://`.
     pub allow_http: bool,
+    /// Host globs that broker `host_url`s must match; empty: any host.
     pub allowed_hosts: List,
+    /// Networks broker calls may reach although they are not public.
     pub allowed_networks: List,
 }
 
+/// `[cors]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawCors {
+    /// Origins answered with CORS headers; empty: none.
     pub allowed_origins: List,
 }
 
+/// `[metrics]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawMetrics {
+    /// Client networks that may read `/metrics`.
     pub allowed_networks: List,
 }
 
@@ -154,12 +184,15 @@ impl Default for RawMetrics {
     }
 }
 
+/// `[log]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawLog {
+    /// The tracing filter, `info` by default.
     pub level: String,
+    /// `auto`, `json` or `text`.
     pub format: String,
+    /// Whether each request gets an access-log line.
     pub access: bool,
 }
 
@@ -219,14 +252,20 @@ pub struct LoginConfig {
 
 /// What the gateway runs with. Every value has been checked.
 #[derive(Debug, Clone)]
-#[allow(missing_docs)]
 pub struct Config {
+    /// The listener.
     pub server: ServerConfig,
+    /// Where durable state lives; a secret, as it may carry a password.
     pub database_url: Secret,
+    /// How tokens are signed, how long they live and where sessions are kept.
     pub tokens: TokensConfig,
+    /// The role a self-registered user gets.
     pub default_role: String,
+    /// What a new password must satisfy.
     pub password: PasswordPolicy,
+    /// Brute-force lockouts.
     pub login: LoginConfig,
+    /// Tier quotas and where their counters live.
     pub rate_limits: RateLimitsConfig,
     /// `encryption.keys`, parsed; `None` when none is configured (then
     /// [`crate::config::generated::fill_generated`] loads or generates them).
@@ -237,17 +276,26 @@ pub struct Config {
     pub encryption_legacy_host_binding: bool,
     /// `[accounts]`: what broker calls may reach, built once.
     pub outbound: Arc<OutboundPolicy>,
+    /// Origins answered with CORS headers.
     pub cors_allowed_origins: Vec<String>,
+    /// Client networks that may read `/metrics`.
     pub metrics_allowed_networks: Vec<IpNet>,
+    /// What a suspicious request gets.
     pub intrusion: IntrusionMode,
+    /// How long audit rows are kept before `serve` purges them.
     pub audit_retention: Duration,
     /// `audit.chain_key`: keys the audit chain's HMAC. Filled from `secrets.toml` when
     /// absent, outside production.
     pub audit_chain_key: Option<Secret>,
+    /// Response security headers.
     pub headers: HeadersConfig,
+    /// Log filter, format and access lines.
     pub log: LogConfig,
+    /// The routes, in file order.
     pub routes: Vec<RouteConfig>,
+    /// The backends, by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Each role's permissions.
     pub roles: BTreeMap<String, Vec<String>>,
     /// `RAMPART_ENV=production`.
     pub production: bool,

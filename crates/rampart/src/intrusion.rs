@@ -250,8 +250,8 @@ fn hex(digit: u8) -> Option<u8> {
 /// `[intrusion]` as written.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawIntrusion {
+    /// `detect` (log and count), `block` (refuse) or `off`.
     pub mode: String,
 }
 

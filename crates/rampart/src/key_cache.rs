@@ -17,7 +17,7 @@
 //! again, so a change is in force on every instance within `TRUST` of its commit even if
 //! an instance cannot reach the store.
 //!
-//! Lookups take a read lock on one of [`SHARDS`] maps; a change takes each write lock
+//! Lookups take a read lock on one of `SHARDS` (16) maps; a change takes each write lock
 //! once. An entry read from the store while a change was being applied is not entered
 //! (a generation counter), so a stale record cannot outlive the change that ends it.
 

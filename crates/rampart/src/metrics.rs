@@ -90,20 +90,31 @@ fn latency_histogram() -> Histogram {
 
 /// Every metric the gateway exports.
 #[derive(Debug)]
-#[allow(missing_docs)]
 pub struct Metrics {
     registry: Registry,
+    /// `rampart_failed_login_attempts`.
     pub failed_logins: Counter,
+    /// `rampart_rate_limit_hits`, by policy.
     pub rate_limit_hits: Family<PolicyLabel, Counter>,
+    /// `rampart_jwt_validation_failures`, by reason.
     pub jwt_failures: Family<ReasonLabel, Counter>,
+    /// `rampart_auth_failures`, by kind of credential.
     pub auth_failures: Family<ReasonLabel, Counter>,
+    /// `rampart_circuit_breaker_opens`, by upstream.
     pub breaker_opens: Family<UpstreamLabel, Counter>,
+    /// `rampart_circuit_breaker_state`: 0 closed, 1 open, 2 half-open.
     pub breaker_state: Family<UpstreamLabel, Gauge>,
+    /// `rampart_suspicious_requests`, by pattern.
     pub suspicious_requests: Family<PatternLabel, Counter>,
+    /// `rampart_http_requests`, by route, method and status.
     pub http_requests: Family<RequestLabels, Counter>,
+    /// `rampart_http_request_duration_seconds`, by route.
     pub http_duration: HistogramFamily<RouteLabel>,
+    /// `rampart_upstream_duration_seconds`, by upstream.
     pub upstream_duration: HistogramFamily<UpstreamLabel>,
+    /// `rampart_upstream_requests`, by upstream and status.
     pub upstream_requests: Family<UpstreamStatusLabels, Counter>,
+    /// `rampart_http_requests_in_flight`.
     pub in_flight: Gauge,
 }
 

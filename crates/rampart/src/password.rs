@@ -19,15 +19,22 @@ use crate::settings::Problems;
 /// `[password]` as written: a preset, then any rule overridden.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawPasswordPolicy {
+    /// `default` or `nist`; the fields below override it.
     pub preset: Option<String>,
+    /// Fewest characters.
     pub min_length: Option<usize>,
+    /// Most characters.
     pub max_length: Option<usize>,
+    /// At least one upper-case letter.
     pub require_upper: Option<bool>,
+    /// At least one lower-case letter.
     pub require_lower: Option<bool>,
+    /// At least one digit.
     pub require_digit: Option<bool>,
+    /// At least one character that is neither letter nor digit.
     pub require_special: Option<bool>,
+    /// Refuse passwords on the common-password list.
     pub reject_common: Option<bool>,
 }
 

@@ -1,7 +1,7 @@
 //! The reverse proxy: forwards a request whose route names an upstream to one of its
 //! targets (SPEC §3).
 //!
-//! A target is picked by least outstanding requests among the healthy ones ([`health`])
+//! A target is picked by least outstanding requests among the healthy ones (`health`)
 //! whose own circuit breaker admits the request; with none, 503 at once. Bodies stream
 //! both ways over the target's keep-alive connections (the client in `client`). A connect
 //! failure is 502 `bad_gateway` — or, for an idempotent request without a body and
@@ -16,6 +16,8 @@
 //! which instead gets the caller's identity as `X-Rampart-User-Id`, `-Username` and
 //! `-Role`, the request id, and `Forwarded` / `X-Forwarded-For` / `X-Real-IP` built from the
 //! trusted client IP.
+//!
+//! [`headers`]: crate::upstream::headers
 
 use std::sync::atomic::Ordering;
 
@@ -85,8 +87,10 @@ enum Outcome {
 pub struct Caller<'a> {
     /// The trusted client IP.
     pub client: ClientIp,
-    /// The request id, and the same as a header value.
+    /// The request id.
     pub id: &'a RequestId,
+    /// The request id as a header value, built once for the backend's request and the
+    /// response; `None` when the id cannot be one.
     pub id_header: Option<&'a HeaderValue>,
     /// Who is asking.
     pub authentication: &'a Authentication,

@@ -5,8 +5,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 /// `[headers]` as written.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawHeaders {
+    /// The `X-XSS-Protection` value sent on every response (default `0`).
     pub x_xss_protection: String,
 }
 

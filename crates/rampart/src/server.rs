@@ -4,7 +4,7 @@
 //! It serves the gateway it is given and knows nothing of the pipeline inside it, except
 //! that requests carry `ConnectInfo<SocketAddr>` with the peer's address.
 //!
-//! Every connection has one deadline at a time (see [`activity::Activity::deadline`]):
+//! Every connection has one deadline at a time (see `activity::Activity::deadline`):
 //! - from accept, the TLS handshake and the first request head must be complete within
 //!   `header_read_timeout`;
 //! - once no request is in flight, the next one must begin within `idle_timeout`, and

@@ -15,21 +15,33 @@ use crate::settings::{List, Problems, parse_duration, parse_networks, parse_size
 /// The most connections `server.max_connections` may allow.
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 
+/// `[server]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawServer {
+    /// `host:port` to listen on.
     pub listen: String,
+    /// Networks of proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: List,
+    /// TLS ends at a proxy in front.
     pub behind_tls: bool,
+    /// Largest request body (a size such as `1MiB`).
     pub max_body: String,
+    /// Runtime worker threads; 0: one per core.
     pub worker_threads: usize,
+    /// `[server.tls]`: serve TLS directly.
     pub tls: Option<RawTls>,
+    /// How long a request head may take to arrive (a duration).
     pub header_read_timeout: String,
+    /// How long a keep-alive connection may sit without a request.
     pub idle_timeout: String,
+    /// Connections served at once.
     pub max_connections: usize,
+    /// Connections one client address may hold at once.
     pub max_connections_per_ip: usize,
+    /// Largest request head (a size).
     pub max_header_bytes: String,
+    /// How long a stopping server drains.
     pub shutdown_timeout: String,
     /// Where the embedded SQLite database and the generated secrets live.
     pub data_dir: PathBuf,
@@ -55,12 +67,15 @@ impl Default for RawServer {
     }
 }
 
+/// `[server.tls]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct RawTls {
+    /// PEM certificate chain.
     pub cert: PathBuf,
+    /// PEM private key.
     pub key: PathBuf,
+    /// Oldest protocol version accepted: `1.2` or `1.3` (default).
     #[serde(default = "default_tls_version")]
     pub min_version: String,
 }

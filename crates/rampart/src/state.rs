@@ -22,20 +22,32 @@ use crate::upstream::Proxy;
 pub struct AppState(Arc<Shared>);
 
 /// The contents of [`AppState`].
-#[allow(missing_docs)]
 pub struct Shared {
+    /// The checked configuration.
     pub config: Config,
+    /// Durable records, and the security state (the database's or Redis').
     pub stores: Stores,
+    /// Issues and verifies access tokens.
     pub tokens: TokenService,
+    /// Sessions revoked, refreshed from the session store.
     pub revocations: Arc<RevocationCache>,
+    /// Hashes and verifies passwords on the blocking pool.
     pub hasher: Hasher,
+    /// What `/metrics` exports.
     pub metrics: Metrics,
+    /// The time every expiry is measured against.
     pub clock: SharedClock,
+    /// The headers added to every response.
     pub security_headers: SecurityHeaders,
+    /// The route table and the upstreams it names.
     pub routes: RouteTable,
+    /// Every rate limit's counters.
     pub limiter: Arc<RateLimiter>,
+    /// The limiter's policy of each tier.
     pub tiers: Tiers,
+    /// Forwards requests to the upstreams.
     pub proxy: Proxy,
+    /// Folds repeated refusals into one audit row per client and minute.
     pub audit_throttle: AuditThrottle,
     /// Seals and opens stored secrets (`encryption.keys`).
     pub keyring: KeyRing,

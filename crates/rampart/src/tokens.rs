@@ -6,6 +6,8 @@
 //! Refresh tokens are 256 random bits, stored only as SHA-256. Each access token carries
 //! its login's family id (`sid`); revoked families are held in a [`RevocationCache`] that
 //! every instance refreshes from the session store within `tokens.revocation_lag`.
+//!
+//! [`Clock`]: crate::clock::Clock
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

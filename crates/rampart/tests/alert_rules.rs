@@ -1,6 +1,9 @@
 //! The shipped Prometheus alert rules are valid for `promtool`, fire as their unit tests say,
 //! and name only metrics Rampart exports.
 
+// Test code: a failed unwrap is a failed test, helpers included.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -9,6 +9,9 @@
 //! The check reads the source as text: every `crate::` and `super::` path outside
 //! `#[cfg(test)]` items (tests may reach anywhere), resolved to the longest module it names.
 
+// Test code: a failed unwrap is a failed test, helpers included.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -326,6 +329,9 @@ type Graph = (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>);
 
 /// An edge between two rooms (or two files of one room), with the paths that make it.
 type Reasons = BTreeMap<(String, String), BTreeSet<String>>;
+
+/// One scope's graph: its nodes, and each node's edges to the others.
+type Graph = (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>);
 
 #[test]
 fn the_modules_import_one_way() {

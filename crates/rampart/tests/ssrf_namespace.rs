@@ -10,6 +10,9 @@
 //! ([`OutboundError::Unreachable`]) are different outcomes, so every "refused" assertion
 //! proves the check fired, not that the network happened to be down.
 
+// Test code: a failed unwrap is a failed test, helpers included.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};

@@ -10,8 +10,8 @@ use crate::settings::{Problems, parse_duration};
 /// `[audit]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawAudit {
+    /// How long audit rows are kept (a duration, default 365 d).
     pub retention: String,
     /// Key of the audit chain's HMAC; absent: generated into `secrets.toml`.
     pub chain_key: Option<String>,

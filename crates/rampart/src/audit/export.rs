@@ -41,7 +41,9 @@ fn is_formula_like(text: &str) -> bool {
         })
 }
 
-pub fn csv_field(text: &str) -> String {
+/// One CSV field, always quoted, with a leading apostrophe on anything a spreadsheet would
+/// read as a formula.
+fn csv_field(text: &str) -> String {
     // Quote every field; neutralise spreadsheet formulas with a leading apostrophe.
     let text = if is_formula_like(text) {
         format!("'{text}")
@@ -51,7 +53,8 @@ pub fn csv_field(text: &str) -> String {
     format!("\"{}\"", text.replace('"', "\"\""))
 }
 
-pub fn csv_line(record: &AuditRecord) -> String {
+/// One record as a CSV row, in the columns of the header line.
+fn csv_line(record: &AuditRecord) -> String {
     let fields = [
         record.id.to_string(),
         rfc3339(record.at),

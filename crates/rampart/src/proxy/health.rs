@@ -15,7 +15,7 @@ use crate::routes::{HealthCheck, RouteTable};
 use crate::upstream::client::{self, Target};
 
 /// Starts the checks of every upstream that has a `health_check`, one task per target.
-pub fn spawn(routes: &RouteTable, proxy: &Proxy) -> Vec<JoinHandle<()>> {
+pub(crate) fn spawn(routes: &RouteTable, proxy: &Proxy) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for upstream in routes.upstreams.values() {
         let Some(check) = &upstream.health_check else {

@@ -8,13 +8,18 @@ use crate::settings::Problems;
 /// `[rate_limits]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawRateLimits {
+    /// `memory` (per instance) or a `redis://` URL (shared).
     pub store: String,
+    /// When Redis does not answer: `local` (count in memory) or `deny` (429).
     pub on_store_error: String,
+    /// The quota of callers without a credential, per client address.
     pub anonymous: String,
+    /// The quota of the standard tier, per user.
     pub standard: String,
+    /// The quota of the premium tier, per user.
     pub premium: String,
+    /// How many leading bits of an IPv6 address count as one client.
     pub ipv6_prefix: u8,
 }
 

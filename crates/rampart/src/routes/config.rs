@@ -14,18 +14,26 @@ use crate::upstream::UpstreamConfig;
 /// One `[[routes]]` entry as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct RawRoute {
+    /// Exact, or a prefix when it ends in `/*`.
     pub path: String,
+    /// Methods matched; empty: any.
     #[serde(default)]
     pub methods: List,
+    /// The upstream that serves the route; absent: served by Rampart itself.
     pub upstream: Option<String>,
+    /// Roles allowed in.
     pub roles: Option<List>,
+    /// The permission a caller's role must grant, instead of `roles`.
     pub permission: Option<String>,
+    /// The route's own quota, on top of the tier's.
     pub rate_limit: Option<RawRateLimit>,
+    /// Whether API-key requests must be HMAC-signed.
     #[serde(default)]
     pub signed: bool,
+    /// The route's body limit (a size); absent: `server.max_body`.
     pub max_body: Option<String>,
+    /// `false`: open to anyone, no credential needed.
     #[serde(default = "default_true")]
     pub auth: bool,
     /// Whose budget the route's own limit is: "ip", "user" (default) or "key".
@@ -50,10 +58,16 @@ fn default_true() -> bool {
 /// A route's `rate_limit`: `"50/min"` or `{ rate = "10/s", burst = 100 }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-#[allow(missing_docs)]
 pub enum RawRateLimit {
+    /// A rate alone: `"N/s"`, `"N/min"` or `"N/h"`.
     Plain(String),
-    WithBurst { rate: String, burst: u32 },
+    /// A rate and a larger burst.
+    WithBurst {
+        /// Refills the bucket: `"N/s"`, `"N/min"` or `"N/h"`.
+        rate: String,
+        /// Requests the bucket holds.
+        burst: u32,
+    },
 }
 
 impl RawRateLimit {

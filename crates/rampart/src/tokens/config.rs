@@ -12,18 +12,27 @@ use crate::settings::{Problems, parse_duration};
 /// `[tokens]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct RawTokens {
+    /// The one signing algorithm (`HS256` by default).
     pub algorithm: String,
+    /// The HMAC secret for `HS*`; absent: generated into `secrets.toml` outside production.
     pub secret: Option<String>,
     /// A file holding `secret` (a container secret); read at start-up.
     pub secret_file: Option<PathBuf>,
+    /// PEM private key for the asymmetric algorithms.
     pub private_key_file: Option<PathBuf>,
+    /// `iss` of issued tokens, required on verification.
     pub issuer: String,
+    /// `aud` of issued tokens, required on verification.
     pub audience: String,
+    /// Lifetime of an access token (a duration).
     pub access_ttl: String,
+    /// Lifetime of a refresh token.
     pub refresh_ttl: String,
+    /// Where sessions live: `database` or a `redis://` URL.
     pub store: String,
+    /// How often each instance re-reads revoked sessions: the longest a revoked token
+    /// still passes.
     pub revocation_lag: String,
 }
 

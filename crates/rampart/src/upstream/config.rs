@@ -18,7 +18,6 @@ pub const MAX_TARGETS: usize = 64;
 /// One `[upstreams.NAME]` entry as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct RawUpstream {
     /// One backend; or `targets`, several (exactly one of the two).
     #[serde(default)]
@@ -26,8 +25,10 @@ pub struct RawUpstream {
     /// Several backends, balanced by least outstanding requests.
     #[serde(default)]
     pub targets: Option<List>,
+    /// How long to wait for the response head (a duration).
     #[serde(default = "default_timeout")]
     pub timeout: String,
+    /// The circuit breaker's settings; absent: the defaults.
     #[serde(default)]
     pub circuit_breaker: Option<circuit_breaker::RawSettings>,
     /// Request headers removed on top of the built-in list.
@@ -63,9 +64,10 @@ impl RawUpstream {
 /// An upstream's `health_check` table as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct RawHealthCheck {
+    /// Path asked of each target; a 2xx or 3xx answer passes.
     pub path: String,
+    /// Time between checks (default 5 s).
     #[serde(default = "default_health_interval")]
     pub interval: String,
 }

@@ -2,6 +2,10 @@
 //! real HTTP to it. Every test runs on SQLite and on PostgreSQL; those about session
 //! state run a third time with that state in Redis.
 
+// Test code: a failed unwrap is a failed test, and the helpers' `pub` is for the sibling
+// modules of this test binary.
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
 mod accounts;
 mod admin;
 mod api_keys;
