@@ -330,9 +330,6 @@ type Graph = (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>);
 /// An edge between two rooms (or two files of one room), with the paths that make it.
 type Reasons = BTreeMap<(String, String), BTreeSet<String>>;
 
-/// One scope's graph: its nodes, and each node's edges to the others.
-type Graph = (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>);
-
 #[test]
 fn the_modules_import_one_way() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
