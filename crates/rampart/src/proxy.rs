@@ -162,7 +162,7 @@ pub async fn forward(
     let mut retries = 0;
     let mut avoid: Option<&Target> = None;
     let (target, permit, outcome) = loop {
-        let (target, permit) = match client::pick(upstream, avoid) {
+        let (target, permit) = match crate::upstream::balance::pick(upstream, avoid) {
             Ok(picked) => {
                 if !upstream.balancer.shown_closed() {
                     note_upstream_state(state, upstream, &audit);

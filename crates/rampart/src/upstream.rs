@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 
+pub mod balance;
 pub mod client;
 pub mod config;
 pub mod headers;
 
+pub use balance::Balancer;
 use client::Connector;
-pub use client::{Balancer, Target};
+pub use client::Target;
 pub use config::{HealthCheck, RawHealthCheck, RawUpstream, UpstreamConfig};
 use headers::ForwardPolicy;
 

@@ -151,7 +151,7 @@ pub(super) async fn tunnel(
     };
     let idle_timeout = server.idle_timeout;
 
-    let (target, permit) = match client::pick(upstream, None) {
+    let (target, permit) = match crate::upstream::balance::pick(upstream, None) {
         Ok(picked) => {
             if !upstream.balancer.shown_closed() {
                 note_upstream_state(state, upstream, &audit);
