@@ -210,39 +210,39 @@ pub fn record_refresh_csrf_failure(
     let ip = client.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
     let keys =
         crate::rate_limit::CallerKeys::new(ip, state.config.rate_limits.ipv6_prefix, None, None);
-    count_and_audit(state, Failure::Csrf, keys.ip(), |now, mut details| {
-        if let serde_json::Value::Object(fields) = &mut details {
-            fields.insert("route".into(), serde_json::Value::Null);
-            fields.insert("method".into(), "POST".into());
-        }
-        crate::audit::NewAuditEntry::new(now, "auth_failed", None, details, context)
-    });
-}
-
-fn count_and_audit(
-    state: &AppState,
-    failure: Failure,
-    client: &str,
-    entry: impl FnOnce(i64, serde_json::Value) -> crate::audit::NewAuditEntry,
-) {
-    let reason = failure.label();
+    let reason = Failure::Csrf.label();
     state
         .metrics
         .auth_failures
         .get_or_create(&ReasonLabel { reason })
         .inc();
     let now = state.now();
-    let throttle_key = format!("auth_failed|{client}");
-    let Some(held_back) = state.audit_throttle.admit(&throttle_key, now) else {
+    let details = serde_json::json!({ "reason": reason, "route": null, "method": "POST" });
+    let field = "failures_since_last_entry";
+    // The same key as the gateway's own `auth_failed` rows, so one client's failures are
+    // counted together whichever way they came.
+    let throttle_key = format!("auth_failed|{}", keys.ip());
+    let pending = || {
+        Some(crate::audit::throttle::Pending {
+            action: "auth_failed",
+            user_id: None,
+            details: details.clone(),
+            field,
+            context: context.clone(),
+        })
+    };
+    let admitted = state.audit_throttle.admit_with(&throttle_key, now, pending);
+    for entry in state.audit_throttle.take_evicted() {
+        record_in_background(state.stores.data.clone(), entry);
+    }
+    let Some(held_back) = admitted else {
         return;
     };
-    let entry = entry(
-        now,
-        serde_json::json!({
-            "reason": reason,
-            "failures_since_last_entry": held_back,
-        }),
-    );
+    let mut details = details;
+    if let serde_json::Value::Object(fields) = &mut details {
+        fields.insert(field.into(), held_back.into());
+    }
+    let entry = crate::audit::NewAuditEntry::new(now, "auth_failed", None, details, context);
     record_in_background(state.stores.data.clone(), entry);
 }
 

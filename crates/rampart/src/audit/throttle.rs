@@ -3,7 +3,9 @@
 //! so that a flood of refused requests cannot flood the audit table.
 //!
 //! The count of a window is written with the next row of its key; the counts still held when
-//! the gateway stops are written at shutdown ([`AuditThrottle::take_held_back`]).
+//! the gateway stops are written at shutdown ([`AuditThrottle::take_held_back`]), and those of
+//! expired windows dropped to make room for new keys are handed back to be written
+//! ([`AuditThrottle::take_evicted`]), so no count is lost to a flood of new keys.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,7 +22,14 @@ const MAX_KEYS: usize = 10_000;
 #[derive(Debug)]
 pub struct AuditThrottle {
     window: i64,
-    keys: Mutex<HashMap<String, Window>>,
+    keys: Mutex<Keys>,
+}
+
+#[derive(Debug, Default)]
+struct Keys {
+    windows: HashMap<String, Window>,
+    /// Rows for the held-back counts of windows dropped to make room, not yet written.
+    evicted: Vec<NewAuditEntry>,
 }
 
 #[derive(Debug)]
@@ -53,7 +62,7 @@ impl AuditThrottle {
     pub fn new(window_seconds: i64) -> Self {
         Self {
             window: window_seconds.max(1),
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(Keys::default()),
         }
     }
 
@@ -76,7 +85,8 @@ impl AuditThrottle {
             .keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(window) = keys.get_mut(key) {
+        let Keys { windows, evicted } = &mut *keys;
+        if let Some(window) = windows.get_mut(key) {
             if now - window.started < self.window {
                 window.held_back += 1;
                 return None;
@@ -89,14 +99,20 @@ impl AuditThrottle {
             };
             return Some(held_back);
         }
-        if keys.len() >= MAX_KEYS {
-            let window = self.window;
-            keys.retain(|_, entry| now - entry.started < window);
-            if keys.len() >= MAX_KEYS {
+        if windows.len() >= MAX_KEYS {
+            let span = self.window;
+            windows.retain(|_, entry| {
+                let live = now - entry.started < span;
+                if !live && let Some(row) = held_back_row(entry, now, "window_evicted") {
+                    evicted.push(row);
+                }
+                live
+            });
+            if windows.len() >= MAX_KEYS {
                 return None;
             }
         }
-        keys.insert(
+        windows.insert(
             key.to_owned(),
             Window {
                 started: now,
@@ -115,26 +131,47 @@ impl AuditThrottle {
             .keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        keys.values_mut()
-            .filter(|window| window.held_back > 0)
-            .filter_map(|window| {
-                let pending = window.pending.as_deref()?;
-                let mut details = pending.details.clone();
-                if let Value::Object(fields) = &mut details {
-                    fields.insert(pending.field.into(), window.held_back.into());
-                    fields.insert("flushed_at_shutdown".into(), true.into());
-                }
-                window.held_back = 0;
-                Some(NewAuditEntry::new(
-                    now,
-                    pending.action,
-                    pending.user_id,
-                    details,
-                    &pending.context,
-                ))
-            })
-            .collect()
+        let Keys { windows, evicted } = &mut *keys;
+        let mut rows = std::mem::take(evicted);
+        rows.extend(
+            windows
+                .values_mut()
+                .filter_map(|window| held_back_row(window, now, "flushed_at_shutdown")),
+        );
+        rows
     }
+
+    /// The rows for the held-back counts of windows dropped to make room for new keys, to be
+    /// written now.
+    pub fn take_evicted(&self) -> Vec<NewAuditEntry> {
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut keys.evicted)
+    }
+}
+
+/// The row for `window`'s held-back count, dated `now` and marked with `why`, resetting the
+/// count; none when nothing is held or the window has no row to write it as.
+fn held_back_row(window: &mut Window, now: i64, why: &str) -> Option<NewAuditEntry> {
+    if window.held_back == 0 {
+        return None;
+    }
+    let pending = window.pending.as_deref()?;
+    let mut details = pending.details.clone();
+    if let Value::Object(fields) = &mut details {
+        fields.insert(pending.field.into(), window.held_back.into());
+        fields.insert(why.into(), true.into());
+    }
+    window.held_back = 0;
+    Some(NewAuditEntry::new(
+        now,
+        pending.action,
+        pending.user_id,
+        details,
+        &pending.context,
+    ))
 }
 
 #[cfg(test)]
@@ -206,5 +243,39 @@ mod tests {
         assert_eq!(written, MAX_KEYS);
         // Once the windows have passed, new keys are written again.
         assert_eq!(throttle.admit("late", 100), Some(0));
+    }
+
+    #[test]
+    fn counts_of_windows_dropped_for_new_keys_are_handed_back_to_be_written() {
+        let throttle = AuditThrottle::new(60);
+        let pending = || {
+            Some(Pending {
+                action: "auth_failed",
+                user_id: None,
+                details: serde_json::json!({ "reason": "bearer" }),
+                field: "failures_since_last_entry",
+                context: RequestContext::default(),
+            })
+        };
+        assert_eq!(throttle.admit_with("victim", 0, pending), Some(0));
+        for _ in 0..7 {
+            assert_eq!(throttle.admit_with("victim", 10, pending), None);
+        }
+        // Fill the table after the victim's window has passed: it is dropped to make room,
+        // and its seven held-back failures come back as a row instead of vanishing.
+        for i in 0..MAX_KEYS {
+            throttle.admit(&format!("ip:{i}"), 100);
+        }
+        let rows = throttle.take_evicted();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(
+            rows[0].details,
+            serde_json::json!({
+                "reason": "bearer",
+                "failures_since_last_entry": 7,
+                "window_evicted": true,
+            })
+        );
+        assert!(throttle.take_evicted().is_empty(), "taken once");
     }
 }

@@ -186,7 +186,11 @@ pub fn record(state: &AppState, context: &Context, note: Note) {
                 context: request.clone(),
             })
         };
-        let Some(held_back) = state.audit_throttle.admit_with(key, now, pending) else {
+        let admitted = state.audit_throttle.admit_with(key, now, pending);
+        for entry in state.audit_throttle.take_evicted() {
+            record_in_background(state.stores.data.clone(), entry);
+        }
+        let Some(held_back) = admitted else {
             return;
         };
         if let Value::Object(fields) = &mut details {
