@@ -32,7 +32,15 @@ fn is_formula_like(text: &str) -> bool {
         return true;
     }
     text.chars()
-        .find(|c| !c.is_whitespace() && !c.is_control())
+        // Invisible characters a spreadsheet skips do not hide a formula behind them.
+        .find(|c| {
+            !c.is_whitespace()
+                && !c.is_control()
+                && !matches!(
+                    c,
+                    '\u{FEFF}' | '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}'
+                )
+        })
         .is_some_and(|c| {
             matches!(
                 c,
@@ -155,6 +163,8 @@ mod tests {
             "-1",
             "@SUM(A1)",
             "\t=cmd",
+            "\u{FEFF}=cmd",
+            "\u{200B}+1",
             "\tplain",
             "\r=cmd",
             "\rplain",

@@ -94,7 +94,7 @@ pub async fn validate(
     };
     let request = Request::from_parts(parts, body);
     if let Some(pattern) = found {
-        let note = note(context, pattern, mode);
+        let note = note(context, pattern, mode, state.config.rate_limits.ipv6_prefix);
         if mode == IntrusionMode::Block {
             return Err(Refusal::new(ApiError::invalid(
                 "The request was refused by intrusion detection",
@@ -122,13 +122,19 @@ fn is_identity_encoded(headers: &http::HeaderMap) -> bool {
 
 /// A suspicious request: counted, and audited once per client and pattern a minute. Only
 /// the pattern's name is recorded, never the matching text.
-fn note(context: &Context, pattern: Pattern, mode: IntrusionMode) -> Note {
+fn note(context: &Context, pattern: Pattern, mode: IntrusionMode, ipv6_prefix: u8) -> Note {
     Note {
         metric: Metric::Suspicious(pattern.label()),
         audit: Some(Audit {
             action: "suspicious_request",
             throttle: Some((
-                format!("suspicious|{}|{}", pattern.label(), context.client.0),
+                // Keyed by the client's address bucket, as limits are: rotating through an
+                // IPv6 prefix opens no new windows.
+                format!(
+                    "suspicious|{}|{}",
+                    pattern.label(),
+                    crate::client_ip::bucket(context.client.0, ipv6_prefix)
+                ),
                 "matches_since_last_entry",
             )),
             details: serde_json::json!({
