@@ -411,10 +411,15 @@ impl RateLimiter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    //! What the limiter's test modules share.
 
-    fn manual_limiter(quota: &str) -> (RateLimiter, PolicyId, ManualTime) {
+    use std::time::Duration;
+
+    use super::{Decision, ManualTime, Policies, PolicyId, Quota, RateLimiter};
+
+    /// An in-memory limiter with one policy `test` of `quota`, on a clock the test moves.
+    pub(crate) fn manual_limiter(quota: &str) -> (RateLimiter, PolicyId, ManualTime) {
         let mut policies = Policies::new();
         let id = policies.add("test", Quota::parse(quota).unwrap()).unwrap();
         let time = ManualTime::new();
@@ -424,6 +429,39 @@ mod tests {
             time,
         )
     }
+
+    /// How many of `times` checks of `key` the limiter allows.
+    pub(crate) async fn allowed(
+        limiter: &RateLimiter,
+        id: PolicyId,
+        key: &str,
+        times: usize,
+    ) -> usize {
+        let mut count = 0;
+        for _ in 0..times {
+            if limiter.check(id, key).await.unwrap().allowed {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Any decision, for header tests that only need one.
+    pub(crate) fn some_decision() -> Decision {
+        Decision {
+            allowed: true,
+            limit: 1,
+            remaining: 0,
+            reset: Duration::ZERO,
+            retry_after: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::test_support::{manual_limiter, some_decision};
 
     #[test]
     fn on_store_error_reads_local_and_deny() {
@@ -465,16 +503,6 @@ mod tests {
                 matches!(policies.add(bad, quota), Err(PolicyError::InvalidName(_))),
                 "{bad:?}"
             );
-        }
-    }
-
-    fn some_decision() -> Decision {
-        Decision {
-            allowed: true,
-            limit: 1,
-            remaining: 0,
-            reset: Duration::ZERO,
-            retry_after: None,
         }
     }
 

@@ -131,28 +131,8 @@ pub fn headers(policy_name: &str, quota: &Quota, decision: &Decision) -> RateLim
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rate_limit::test_support::{manual_limiter, some_decision};
     use crate::rate_limit::*;
-
-    fn some_decision() -> Decision {
-        Decision {
-            allowed: true,
-            limit: 1,
-            remaining: 0,
-            reset: Duration::ZERO,
-            retry_after: None,
-        }
-    }
-
-    fn manual_limiter(quota: &str) -> (RateLimiter, PolicyId, ManualTime) {
-        let mut policies = Policies::new();
-        let id = policies.add("test", Quota::parse(quota).unwrap()).unwrap();
-        let time = ManualTime::new();
-        (
-            RateLimiter::memory_with_time(policies, time.clone()),
-            id,
-            time,
-        )
-    }
 
     // --- Headers ---------------------------------------------------------------------------------
 

@@ -189,28 +189,8 @@ mod tests {
     use std::fmt::Write as _;
 
     use super::*;
+    use crate::rate_limit::test_support::{allowed, manual_limiter};
     use crate::rate_limit::*;
-
-    fn manual_limiter(quota: &str) -> (RateLimiter, PolicyId, ManualTime) {
-        let mut policies = Policies::new();
-        let id = policies.add("test", Quota::parse(quota).unwrap()).unwrap();
-        let time = ManualTime::new();
-        (
-            RateLimiter::memory_with_time(policies, time.clone()),
-            id,
-            time,
-        )
-    }
-
-    async fn allowed(limiter: &RateLimiter, id: PolicyId, key: &str, times: usize) -> usize {
-        let mut count = 0;
-        for _ in 0..times {
-            if limiter.check(id, key).await.unwrap().allowed {
-                count += 1;
-            }
-        }
-        count
-    }
 
     // --- GCRA in memory -------------------------------------------------------------------------
 

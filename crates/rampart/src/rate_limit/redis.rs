@@ -338,17 +338,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::rate_limit::test_support::allowed;
     use crate::rate_limit::*;
-
-    async fn allowed(limiter: &RateLimiter, id: PolicyId, key: &str, times: usize) -> usize {
-        let mut count = 0;
-        for _ in 0..times {
-            if limiter.check(id, key).await.unwrap().allowed {
-                count += 1;
-            }
-        }
-        count
-    }
 
     // --- Log throttle ------------------------------------------------------------------------------
 
