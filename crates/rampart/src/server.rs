@@ -338,6 +338,20 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
+/// Listener limits for the listener's test modules: the documented timeouts and head size,
+/// small connection caps.
+#[cfg(test)]
+pub(crate) fn test_limits() -> Limits {
+    Limits {
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 10,
+        max_connections_per_ip: 5,
+        max_header_bytes: 32 * 1024,
+        shutdown_timeout: Duration::from_secs(30),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

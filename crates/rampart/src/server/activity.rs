@@ -236,17 +236,7 @@ impl AsyncWrite for Tracked {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limits() -> Limits {
-        Limits {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 10,
-            max_connections_per_ip: 5,
-            max_header_bytes: 32 * 1024,
-            shutdown_timeout: Duration::from_secs(30),
-        }
-    }
+    use crate::server::test_limits as limits;
 
     #[tokio::test(start_paused = true)]
     async fn deadlines_follow_the_connection() {
