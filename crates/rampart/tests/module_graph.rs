@@ -53,42 +53,16 @@ fn collect(dir: &Path, prefix: &[String], out: &mut BTreeMap<Vec<String>, Module
 
 /// The code without comments, string and character literals, and `#[cfg(test)]` items.
 fn strip(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let rest = &text[i..];
-        if rest.starts_with("//") {
-            i += rest.find('\n').unwrap_or(rest.len());
-        } else if rest.starts_with("/*") {
-            i += rest.find("*/").map_or(rest.len(), |end| end + 2);
-        } else if let Some((prefix, hashes)) = raw_string_start(rest) {
-            let close = format!("\"{}", "#".repeat(hashes));
-            let body = prefix + hashes + 1;
-            i += body
-                + rest[body..]
-                    .find(&close)
-                    .map_or(rest.len(), |end| end + close.len());
-            out.push_str("\"\"");
-        } else if bytes[i] == b'"' {
-            i += 1;
-            while i < bytes.len() && bytes[i] != b'"' {
-                i += if bytes[i] == b'\\' { 2 } else { 1 };
-            }
-            i += 1;
-            out.push_str("\"\"");
-        } else if bytes[i] == b'\'' && char_literal_len(rest).is_some() {
-            i += char_literal_len(rest).unwrap();
-            out.push_str("' '");
-        } else if rest.starts_with("#[cfg(test)]") {
-            i += "#[cfg(test)]".len();
-            i += skip_item(&text[i..]);
-        } else {
-            let c = rest.chars().next().unwrap();
-            out.push(c);
-            i += c.len_utf8();
-        }
+    const TEST_ONLY: &str = "#[cfg(test)]";
+    let code = blank_literals(text);
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find(TEST_ONLY) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + TEST_ONLY.len()..];
+        rest = &rest[skip_item(rest)..];
     }
+    out.push_str(rest);
     out
 }
 
@@ -115,11 +89,11 @@ fn char_literal_len(rest: &str) -> Option<usize> {
     (next == '\'').then_some(at + 1)
 }
 
-/// Length of the item after an attribute: up to its `;` or its matching closing brace.
+/// Length of the item after an attribute, in code whose literals are blanked: up to its `;`
+/// or its matching closing brace.
 fn skip_item(rest: &str) -> usize {
-    let stripped = strip_literals_only(rest);
     let mut depth = 0usize;
-    for (at, c) in stripped.char_indices() {
+    for (at, c) in rest.char_indices() {
         match c {
             '{' => depth += 1,
             '}' => {
@@ -135,9 +109,9 @@ fn skip_item(rest: &str) -> usize {
     rest.len()
 }
 
-/// The same text, same length, with literal and comment contents blanked, so braces inside
-/// them do not count.
-fn strip_literals_only(rest: &str) -> String {
+/// The same text, same length, with comments and string and character literals blanked, so
+/// that neither a path nor a brace inside them counts.
+fn blank_literals(rest: &str) -> String {
     let bytes = rest.as_bytes();
     let mut out = vec![b' '; bytes.len()];
     let mut i = 0;
@@ -162,8 +136,9 @@ fn strip_literals_only(rest: &str) -> String {
         } else if bytes[i] == b'\'' && char_literal_len(tail).is_some() {
             char_literal_len(tail).unwrap()
         } else {
-            out[i] = bytes[i];
-            1
+            let len = tail.chars().next().map_or(1, char::len_utf8);
+            out[i..i + len].copy_from_slice(&bytes[i..i + len]);
+            len
         };
         i += skip.max(1);
     }
