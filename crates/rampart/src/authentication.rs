@@ -217,33 +217,19 @@ pub fn record_refresh_csrf_failure(
         .get_or_create(&ReasonLabel { reason })
         .inc();
     let now = state.now();
-    let details = serde_json::json!({ "reason": reason, "route": null, "method": "POST" });
-    let field = "failures_since_last_entry";
     // The same key as the gateway's own `auth_failed` rows, so one client's failures are
     // counted together whichever way they came.
     let throttle_key = format!("auth_failed|{}", keys.ip());
-    let pending = || {
-        Some(crate::audit::throttle::Pending {
-            action: "auth_failed",
-            user_id: None,
-            details: details.clone(),
-            field,
-            context: context.clone(),
-        })
+    let row = crate::audit::throttle::Pending {
+        action: "auth_failed",
+        user_id: None,
+        details: serde_json::json!({ "reason": reason, "route": null, "method": "POST" }),
+        field: "failures_since_last_entry",
+        context: context.clone(),
     };
-    let admitted = state.audit_throttle.admit_with(&throttle_key, now, pending);
-    for entry in state.audit_throttle.take_evicted() {
+    for entry in state.audit_throttle.rows(&throttle_key, now, row) {
         record_in_background(state.stores.data.clone(), entry);
     }
-    let Some(held_back) = admitted else {
-        return;
-    };
-    let mut details = details;
-    if let serde_json::Value::Object(fields) = &mut details {
-        fields.insert(field.into(), held_back.into());
-    }
-    let entry = crate::audit::NewAuditEntry::new(now, "auth_failed", None, details, context);
-    record_in_background(state.stores.data.clone(), entry);
 }
 
 /// Checks the credentials in `headers`.

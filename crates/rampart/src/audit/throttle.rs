@@ -4,8 +4,8 @@
 //!
 //! The count of a window is written with the next row of its key; the counts still held when
 //! the gateway stops are written at shutdown ([`AuditThrottle::take_held_back`]), and those of
-//! expired windows dropped to make room for new keys are handed back to be written
-//! ([`AuditThrottle::take_evicted`]), so no count is lost to a flood of new keys.
+//! expired windows dropped to make room for new keys come back with the next rows to write
+//! ([`AuditThrottle::rows`]), so no count is lost to a flood of new keys.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -66,16 +66,17 @@ impl AuditThrottle {
         }
     }
 
-    /// Counts an occurrence of `key` at `now` (unix seconds). `Some(n)` means: write a row now,
-    /// standing for this occurrence and the `n` held back since the previous row.
-    pub fn admit(&self, key: &str, now: i64) -> Option<u64> {
+    /// `admit_with` without a row template.
+    #[cfg(test)]
+    fn admit(&self, key: &str, now: i64) -> Option<u64> {
         self.admit_with(key, now, || None)
     }
 
-    /// [`Self::admit`], remembering for a row written now what the window's held-back count
-    /// is to be written as should no later row of the key carry it (the gateway stops).
-    /// `pending` is called only when a row is to be written.
-    pub fn admit_with(
+    /// Counts an occurrence of `key` at `now` (unix seconds). `Some(n)` means: write a row now,
+    /// standing for this occurrence and the `n` held back since the previous row; that row,
+    /// from `pending` (called only then), is also what the window's held-back count is written
+    /// as should no later row of the key carry it (the gateway stops, the window is dropped).
+    fn admit_with(
         &self,
         key: &str,
         now: i64,
@@ -123,6 +124,28 @@ impl AuditThrottle {
         Some(0)
     }
 
+    /// Counts an occurrence of `key` at `now` whose row, when one is written, is `row` with
+    /// its `field` set to the count it stands for. Returns the rows to write now: that row
+    /// when the key's window opens, and the rows of windows dropped meanwhile to make room.
+    pub fn rows(&self, key: &str, now: i64, row: Pending) -> Vec<NewAuditEntry> {
+        let admitted = self.admit_with(key, now, || Some(row.clone()));
+        let mut rows = self.take_evicted();
+        if let Some(held_back) = admitted {
+            let mut details = row.details;
+            if let Value::Object(fields) = &mut details {
+                fields.insert(row.field.into(), held_back.into());
+            }
+            rows.push(NewAuditEntry::new(
+                now,
+                row.action,
+                row.user_id,
+                details,
+                &row.context,
+            ));
+        }
+        rows
+    }
+
     /// The rows for every count held back and not yet written (at shutdown), dated `now`
     /// and marked `flushed_at_shutdown`; the counts are reset, so a second call returns only
     /// what was counted since.
@@ -143,7 +166,7 @@ impl AuditThrottle {
 
     /// The rows for the held-back counts of windows dropped to make room for new keys, to be
     /// written now.
-    pub fn take_evicted(&self) -> Vec<NewAuditEntry> {
+    fn take_evicted(&self) -> Vec<NewAuditEntry> {
         let mut keys = self
             .keys
             .lock()

@@ -175,27 +175,19 @@ pub fn record(state: &AppState, context: &Context, note: Note) {
     }
     let request = audit_context(context);
     if let Some((key, field)) = &audit.throttle {
-        // The row written now also stands for its window's later occurrences, should the
-        // gateway stop before the next row of the key.
-        let pending = || {
-            Some(Pending {
-                action: audit.action,
-                user_id: context.user_id(),
-                details: details.clone(),
-                field,
-                context: request.clone(),
-            })
+        // The row also stands for its window's later occurrences, should the gateway stop
+        // before the next row of the key.
+        let row = Pending {
+            action: audit.action,
+            user_id: context.user_id(),
+            details,
+            field,
+            context: request,
         };
-        let admitted = state.audit_throttle.admit_with(key, now, pending);
-        for entry in state.audit_throttle.take_evicted() {
+        for entry in state.audit_throttle.rows(key, now, row) {
             record_in_background(state.stores.data.clone(), entry);
         }
-        let Some(held_back) = admitted else {
-            return;
-        };
-        if let Value::Object(fields) = &mut details {
-            fields.insert((*field).into(), held_back.into());
-        }
+        return;
     }
     let entry = NewAuditEntry::new(now, audit.action, context.user_id(), details, &request);
     record_in_background(state.stores.data.clone(), entry);
