@@ -330,8 +330,21 @@ impl RawConfig {
     /// `audit.chain_key_file`), as container secrets are mounted, into the keys they stand
     /// for. A key given both ways, or a file that cannot be read, is a problem of its own.
     fn read_secret_files(&mut self, problems: &mut Problems) {
-        fn read(key: &str, path: &std::path::Path, problems: &mut Problems) -> Option<String> {
-            match std::fs::read_to_string(path) {
+        /// The text of the file `path` names under `key`, unless the secret is also given
+        /// directly (`given`, under `value_key`) or the file cannot be read: a problem each.
+        fn read(
+            key: &str,
+            value_key: &str,
+            path: Option<PathBuf>,
+            given: bool,
+            problems: &mut Problems,
+        ) -> Option<String> {
+            let path = path?;
+            if given {
+                problems.add(key, format!("give either {value_key} or {key}, not both"));
+                return None;
+            }
+            match std::fs::read_to_string(&path) {
                 Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
                 Err(error) => {
                     problems.add(key, format!("cannot read {}: {error}", path.display()));
@@ -339,35 +352,41 @@ impl RawConfig {
                 }
             }
         }
-        fn both(key: &str, other: &str, problems: &mut Problems) {
-            problems.add(key, format!("give either {other} or {key}, not both"));
+        let tokens = &mut self.tokens;
+        if let Some(secret) = read(
+            "tokens.secret_file",
+            "tokens.secret",
+            tokens.secret_file.take(),
+            tokens.secret.is_some(),
+            problems,
+        ) {
+            tokens.secret = Some(secret);
         }
-        if let Some(path) = self.tokens.secret_file.take() {
-            if self.tokens.secret.is_some() {
-                both("tokens.secret_file", "tokens.secret", problems);
-            } else {
-                self.tokens.secret = read("tokens.secret_file", &path, problems);
-            }
+        let audit = &mut self.audit;
+        if let Some(key) = read(
+            "audit.chain_key_file",
+            "audit.chain_key",
+            audit.chain_key_file.take(),
+            audit.chain_key.is_some(),
+            problems,
+        ) {
+            audit.chain_key = Some(key);
         }
-        if let Some(path) = self.audit.chain_key_file.take() {
-            if self.audit.chain_key.is_some() {
-                both("audit.chain_key_file", "audit.chain_key", problems);
-            } else {
-                self.audit.chain_key = read("audit.chain_key_file", &path, problems);
-            }
-        }
-        if let Some(path) = self.encryption.keys_file.take() {
-            if self.encryption.keys.is_some() {
-                both("encryption.keys_file", "encryption.keys", problems);
-            } else if let Some(text) = read("encryption.keys_file", &path, problems) {
-                let keys = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                    .map(str::to_owned)
-                    .collect();
-                self.encryption.keys = Some(List(keys));
-            }
+        let encryption = &mut self.encryption;
+        if let Some(text) = read(
+            "encryption.keys_file",
+            "encryption.keys",
+            encryption.keys_file.take(),
+            encryption.keys.is_some(),
+            problems,
+        ) {
+            let keys = text
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(str::to_owned)
+                .collect();
+            encryption.keys = Some(List(keys));
         }
     }
 
