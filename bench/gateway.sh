@@ -7,7 +7,8 @@
 # Setups, interleaved within each round so that machine noise hits them alike:
 #   direct      wrk straight to the backend (the floor; its CPU column is the backend's)
 #   nginx       nginx (1 worker, upstream keep-alive) proxying to the backend
-#   pass        Rampart, route open to anyone, no access log, intrusion off
+#   pass        Rampart, route open to anyone, no access log, intrusion off; the client
+#               sends no credential (one that it did send would be verified)
 #   +jwt        ... + bearer JWT required
 #   +rbac       ... + role check
 #   +limit      ... + the route's own limit (in memory)
@@ -221,6 +222,7 @@ for round in $(seq 1 "$ROUNDS"); do
         case $setup in
           apikey) measure "r$round:$setup" "$RAMPART_PID" "http://127.0.0.1:$RAMPART_PORT/orders" "$mode" "x-api-key: $API_KEY" ;;
           healthz) measure "r$round:$setup" "$RAMPART_PID" "http://127.0.0.1:$RAMPART_PORT/healthz" "$mode" ;;
+          pass) measure "r$round:$setup" "$RAMPART_PID" "http://127.0.0.1:$RAMPART_PORT/orders" "$mode" "accept: */*" ;;
           *) measure "r$round:$setup" "$RAMPART_PID" "http://127.0.0.1:$RAMPART_PORT/orders" "$mode" ;;
         esac
         stop_rampart

@@ -30,7 +30,7 @@ use http::uri::PathAndQuery;
 use crate::audit::{NewAuditEntry, RequestContext, record_in_background};
 use crate::authentication::Authentication;
 use crate::circuit_breaker::Transition;
-use crate::client_ip::ClientIp;
+use crate::client_ip::{ClientIp, IpText};
 use crate::error::{ApiError, OwnBody};
 use crate::metrics::UpstreamLabel;
 use crate::request::RequestId;
@@ -146,7 +146,8 @@ pub async fn forward(
     request: Request,
 ) -> Response {
     if websocket::wanted(&request, caller.route) {
-        return websocket::tunnel(state, upstream, caller, request).await;
+        // Boxed: a tunnel's future is large and rare.
+        return Box::pin(websocket::tunnel(state, upstream, caller, request)).await;
     }
     let audit = AuditContext::of(caller);
     let (parts, body) = request.into_parts();
@@ -335,6 +336,14 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One look over the names first: most messages carry none of these, and a removal
+    // hashes its name even when it is absent.
+    if !headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     for name in connection_listed(headers) {
         headers.remove(name);
     }
@@ -400,22 +409,33 @@ fn outgoing_request<B>(
         // said to be `unknown` in all three (`Forwarded: for=unknown`, RFC 7239 §6): with no
         // header at all, a backend falling back to its socket peer would take it for the
         // gateway itself.
-        let value = client
-            .known()
-            .and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok())
+        let known = client.known();
+        let text = known.map(IpText::new);
+        let value = text
+            .as_ref()
+            .and_then(|text| HeaderValue::from_str(text).ok())
             .unwrap_or(HeaderValue::from_static("unknown"));
         headers.insert(X_REAL_IP, value.clone());
         headers.insert(X_FORWARDED_FOR, value);
-        let node = match client.known() {
-            Some(std::net::IpAddr::V4(ip)) => ip.to_string(),
-            Some(std::net::IpAddr::V6(ip)) => format!("\"[{ip}]\""),
-            None => "unknown".to_owned(),
-        };
-        let mut forwarded = format!("for={node};proto={proto}");
-        if let Some(host) = original_host.as_ref().and_then(|host| host.to_str().ok()) {
-            forwarded.push_str(&format!(";host=\"{host}\""));
+        let mut forwarded = String::with_capacity(96);
+        forwarded.push_str("for=");
+        match (known, &text) {
+            (Some(std::net::IpAddr::V4(_)), Some(text)) => forwarded.push_str(text),
+            (Some(std::net::IpAddr::V6(_)), Some(text)) => {
+                forwarded.push_str("\"[");
+                forwarded.push_str(text);
+                forwarded.push_str("]\"");
+            }
+            _ => forwarded.push_str("unknown"),
         }
-        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        forwarded.push_str(";proto=");
+        forwarded.push_str(proto);
+        if let Some(host) = original_host.as_ref().and_then(|host| host.to_str().ok()) {
+            forwarded.push_str(";host=\"");
+            forwarded.push_str(host);
+            forwarded.push('"');
+        }
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
             headers.insert(header::FORWARDED, value);
         }
     }

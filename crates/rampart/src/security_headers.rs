@@ -111,6 +111,8 @@ pub fn carries_credentials(headers: &HeaderMap) -> bool {
         || headers.contains_key("x-api-key")
 }
 
+const X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
+
 impl SecurityHeaders {
     /// Puts the headers on a response; `private` for a path whose answers must never be
     /// cached. Also for answers made outside the router (the listener's own refusals).
@@ -148,7 +150,7 @@ impl SecurityHeaders {
             }
         }
         headers.remove(header::SERVER);
-        headers.remove("x-powered-by");
+        headers.remove(X_POWERED_BY);
     }
 }
 

@@ -66,7 +66,9 @@ pub async fn identify(
                 refund_anonymous(state, ip).await;
             }
         };
-        let outcome = api_key::authenticate(state, request, key_found).await;
+        // Boxed: a key's lookup and a signed body's read make a large future, which would
+        // otherwise be part of every request's.
+        let outcome = Box::pin(api_key::authenticate(state, request, key_found)).await;
         let held = held.load(Ordering::Relaxed);
         if let (Some(digest), false) = (digest, outcome.is_ok()) {
             // It failed: charged before its lookup again from now on.

@@ -11,7 +11,6 @@
 //! `rampart_rate_limit_hits_total{policy}` and audited as `rate_limit_exceeded`, one row per
 //! caller and policy a minute.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::{Per, PolicyId};
@@ -67,12 +66,15 @@ impl CallerKeys {
     /// `api_key_id`) or anonymous.
     pub fn new(ip: IpAddr, ipv6_prefix: u8, user_id: Option<i64>, api_key_id: Option<i64>) -> Self {
         let mut text = String::with_capacity(80);
-        let _ = write!(text, "ip:{}", client_ip::bucket(ip, ipv6_prefix));
+        text.push_str("ip:");
+        text.push_str(&client_ip::IpText::new(client_ip::bucket(ip, ipv6_prefix)));
         let ip_end = text.len();
         let span = |text: &mut String, prefix: &str, id: Option<i64>| {
             id.map(|id| {
                 let start = text.len();
-                let _ = write!(text, "{prefix}:{id}");
+                text.push_str(prefix);
+                text.push(':');
+                text.push_str(itoa::Buffer::new().format(id));
                 (start, text.len())
             })
         };

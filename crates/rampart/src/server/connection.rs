@@ -105,7 +105,9 @@ pub(super) async fn serve_http<I>(
                             })
                         });
                         request.extensions_mut().insert(ConnectInfo(peer));
-                        let response = gateway.handle(request).await;
+                        // Boxed once here: hyper moves this future between its own states,
+                        // and a pointer moves for less than the pipeline's whole state.
+                        let response = Box::pin(gateway.handle(request)).await;
                         let mut response = if stream.body_timed_out.load(Ordering::Acquire) {
                             request_timed_out(response, version)
                         } else {

@@ -272,6 +272,18 @@ impl Target {
                 }
             }
         }
+        // A new connection: its connect, TLS and handshake futures are large, and kept out
+        // of the future of every request that reuses a connection.
+        Box::pin(self.send_on_new_connection(connector, request, path)).await
+    }
+
+    /// [`Target::send`] on a connection opened for it.
+    async fn send_on_new_connection(
+        self: &Arc<Self>,
+        connector: &Connector,
+        mut request: Request<WatchedBody>,
+        path: &PathAndQuery,
+    ) -> Result<(Response<Incoming>, Option<Box<H1>>), SendError> {
         let stream = match connector.connect(self, false).await {
             Ok(stream) => stream,
             Err(error) => return Err(SendError::Connect(error, Box::new(request))),
