@@ -65,8 +65,11 @@ enum Access {
     Session,
     /// Any authenticated caller: bearer token, session cookie or API key.
     Authenticated,
-    /// An authenticated admin; anyone else gets 403.
+    /// An authenticated admin, with any credential; anyone else gets 403.
     Admin,
+    /// An admin's login (bearer token or session cookie); an API key, or anyone else,
+    /// gets 403.
+    AdminSession,
     /// An operational endpoint: the gateway's stages do not apply.
     Operations,
 }
@@ -81,7 +84,7 @@ fn access(method: &str, path: &str) -> Access {
         | ("delete", "/users/me")
         | (_, "/users/me/api-keys" | "/users/me/api-keys/{id}") => Access::Session,
         (_, "/users/{id}") => Access::Admin,
-        _ if path.starts_with("/admin/") => Access::Admin,
+        _ if path.starts_with("/admin/") => Access::AdminSession,
         _ if crate::request::is_operations_path(path) => Access::Operations,
         _ => Access::Authenticated,
     }
@@ -184,6 +187,30 @@ fn complete(method: &str, path: &str, operation: &mut Value) {
         return;
     };
     operation.insert("security".into(), security(access, unsafe_method));
+    // Handler names repeat across modules (`list`, `create`); the tag makes them unique.
+    if access != Access::Operations {
+        let tag = operation
+            .get("tags")
+            .and_then(|tags| tags.get(0))
+            .and_then(Value::as_str)
+            .map(|tag| tag.replace('-', "_"));
+        let name = operation.get("operationId").and_then(Value::as_str);
+        if let (Some(tag), Some(name)) = (tag, name) {
+            let unique = format!("{tag}_{name}");
+            operation.insert("operationId".into(), json!(unique));
+        }
+    }
+    // These handlers take their body as optional: none at all is an empty one.
+    if matches!(
+        (method, path),
+        (
+            "post",
+            "/auth/refresh" | "/auth/logout-all" | "/admin/users/{id}/unlock"
+        )
+    ) && let Some(body) = operation.get_mut("requestBody")
+    {
+        body["required"] = json!(false);
+    }
     if has_id {
         id_parameter(operation);
     }
@@ -221,6 +248,11 @@ fn complete(method: &str, path: &str, operation: &mut Value) {
             (Access::Admin, _) => Some((
                 "The caller is not an admin, or a session cookie came without its \
                  `X-CSRF-Token` on an unsafe method",
+                &["forbidden", "csrf_failed"][..],
+            )),
+            (Access::AdminSession, _) => Some((
+                "The caller is not an admin, or used an API key (keys never reach `/admin/*`), \
+                 or a session cookie came without its `X-CSRF-Token` on an unsafe method",
                 &["forbidden", "csrf_failed"][..],
             )),
             (Access::Refresh, _) => Some((
@@ -404,7 +436,7 @@ fn security(access: Access, unsafe_method: bool) -> Value {
     match access {
         Access::Public | Access::Operations => json!([]),
         Access::Refresh => json!([{}, { "refreshCookie": [], "csrfToken": [] }]),
-        Access::Session => json!([{ "bearer": [] }, cookie]),
+        Access::Session | Access::AdminSession => json!([{ "bearer": [] }, cookie]),
         Access::Authenticated | Access::Admin => json!([
             { "bearer": [] },
             cookie,
@@ -737,7 +769,7 @@ fn operational_paths(document: &mut Value) {
     let html = |description: &str| json!({ "200": { "description": description, "content": { "text/html; charset=utf-8": { "schema": { "type": "string" } } } } });
     let asset = |summary: &str, content_type: &str| {
         json!({ "get": {
-            "tags": ["operations"], "summary": summary, "operationId": summary.replace(' ', "_"),
+            "tags": ["operations"], "summary": summary,
             "responses": {
                 "200": { "description": summary, "content": { content_type: { "schema": { "type": "string" } } } },
                 "304": { "description": "Not modified (`If-None-Match` matched the `ETag`)" }
@@ -815,7 +847,13 @@ fn operational_paths(document: &mut Value) {
     for (path, summary, content_type) in
         ASSETS.map(|asset| (asset.path, asset.summary, asset.content_type))
     {
-        paths.insert(path.into(), asset(summary, content_type));
+        let mut item = asset(summary, content_type);
+        item["get"]["operationId"] = json!(
+            path.trim_start_matches('/')
+                .replace(['/', '.', '-'], "_")
+                .to_lowercase()
+        );
+        paths.insert(path.into(), item);
     }
 }
 
@@ -982,6 +1020,11 @@ mod tests {
             }
         }
         assert!(document["paths"]["/users/me"]["get"]["security"][0]["bearer"].is_array());
+        let unlock = &document["paths"]["/admin/users/{id}/unlock"]["post"];
+        assert_eq!(
+            unlock["requestBody"]["required"], false,
+            "the body is optional"
+        );
     }
 
     #[test]
@@ -1001,6 +1044,23 @@ mod tests {
             !keys.contains("apiKey") && keys.contains("csrfToken"),
             "{keys}"
         );
+        // Nor reach /admin/* (SPEC §11), though an admin's key may look a user up.
+        let admin = document["paths"]["/admin/users"]["get"]["security"].to_string();
+        assert!(!admin.contains("apiKey"), "{admin}");
+        let lookup = document["paths"]["/users/{id}"]["get"]["security"].to_string();
+        assert!(lookup.contains("apiKey"), "{lookup}");
+    }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let document = document(&PasswordPolicy::default(), &["admin"]);
+        let mut seen = std::collections::BTreeSet::new();
+        for item in document["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                let id = operation["operationId"].as_str().unwrap().to_owned();
+                assert!(seen.insert(id.clone()), "{id} twice");
+            }
+        }
     }
 
     #[test]
