@@ -237,9 +237,23 @@ fn named(path: &'static str, route: MethodRouter<AppState>) -> MethodRouter<AppS
     ))
 }
 
+/// The identity API's paths, as [`routes`] serves them.
+pub fn paths() -> Vec<&'static str> {
+    table().into_keys().collect()
+}
+
 /// The identity API's routes.
 pub fn routes() -> Router<AppState> {
-    let table: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::from([
+    table()
+        .into_iter()
+        .fold(Router::new(), |router, (path, route)| {
+            router.route(path, named(path, route))
+        })
+}
+
+/// Every identity path with its handlers.
+fn table() -> BTreeMap<&'static str, MethodRouter<AppState>> {
+    BTreeMap::from([
         ("/auth/register", post(sessions::register)),
         ("/auth/login", post(sessions::login)),
         ("/auth/refresh", post(sessions::refresh)),
@@ -273,12 +287,7 @@ pub fn routes() -> Router<AppState> {
         ("/admin/users/{id}/unlock", post(admin::unlock)),
         ("/admin/audit", get(admin::audit)),
         ("/admin/audit/export", get(admin::export_audit)),
-    ]);
-    table
-        .into_iter()
-        .fold(Router::new(), |router, (path, route)| {
-            router.route(path, named(path, route))
-        })
+    ])
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@
 //! | 13 | [`app`] | start-up: config → stores → services → listener; signals, background tasks | everything |
 //! | 12 | [`server`] | the listener: TLS, connection caps, HTTP/1.1 and h2 deadlines, drain | gateway and below |
 //! | 11 | [`gateway`] | the data plane: [`gateway::pipeline`] and one file per stage (`route`, `identify`, `limit`, `authorize`, `validate`), [`gateway::refusal`], the access log | every floor below |
-//! | 10 | [`operations`] | `/healthz`, `/readyz`, `/metrics`, JWKS | openapi, state and below |
-//! | 9 | [`openapi`] | `/openapi.json` from the handlers | identity and below |
+//! | 10 | [`operations`] | `/healthz`, `/readyz`, `/metrics`, JWKS, `/openapi.json`, `/docs` | openapi, state and below |
+//! | 9 | [`openapi`] | the OpenAPI document from the handlers; the `/docs` page | identity and below |
 //! | 8 | [`identity`] | the identity API handlers (SPEC §2) | authentication, state and below |
 //! | 8 | [`proxy`] | forwarding to an upstream: headers both ways, retries, WebSocket tunnels, health checks | authentication, state and below |
 //! | 7 | [`authentication`] | credentials: bearer and cookie tokens, CSRF, API keys and signatures | state and below |

@@ -1,4 +1,5 @@
-//! Operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json`.
+//! Operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json`, and
+//! the API document (`/openapi.json`) with its documentation page (`/docs`).
 //!
 //! They are neither rate limited nor authenticated, so probes and scrapers never spend a
 //! client's budget; `/metrics` is fenced by network instead (`metrics.allowed_networks`).
@@ -23,7 +24,8 @@ pub fn routes() -> Router<AppState> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/.well-known/jwks.json", get(jwks))
-        .route("/openapi.json", get(crate::openapi::document))
+        .route("/openapi.json", get(crate::openapi::served))
+        .merge(crate::openapi::docs_routes())
         .layer(axum::middleware::map_response(
             |request_path: axum::extract::OriginalUri, mut response: Response| async move {
                 let name = operations_path(request_path.path()).unwrap_or("operations");

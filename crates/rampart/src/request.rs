@@ -20,21 +20,34 @@ pub fn is_well_formed_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// Paths of the operations endpoints ([`crate::operations`]). Ask [`is_operations_path`] rather than this list.
-const PATHS: [&str; 5] = [
+/// Paths of the operations endpoints ([`crate::operations`]): probes, metrics, signing
+/// keys, the API document and its documentation page with the page's assets. Ask
+/// [`is_operations_path`] rather than this list.
+const PATHS: [&str; 10] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/.well-known/jwks.json",
     "/openapi.json",
+    "/docs",
+    "/docs/swagger-ui-bundle.js",
+    "/docs/swagger-ui.css",
+    "/docs/docs.js",
+    "/docs/LICENSE",
 ];
+
+/// Every operations path, as [`crate::operations`] serves them.
+pub fn operations_paths() -> &'static [&'static str] {
+    &PATHS
+}
 
 /// The operations path `path` is, if it is one (compared exactly, on the canonical path).
 pub fn operations_path(path: &str) -> Option<&'static str> {
     PATHS.iter().find(|known| **known == path).copied()
 }
 
-/// Whether `path` (canonical) is a probe, scraper or public document path (SPEC §8), which
+/// Whether `path` (canonical) is a probe, scraper or public document path (SPEC §8: the
+/// API document and its documentation page are static and public like the probes), which
 /// no route's policy, identity, rate limit or body policy applies to. The route stage asks
 /// once per request and records the answer as `Context::operations`, which every later
 /// stage reads.

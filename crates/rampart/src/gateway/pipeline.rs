@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::response::Response;
-use http::Method;
 use http::uri::PathAndQuery;
+use http::{HeaderValue, Method};
 use tower::ServiceExt;
 
 use super::Inner;
@@ -43,6 +43,9 @@ pub(super) async fn run(
     }
 }
 
+/// What a route without a method list passes on: every method but CONNECT and TRACE.
+const ANY_METHOD: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 async fn stages(
     inner: &Inner,
     context: &mut Context,
@@ -56,11 +59,37 @@ async fn stages(
         return Ok(cors.preflight());
     }
     // CONNECT and TRACE are never passed on: one would open a tunnel through the gateway,
-    // the other would echo the request's credentials back.
-    if matches!(*request.method(), Method::CONNECT | Method::TRACE) {
-        return Err(Refusal::method_not_allowed(None));
+    // the other would echo the request's credentials back. Each 405 names what is allowed
+    // (RFC 9110). CONNECT names a host rather than a path, so it is refused before the
+    // path is looked at; TRACE once the route is known, naming the route's methods.
+    // Rampart's own paths answer TRACE from their router, which has no handler for it.
+    if *request.method() == Method::CONNECT {
+        return Err(Refusal::method_not_allowed(Some(HeaderValue::from_static(
+            ANY_METHOD,
+        ))));
     }
     super::route::resolve(state, context, &mut request)?;
+    if *request.method() == Method::TRACE
+        && let Some(route) = context
+            .route
+            .as_ref()
+            .filter(|route| route.upstream.is_some())
+    {
+        let allow = if route.methods.is_empty() {
+            ANY_METHOD.to_owned()
+        } else {
+            let methods: Vec<&str> = route
+                .methods
+                .iter()
+                .filter(|method| !matches!(**method, Method::CONNECT | Method::TRACE))
+                .map(Method::as_str)
+                .collect();
+            methods.join(", ")
+        };
+        return Err(Refusal::method_not_allowed(
+            HeaderValue::from_str(&allow).ok(),
+        ));
+    }
     // The access line and the response's cache policy go by the path the decisions were
     // made on.
     *canonical = request.uri().path_and_query().cloned();

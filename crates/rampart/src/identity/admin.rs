@@ -43,9 +43,11 @@ pub struct UserList {
               (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
 pub async fn list_users(
     State(state): State<AppState>,
-    _admin: Admin,
+    Admin(admin): Admin,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<UserList>, ApiError> {
+    // SPEC §11: API keys never reach /admin/*.
+    admin.require_session()?;
     let limit = page.limit.unwrap_or(50);
     let offset = page.offset.unwrap_or(0);
     let mut problems = Problems::default();
@@ -90,6 +92,8 @@ pub async fn patch_user(
     IdPath(id): IdPath,
     ApiJson(body): ApiJson<PatchUser>,
 ) -> Result<Json<UserView>, ApiError> {
+    // SPEC §11: API keys never reach /admin/*.
+    admin.require_session()?;
     let mut problems = Problems::default();
     if let Some(role) = &body.role
         && !state.config.roles.contains_key(role)
@@ -188,6 +192,8 @@ pub async fn unlock(
     IdPath(id): IdPath,
     crate::json::OptionalJson(body): crate::json::OptionalJson<UnlockBody>,
 ) -> Result<Response, ApiError> {
+    // SPEC §11: API keys never reach /admin/*.
+    admin.require_session()?;
     let ip = match body.ip {
         Some(ip) => Some(
             ip.parse::<std::net::IpAddr>()
@@ -291,9 +297,11 @@ fn time_filter(problems: &mut Problems, field: &str, value: Option<&str>) -> Opt
               (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
 pub async fn audit(
     State(state): State<AppState>,
-    _admin: Admin,
+    Admin(admin): Admin,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
+    // SPEC §11: API keys never reach /admin/*.
+    admin.require_session()?;
     let mut problems = Problems::default();
     let since = time_filter(&mut problems, "since", query.since.as_deref());
     let until = time_filter(&mut problems, "until", query.until.as_deref());
@@ -354,6 +362,8 @@ pub async fn export_audit(
     context: RequestContext,
     ApiQuery(query): ApiQuery<ExportQuery>,
 ) -> Result<Response, ApiError> {
+    // SPEC §11: API keys never reach /admin/*.
+    admin.require_session()?;
     let mut problems = Problems::default();
     let since = time_filter(&mut problems, "since", query.since.as_deref());
     let until = time_filter(&mut problems, "until", query.until.as_deref());

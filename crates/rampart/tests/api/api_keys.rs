@@ -158,8 +158,9 @@ async fn a_key_is_shown_once_and_acts_as_its_owner_with_the_current_role(backend
         .unwrap();
     assert_eq!(me["username"], "bob_1");
     // Acts with the owner's role as it is now: a viewer's key is no admin ...
+    let admin_only = format!("/users/{}", admin.user_id);
     assert_error(
-        with_key(&app, Method::GET, "/admin/users", &key.key).await,
+        with_key(&app, Method::GET, &admin_only, &key.key).await,
         403,
         "forbidden",
     )
@@ -174,8 +175,21 @@ async fn a_key_is_shown_once_and_acts_as_its_owner_with_the_current_role(backend
         .await;
     assert_eq!(promoted.status(), 200);
     // ... until the owner is promoted, with no new key.
-    let response = with_key(&app, Method::GET, "/admin/users", &key.key).await;
+    let response = with_key(&app, Method::GET, &admin_only, &key.key).await;
     assert_eq!(response.status(), 200);
+    // Even an admin's key never reaches /admin/* (SPEC §11).
+    for (method, path) in [
+        (Method::GET, "/admin/users"),
+        (Method::GET, "/admin/audit"),
+        (Method::GET, "/admin/audit/export"),
+    ] {
+        assert_error(
+            with_key(&app, method, path, &key.key).await,
+            403,
+            "forbidden",
+        )
+        .await;
+    }
     // The role change ended bob's logins (not his key); he logs in again.
     let bob = Session {
         user_id: bob.user_id,

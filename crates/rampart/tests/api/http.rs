@@ -263,8 +263,20 @@ async fn connect_and_trace_are_refused(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(response.status(), 405, "{method}");
+        // RFC 9110: a 405 names what is allowed.
+        assert!(response.headers().contains_key("allow"), "{method}");
     }
     assert_eq!(upstream.hits(), 0, "nothing reached the backend");
+    // Rampart's own paths say what they allow too.
+    let response = app
+        .client
+        .request(reqwest::Method::TRACE, app.url("/users/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("DELETE") && !allow.contains("TRACE"));
 }
 
 async fn metrics_are_served_only_to_allowed_networks(backend: Backend) {

@@ -21,6 +21,7 @@ mod hostile;
 mod http;
 mod key_cache;
 mod login;
+mod openapi;
 mod paths;
 mod protocols;
 mod rate_limits;
