@@ -162,7 +162,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, config)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", rampart::error::chain_text(error.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -370,6 +370,7 @@ fn demo_sources() -> Sources {
         .collect();
     env.extend(std::env::vars());
     Sources {
+        file_path: None,
         file: Some(rampart::demo::EXAMPLE_CONFIG.to_owned()),
         env,
         data_dir: None,

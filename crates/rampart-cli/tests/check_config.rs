@@ -211,3 +211,43 @@ fn a_good_file_passes_check_config_and_serves() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn every_problem_is_printed_with_its_file_and_line_or_its_variable() {
+    let dir = temp_dir("located");
+    // Lines 1–4 are write_config's own `[server]` and `[database]`.
+    write_config(
+        &dir,
+        "[rate_limits]\nanonymus = \"10/min\"\nstandard = \"10/m\"\n\
+         [upstreams.orders]\nurl = \"http://127.0.0.1:9\"\ntimout = \"5s\"\n\
+         [[routes]]\npath = \"/orders\"\nupstream = \"orders\"\n\
+         [[routes]]\npath = \"/positions\"\nupstream = \"orders\"\nper = \"team\"\nupstram = \"x\"\n",
+    );
+    let file = dir.join("rampart.toml").display().to_string();
+    let expected = [
+        format!("{file}:6: rate_limits.anonymus: unknown key"),
+        format!("{file}:7: rate_limits.standard: rate limit \"10/m\""),
+        format!("{file}:10: upstreams.orders.timout: unknown key"),
+        format!("{file}:18: routes[1].upstram: unknown key"),
+        format!("{file}:17: routes[1] (/positions).per: `team` is not one of"),
+        "RAMPART_SERVER__LISTN: server.listn: unknown key".to_owned(),
+        "RAMPART_LOGIN__FAILURE_WINDOW: login.failure_window: `soon` is not a duration".to_owned(),
+    ];
+    let mut checked = rampart(&dir, "check-config");
+    checked
+        .env("RAMPART_SERVER__LISTN", "127.0.0.1:1")
+        .env("RAMPART_LOGIN__FAILURE_WINDOW", "soon");
+    let checked = checked.output().unwrap();
+    let message = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(2), "{message}");
+    for text in &expected {
+        assert!(
+            message
+                .lines()
+                .any(|line| line.starts_with(&format!("  - {text}"))),
+            "{text} missing from {message}"
+        );
+    }
+    assert_eq!(message.lines().count(), 1 + expected.len(), "{message}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

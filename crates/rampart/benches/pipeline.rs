@@ -124,6 +124,7 @@ fn route(path: &str, methods: &[&str], upstream: Option<&str>) -> RouteConfig {
 /// lookup must cost the same (the routes are indexed by path segment, not scanned).
 fn routing(c: &mut Criterion) {
     let config = Config::load(&Sources {
+        file_path: None,
         file: Some(rampart::demo::EXAMPLE_CONFIG.to_owned()),
         ..Default::default()
     })

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::audit::throttle::AuditThrottle;
@@ -18,6 +19,7 @@ use crate::outbound::OutboundPolicy;
 use crate::password::Hasher;
 use crate::rate_limit::{Policies, RateLimiter, Tiers};
 use crate::routes::RouteTable;
+use crate::secrets::masked_url;
 use crate::security_headers::SecurityHeaders;
 use crate::server::{Limits, Tls};
 use crate::shutdown::Stopping;
@@ -160,12 +162,22 @@ impl Application {
             options.max_db_connections,
             config.audit_chain_key.as_ref(),
         )
-        .await?;
+        .await
+        .with_context(|| {
+            format!(
+                "database.url = {}: cannot open the database",
+                masked_url(config.database_url.expose())
+            )
+        })?;
         let sessions: Arc<dyn SessionStore> = match &config.tokens.store {
             StateStoreKind::Database => database.sessions(),
-            StateStoreKind::Redis(url) => {
-                Arc::new(RedisSessionStore::connect(url, options.redis_prefix.clone()).await?)
-            }
+            StateStoreKind::Redis(url) => Arc::new(
+                RedisSessionStore::connect(url, options.redis_prefix.clone())
+                    .await
+                    .with_context(|| {
+                        format!("tokens.store = {}: cannot reach Redis", masked_url(url))
+                    })?,
+            ),
         };
         let clock = options.clock;
         let tokens = TokenService::new(&config.tokens, clock.clone())?;
@@ -223,15 +235,16 @@ impl Application {
         let limiter = match (&config.rate_limits.redis_url, options.rate_limit_time) {
             (None, None) => RateLimiter::memory(policies),
             (None, Some(time)) => RateLimiter::memory_with_time(policies, time),
-            (Some(url), _) => {
-                RateLimiter::redis(
-                    url,
-                    options.redis_prefix.clone(),
-                    config.rate_limits.on_store_error,
-                    policies,
-                )
-                .await?
-            }
+            (Some(url), _) => RateLimiter::redis(
+                url,
+                options.redis_prefix.clone(),
+                config.rate_limits.on_store_error,
+                policies,
+            )
+            .await
+            .with_context(|| {
+                format!("rate_limits.store = {}: cannot use Redis", masked_url(url))
+            })?,
         };
         let limiter = Arc::new(limiter);
         background.push(limiter.spawn_idle_eviction(Duration::from_secs(30)));

@@ -44,6 +44,7 @@ pub use crate::settings::{
 };
 pub use crate::tokens::{RawTokens, StateStoreKind, TokenAlgorithm, TokensConfig};
 pub use crate::upstream::config::{MAX_RETRIES, MAX_TARGETS, check_target_url};
+use layering::Layered;
 pub use layering::Sources;
 
 /// `rampart.toml` as written. Nothing here is trusted yet.
@@ -312,16 +313,37 @@ impl Config {
     /// # Errors
     /// Every unknown key and invalid value, each named.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
-        let raw = RawConfig::parse(sources.file.as_deref().unwrap_or(""), &sources.env)?;
-        let production = sources
-            .env
-            .get("RAMPART_ENV")
-            .is_some_and(|value| value.eq_ignore_ascii_case("production"));
-        let data_dir = sources
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| raw.server.data_dir.clone());
-        raw.validate(production, data_dir)
+        let label = sources.file_path.as_ref().map_or_else(
+            || "rampart.toml".to_owned(),
+            |path| path.display().to_string(),
+        );
+        let layered = Layered::new(sources.file.as_deref().unwrap_or(""), &sources.env, &label)?;
+        let mut problems = Problems::default();
+        let (raw, removed) = layered.deserialize(&mut problems);
+        let config = raw.map(|raw| {
+            let production = sources
+                .env
+                .get("RAMPART_ENV")
+                .is_some_and(|value| value.eq_ignore_ascii_case("production"));
+            let data_dir = sources
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| raw.server.data_dir.clone());
+            let mut checked = Problems::default();
+            let config = raw.validate(production, data_dir, &mut checked);
+            // A value of the wrong type was already reported and taken out; what its
+            // default then fails is the same problem again.
+            checked.retain(|key| {
+                let steps = layering::key_steps(key);
+                !removed.iter().any(|path| steps.starts_with(path))
+            });
+            problems.extend(checked);
+            config
+        });
+        match problems.into_located(config, |key| layered.locate(key))? {
+            Some(config) => Ok(config),
+            None => Err(ConfigError::one("the configuration cannot be read")),
+        }
     }
 }
 
@@ -391,61 +413,53 @@ impl RawConfig {
     }
 
     /// Checks every section, each by the module that owns it, and gathers every problem.
-    fn validate(mut self, production: bool, data_dir: PathBuf) -> Result<Config, ConfigError> {
-        let mut problems = Problems::default();
-        self.read_secret_files(&mut problems);
-        let server = ServerConfig::from_raw(self.server, production, &mut problems);
-        let database_url = database(self.database, &data_dir, production, &mut problems);
-        let tokens = TokensConfig::from_raw(self.tokens, production, &mut problems);
-        let roles = roles(self.roles, &mut problems);
+    fn validate(mut self, production: bool, data_dir: PathBuf, problems: &mut Problems) -> Config {
+        self.read_secret_files(problems);
+        let server = ServerConfig::from_raw(self.server, production, problems);
+        let database_url = database(self.database, &data_dir, production, problems);
+        let tokens = TokensConfig::from_raw(self.tokens, production, problems);
+        let roles = roles(self.roles, problems);
         if !roles.contains_key(&self.users.default_role) {
             problems.add(
                 "users.default_role",
                 format!("`{}` is not a defined role", self.users.default_role),
             );
         }
-        let password = PasswordPolicy::from_raw(self.password, &mut problems);
-        let login = login(self.login, &mut problems);
-        let rate_limits = RateLimitsConfig::from_raw(self.rate_limits, &mut problems);
+        let password = PasswordPolicy::from_raw(self.password, problems);
+        let login = login(self.login, problems);
+        let rate_limits = RateLimitsConfig::from_raw(self.rate_limits, problems);
         let keyring = KeyRing::from_config(
             self.encryption
                 .keys
                 .as_ref()
                 .map_or(&[][..], |keys| &keys.0),
             production,
-            &mut problems,
+            problems,
         );
-        let outbound = accounts(self.accounts, &mut problems);
+        let outbound = accounts(self.accounts, problems);
         let metrics_allowed_networks = parse_networks(&self.metrics.allowed_networks.0)
             .unwrap_or_else(|message| {
                 problems.add("metrics.allowed_networks", message);
                 Vec::new()
             });
-        let cors_allowed_origins = cors(self.cors, &mut problems);
-        let log = log(self.log, &mut problems);
-        let intrusion = IntrusionMode::from_raw(&self.intrusion, &mut problems);
-        let headers = HeadersConfig::from_raw(self.headers, &mut problems);
+        let cors_allowed_origins = cors(self.cors, problems);
+        let log = log(self.log, problems);
+        let intrusion = IntrusionMode::from_raw(&self.intrusion, problems);
+        let headers = HeadersConfig::from_raw(self.headers, problems);
         let (audit_retention, audit_chain_key) =
-            crate::audit::config::from_raw(self.audit, production, &mut problems);
+            crate::audit::config::from_raw(self.audit, production, problems);
         let upstreams: BTreeMap<String, UpstreamConfig> = self
             .upstreams
             .iter()
-            .map(|(name, raw)| {
-                (
-                    name.clone(),
-                    UpstreamConfig::from_raw(name, raw, &mut problems),
-                )
-            })
+            .map(|(name, raw)| (name.clone(), UpstreamConfig::from_raw(name, raw, problems)))
             .collect();
         let routes: Vec<RouteConfig> = self
             .routes
             .into_iter()
             .enumerate()
-            .map(|(index, raw)| {
-                RouteConfig::from_raw(index, raw, &upstreams, &roles, &mut problems)
-            })
+            .map(|(index, raw)| RouteConfig::from_raw(index, raw, &upstreams, &roles, problems))
             .collect();
-        problems.into_result(Config {
+        Config {
             server,
             database_url,
             tokens,
@@ -468,7 +482,7 @@ impl RawConfig {
             roles,
             production,
             data_dir,
-        })
+        }
     }
 }
 
@@ -643,6 +657,7 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Config::load(&Sources {
+            file_path: None,
             file: Some(text.to_owned()),
             env,
             data_dir: Some(PathBuf::from("/nonexistent")),
@@ -670,6 +685,7 @@ mod tests {
     fn the_data_directory_holds_the_default_database_unless_one_is_named() {
         let load_without_override = |text: &str| {
             Config::load(&Sources {
+                file_path: None,
                 file: Some(text.to_owned()),
                 env: HashMap::new(),
                 data_dir: None,
@@ -743,6 +759,122 @@ mod tests {
             error.contains("encryption.keys_file: cannot read /nonexistent/keys"),
             "{error}"
         );
+    }
+
+    /// Every problem of `text` (as `/etc/rampart.toml`) and `env`, one per entry.
+    fn problems(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load(&Sources {
+            file: Some(text.to_owned()),
+            file_path: Some(PathBuf::from("/etc/rampart.toml")),
+            env,
+            data_dir: Some(PathBuf::from("/nonexistent")),
+        })
+        .map(|_| ())
+        .unwrap_err()
+        .problems
+    }
+
+    #[test]
+    fn every_problem_in_a_file_is_reported_at_once_with_its_line() {
+        let found = problems(
+            "[server]\nlisten = \"nowhere\"\nlisen = 3\nbehind_tls = \"yes\"\n\
+             [tokens]\naccess_ttl = \"soon\"\n[nonsense]\n",
+            &[],
+        );
+        let expected = [
+            "/etc/rampart.toml:2: server.listen: ",
+            "/etc/rampart.toml:3: server.lisen: unknown key, expected one of",
+            "/etc/rampart.toml:4: server.behind_tls: invalid type: string \"yes\"",
+            "/etc/rampart.toml:6: tokens.access_ttl: `soon` is not a duration",
+            "/etc/rampart.toml:7: nonsense: unknown key",
+        ];
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        for start in expected {
+            assert!(
+                found.iter().any(|problem| problem.starts_with(start)),
+                "{start} missing from {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_problem_set_by_the_environment_names_its_variable() {
+        let found = problems(
+            "[server]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("RAMPART_SERVER__LISTN", "127.0.0.1:2"),
+                ("RAMPART_SERVER__LISTEN", "nowhere"),
+                ("RAMPART_LOGIN__MAX_FAILURES_PER_IP", "many"),
+            ],
+        );
+        for start in [
+            "RAMPART_SERVER__LISTN: server.listn: unknown key",
+            "RAMPART_SERVER__LISTEN: server.listen: ",
+            "RAMPART_LOGIN__MAX_FAILURES_PER_IP: login.max_failures_per_ip: invalid type",
+        ] {
+            assert!(
+                found.iter().any(|problem| problem.starts_with(start)),
+                "{start} missing from {found:#?}"
+            );
+        }
+        assert!(
+            !found
+                .iter()
+                .any(|problem| problem.contains("rampart.toml:")),
+            "the file's listen is overridden, not at fault: {found:#?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_named_tables_and_route_entries_are_found_on_their_lines() {
+        let found = problems(
+            "[upstreams.orders]\nurl = \"http://127.0.0.1:9\"\ntimout = \"5s\"\n\
+             \n[[routes]]\npath = \"/orders\"\nupstream = \"orders\"\n\
+             \n[[routes]]\npath = \"/positions\"\nupsteam = \"orders\"\nupstream = \"orders\"\n",
+            &[],
+        );
+        for start in [
+            "/etc/rampart.toml:3: upstreams.orders.timout: unknown key",
+            "/etc/rampart.toml:11: routes[1].upsteam: unknown key",
+        ] {
+            assert!(
+                found.iter().any(|problem| problem.starts_with(start)),
+                "{start} missing from {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), 2, "{found:#?}");
+    }
+
+    #[test]
+    fn a_value_in_an_array_of_tables_is_found_on_its_own_line() {
+        let found = problems(
+            "[upstreams.orders]\nurl = \"http://127.0.0.1:9\"\n\
+             [[routes]]\npath = \"/orders\"\nupstream = \"orders\"\n\
+             [[routes]]\npath = \"/positions\"\nupstream = \"orders\"\n\
+             per = \"team\"\nmax_body = \"lots\"\n\
+             [[routes]]\npath = \"/funds\"\nupstream = \"nowhere\"\n",
+            &[],
+        );
+        for start in [
+            "/etc/rampart.toml:9: routes[1] (/positions).per: `team` is not one of",
+            "/etc/rampart.toml:10: routes[1] (/positions).max_body: ",
+            "/etc/rampart.toml:11: routes[2] (/funds): upstream `nowhere` is not defined",
+        ] {
+            assert!(
+                found.iter().any(|problem| problem.starts_with(start)),
+                "{start} missing from {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_its_line() {
+        let found = problems("[server]\nlisten = \"127.0.0.1:1\"\nbroken =\n", &[]);
+        assert!(found[0].starts_with("/etc/rampart.toml:3: "), "{found:#?}");
     }
 
     #[test]

@@ -25,6 +25,67 @@ pub fn current_request_id() -> std::sync::Arc<str> {
         .unwrap_or_else(|_| std::sync::Arc::from("-"))
 }
 
+/// An error and its causes on one line, `outer: cause: root cause`. A cause already said
+/// by the message before it (a library error that repeats the I/O error it wraps) is left
+/// out. Never a backtrace: only each error's `Display` is used.
+pub fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut last = text.clone();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !said.is_empty() && !last.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        last = said;
+        source = cause.source();
+    }
+    text
+}
+
+/// Lets a log line that may repeat on every request through at most once per `every`:
+/// the first occurrence at once, later ones with the number held back in between.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    /// When a line was last let through.
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Occurrences held back since.
+    held_back: std::sync::atomic::AtomicU64,
+}
+
+impl LogThrottle {
+    /// A throttle that has let nothing through yet.
+    pub const fn new() -> Self {
+        Self {
+            last: std::sync::Mutex::new(None),
+            held_back: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(occurrences held back since the last line)` when this one is to be logged.
+    pub fn admit(&self, every: Duration) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = std::time::Instant::now();
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| now.duration_since(at) < every) {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.held_back.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// How often a repeated request-path error is logged at most (per kind).
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Internal errors answered 500, logged through one throttle.
+static INTERNAL_ERRORS: LogThrottle = LogThrottle::new();
+
 /// Field name → every rule it broke.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
@@ -246,7 +307,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if let Self::Internal(source) = &self {
-            tracing::error!(error = ?source, "internal error");
+            if let Some(held_back) = INTERNAL_ERRORS.admit(LOG_EVERY) {
+                tracing::error!(
+                    error = %chain_text(source.as_ref()),
+                    held_back,
+                    "internal error"
+                );
+            }
         }
         let body = ErrorBody {
             error: self.code(),

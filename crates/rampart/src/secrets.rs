@@ -154,9 +154,55 @@ pub fn key_weakness(key: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// `url` with the password of its user info masked (`postgres://u:****@h/db`), fit for a
+/// message or a log line; a URL without one is returned as it is.
+pub fn masked_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let Some(colon) = rest[..at].find(':') else {
+        return url.to_owned();
+    };
+    format!(
+        "{}{}:****{}",
+        &url[..scheme_end],
+        &rest[..colon],
+        &rest[at..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_in_a_url_is_masked_and_nothing_else_is() {
+        assert_eq!(
+            masked_url("postgres://app:hunter2@db:5432/rampart"),
+            "postgres://app:****@db:5432/rampart"
+        );
+        assert_eq!(
+            masked_url("redis://:p%40ss@127.0.0.1:6379/0"),
+            "redis://:****@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            masked_url("postgres://app:a@b@db/x?sslmode=require"),
+            "postgres://app:****@db/x?sslmode=require"
+        );
+        for plain in [
+            "postgres://app@db/rampart",
+            "redis://127.0.0.1:6379",
+            "sqlite://data/rampart.db",
+            "redis://h/0?user=a@b:c",
+        ] {
+            assert_eq!(masked_url(plain), plain);
+        }
+    }
 
     #[test]
     fn trivial_encryption_keys_are_weak_and_random_ones_are_not() {

@@ -26,14 +26,15 @@ impl ConfigError {
     }
 }
 
-/// The problems found so far, each `key: message`; every section adds its own.
+/// The problems found so far, each a key and what is wrong with it; every section adds its
+/// own. [`crate::config::Config::load`] renders them with where each key was set.
 #[derive(Debug, Default)]
-pub struct Problems(Vec<String>);
+pub struct Problems(Vec<(String, String)>);
 
 impl Problems {
     /// Records that `key` is wrong, and why.
     pub fn add(&mut self, key: &str, message: impl fmt::Display) {
-        self.0.push(format!("{key}: {message}"));
+        self.0.push((key.to_owned(), message.to_string()));
     }
 
     /// Whether nothing is wrong.
@@ -41,16 +42,46 @@ impl Problems {
         self.0.is_empty()
     }
 
+    /// Adds every problem of `other`.
+    pub(crate) fn extend(&mut self, other: Problems) {
+        self.0.extend(other.0);
+    }
+
+    /// Drops the problems whose key `keep` refuses.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.0.retain(|(key, _)| keep(key));
+    }
+
     /// `Ok(value)` when nothing is wrong, else every problem.
     ///
     /// # Errors
     /// The [`ConfigError`] listing every problem.
     pub fn into_result<T>(self, value: T) -> Result<T, ConfigError> {
+        self.into_located(value, |_| None)
+    }
+
+    /// Like [`Problems::into_result`], each problem led by where its key was set
+    /// (`rampart.toml:12`, `RAMPART_SERVER__LISTEN`) when `locate` knows.
+    ///
+    /// # Errors
+    /// The [`ConfigError`] listing every problem.
+    pub(crate) fn into_located<T>(
+        self,
+        value: T,
+        locate: impl Fn(&str) -> Option<String>,
+    ) -> Result<T, ConfigError> {
         if self.0.is_empty() {
-            Ok(value)
-        } else {
-            Err(ConfigError { problems: self.0 })
+            return Ok(value);
         }
+        let problems = self
+            .0
+            .into_iter()
+            .map(|(key, message)| match locate(&key) {
+                Some(place) => format!("{place}: {key}: {message}"),
+                None => format!("{key}: {message}"),
+            })
+            .collect();
+        Err(ConfigError { problems })
     }
 }
 

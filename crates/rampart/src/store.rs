@@ -599,6 +599,10 @@ pub(crate) const USER_OWNED_TABLES: &[&str] = &[
     "DELETE FROM trading_accounts WHERE user_id = $1",
 ];
 
+/// Unreachable-store errors, logged through one throttle: a store that is down fails
+/// every request, and one line per [`crate::error::LOG_EVERY`] says so.
+static STORE_UNAVAILABLE: crate::error::LogThrottle = crate::error::LogThrottle::new();
+
 /// How a store failure reaches a client: a conflict or a missing row as themselves, an
 /// unreachable store as 503 with `Retry-After`, anything else as 500.
 impl From<StoreError> for ApiError {
@@ -607,7 +611,13 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => ApiError::Conflict(what.into()),
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Unavailable(source) => {
-                tracing::error!(error = ?source, "store unavailable");
+                if let Some(held_back) = STORE_UNAVAILABLE.admit(crate::error::LOG_EVERY) {
+                    tracing::error!(
+                        error = %crate::error::chain_text(source.as_ref()),
+                        held_back,
+                        "store unavailable"
+                    );
+                }
                 ApiError::ServiceUnavailable {
                     message: "A backing store is unavailable".into(),
                     retry_after: Some(Duration::from_secs(1)),

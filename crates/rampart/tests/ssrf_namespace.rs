@@ -700,6 +700,7 @@ async fn gateway(data_dir: &Path, keys: &str, settings: &[(&str, &str)]) -> Gate
             .map(|&(key, value)| (key.to_owned(), value.to_owned())),
     );
     let config = Config::load(&Sources {
+        file_path: None,
         file: None,
         env,
         data_dir: Some(data_dir.to_path_buf()),

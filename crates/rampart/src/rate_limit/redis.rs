@@ -244,7 +244,13 @@ impl RateLimiter {
             Err(_) => Some(RedisFailure::Timeout),
         };
         if let Some(error) = failure {
-            tracing::warn!(%error, ?on_store_error, "rate-limit store unreachable at start-up");
+            tracing::warn!(
+                key = "rate_limits.store",
+                url = %crate::secrets::masked_url(url),
+                %error,
+                ?on_store_error,
+                "rate-limit store unreachable at start-up"
+            );
             store
                 .down_until
                 .store(retry_at(time.now()), Ordering::Release);

@@ -202,6 +202,7 @@ mod tests {
     #[test]
     fn the_shipped_example_reproduces_the_documented_limits() {
         let config = crate::config::Config::load(&crate::config::Sources {
+            file_path: None,
             file: Some(crate::demo::EXAMPLE_CONFIG.to_owned()),
             ..Default::default()
         })

@@ -551,6 +551,7 @@ fn load(app: &TestApp, toml: &str, keys: &str) -> Config {
         ("RAMPART_ENCRYPTION__KEYS".to_owned(), keys.to_owned()),
     ]);
     Config::load(&Sources {
+        file_path: None,
         file: Some(toml.to_owned()),
         env,
         data_dir: Some(app.data_dir.clone()),

@@ -52,6 +52,7 @@ async fn serve_applies_the_audit_retention_by_itself() {
     .map(|(key, value)| (key.to_owned(), value))
     .collect();
     let config = Config::load(&Sources {
+        file_path: None,
         file: None,
         env,
         data_dir: Some(data_dir.clone()),

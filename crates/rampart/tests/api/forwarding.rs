@@ -172,6 +172,7 @@ fn credentials_and_rampart_headers_cannot_be_passed_to_a_backend() {
             "[upstreams.app]\nurl = \"http://127.0.0.1:9\"\npass_request_headers = [\"{name}\"]\n"
         );
         let error = Config::load(&Sources {
+            file_path: None,
             file: Some(toml),
             env: HashMap::new(),
             data_dir: Some(std::env::temp_dir()),

@@ -165,6 +165,7 @@ pub async fn spawn_app_with(backend: Backend, setup: Setup) -> Option<TestApp> {
     }
     env.extend(setup.env);
     let config = Config::load(&Sources {
+        file_path: None,
         file: Some(setup.toml),
         env,
         data_dir: Some(data_dir.clone()),
@@ -217,6 +218,7 @@ pub async fn another_instance(
         vars.insert("RAMPART_TOKENS__STORE".into(), redis_url());
     }
     let config = rampart::config::Config::load(&rampart::config::Sources {
+        file_path: None,
         file: None,
         env: vars,
         data_dir: Some(first.data_dir.clone()),

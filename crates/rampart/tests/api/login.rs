@@ -217,6 +217,7 @@ async fn a_lockout_survives_a_restart(backend: Backend) {
     let clock = app.clock.clone();
     drop(app);
     let config = rampart::config::Config::load(&rampart::config::Sources {
+        file_path: None,
         file: None,
         env: [
             (

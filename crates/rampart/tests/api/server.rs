@@ -49,6 +49,7 @@ fn config_on(listen: &str, server: &str) -> anyhow::Result<Config> {
         ),
     ]);
     Ok(Config::load(&Sources {
+        file_path: None,
         file: Some(format!("[server]\n{server}\n")),
         env,
         data_dir: Some(data_dir),

@@ -447,6 +447,7 @@ async fn a_revocation_reaches_another_instance_within_the_lag(backend: Backend) 
         );
     }
     let config = rampart::config::Config::load(&rampart::config::Sources {
+        file_path: None,
         file: None,
         env,
         data_dir: Some(first.data_dir.clone()),

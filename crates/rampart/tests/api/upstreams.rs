@@ -821,6 +821,7 @@ async fn upstream_keys_are_checked_at_start_up() {
     use rampart::config::{Config, Sources};
     let load = |upstream: &str| {
         Config::load(&Sources {
+            file_path: None,
             file: Some(format!(
                 "[[routes]]\npath = \"/app\"\nupstream = \"app\"\n[upstreams.app]\n{upstream}\n"
             )),
@@ -875,6 +876,7 @@ async fn upstream_keys_are_checked_at_start_up() {
     // A WebSocket route needs HTTP/1.1 to its backend, which an h2c:// target does not speak.
     let websocket = |upstream: &str| {
         Config::load(&Sources {
+            file_path: None,
             file: Some(format!(
                 "[[routes]]\npath = \"/stream\"\nupstream = \"ws\"\nwebsocket = true\n\
                  [upstreams.ws]\n{upstream}\n"

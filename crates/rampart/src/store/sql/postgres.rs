@@ -30,8 +30,19 @@ impl PostgresStore {
             // A request that needs the database fails (503) within 2 s when no connection
             // can be had (server down or hanging) instead of queueing behind it.
             .acquire_timeout(Duration::from_secs(2))
-            .connect_with(options)
-            .await?;
+            .connect_with(options.clone())
+            .await;
+        let pool = match pool {
+            Ok(pool) => pool,
+            // The pool only says it waited; one connection of its own says why.
+            Err(sqlx::Error::PoolTimedOut) => {
+                return Err(match sqlx::ConnectOptions::connect(&options).await {
+                    Ok(_) => sqlx::Error::PoolTimedOut.into(),
+                    Err(error) => error.into(),
+                });
+            }
+            Err(error) => return Err(error.into()),
+        };
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(Self {
             pool,
