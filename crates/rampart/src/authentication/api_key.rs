@@ -221,6 +221,25 @@ impl Signing {
     }
 }
 
+/// The signing headers as [`authenticate`] reads them: `(timestamp, unix seconds, nonce,
+/// signature)`, or why they are refused. For the fuzz targets, through [`crate::fuzzing`].
+#[cfg(feature = "fuzzing")]
+pub(crate) fn signing_headers(
+    headers: &HeaderMap,
+) -> Result<Option<(String, i64, String, [u8; 32])>, String> {
+    match Signing::from_headers(headers) {
+        Ok(signing) => Ok(signing.map(|signing| {
+            (
+                signing.timestamp,
+                signing.unix,
+                signing.nonce,
+                signing.signature,
+            )
+        })),
+        Err(reason) => Err(format!("{reason:?}")),
+    }
+}
+
 impl Refused {
     fn failure(self) -> Failure {
         match self {
