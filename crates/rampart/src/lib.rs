@@ -80,6 +80,42 @@ pub mod tokens;
 pub mod upstream;
 pub mod verified_keys;
 
+/// Entry points for the fuzz targets under `fuzz/` (feature `fuzzing`, off in every normal
+/// build): the few checks they exercise that are not public API. Not for other use.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The signing headers of an API-key request (`X-Timestamp`, `X-Nonce`,
+    /// `X-Signature`), checked for shape as a request's are.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct SigningHeaders {
+        /// `X-Timestamp` as sent.
+        pub timestamp: String,
+        /// `X-Timestamp` as Unix seconds.
+        pub unix: i64,
+        /// `X-Nonce` as sent.
+        pub nonce: String,
+        /// `X-Signature`, decoded from hex.
+        pub signature: [u8; 32],
+    }
+
+    /// The signing headers of `headers`: `Ok(None)` when none is present, `Err` with the
+    /// reason when they are refused (only some present, repeated, or malformed).
+    ///
+    /// # Errors
+    /// The reason the headers are refused.
+    pub fn signing_headers(headers: &http::HeaderMap) -> Result<Option<SigningHeaders>, String> {
+        crate::authentication::api_key::signing_headers(headers).map(|found| {
+            found.map(|(timestamp, unix, nonce, signature)| SigningHeaders {
+                timestamp,
+                unix,
+                nonce,
+                signature,
+            })
+        })
+    }
+}
+
 /// The old path of [`outbound`], which configuration validation still names.
 #[doc(hidden)]
 pub use outbound as ssrf;

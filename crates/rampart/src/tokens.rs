@@ -389,7 +389,8 @@ impl TokenService {
             None => self.verify_general(token)?,
         };
         let now = self.clock.unix();
-        if claims.exp + LEEWAY_SECONDS < now {
+        // Saturating: `exp` is the token's to choose, up to `i64::MAX`.
+        if claims.exp.saturating_add(LEEWAY_SECONDS) < now {
             return Err(Rejected::Expired);
         }
         if claims.nbf.unwrap_or(claims.iat) > now + LEEWAY_SECONDS {
@@ -789,6 +790,39 @@ mod tests {
         }
         // The issued token, its forged twin and the one with an extra claim.
         assert_eq!(accepted, 3);
+    }
+
+    #[test]
+    fn an_expiry_at_the_end_of_time_is_checked_without_overflowing() {
+        use crate::clock::Clock as _;
+        let clock = ManualClock::new();
+        let service = TokenService::new(&config(), clock.clone()).unwrap();
+        let now = clock.unix();
+        let claims = |exp: i64| Claims {
+            sub: "7".into(),
+            user_id: 7,
+            username: "alice_1".into(),
+            role: "trader".into(),
+            tier: "standard".into(),
+            iat: now,
+            nbf: None,
+            exp,
+            jti: "j".into(),
+            iss: "rampart".into(),
+            aud: "rampart".into(),
+            sid: "fam".into(),
+            csrf: None,
+        };
+        let sign = |claims: &Claims| {
+            let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).unwrap()
+        };
+        let far = claims(i64::MAX);
+        assert_eq!(service.verify(&sign(&far)), Ok(far));
+        assert_eq!(
+            service.verify(&sign(&claims(i64::MIN))),
+            Err(Rejected::Expired)
+        );
     }
 
     #[test]

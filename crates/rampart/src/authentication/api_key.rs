@@ -221,6 +221,26 @@ impl Signing {
     }
 }
 
+/// `(timestamp, unix seconds, nonce, signature)` of a request's signing headers.
+#[cfg(feature = "fuzzing")]
+pub(crate) type SigningParts = (String, i64, String, [u8; 32]);
+
+/// The signing headers as [`authenticate`] reads them, or why they are refused. For the fuzz targets, through [`crate::fuzzing`].
+#[cfg(feature = "fuzzing")]
+pub(crate) fn signing_headers(headers: &HeaderMap) -> Result<Option<SigningParts>, String> {
+    match Signing::from_headers(headers) {
+        Ok(signing) => Ok(signing.map(|signing| {
+            (
+                signing.timestamp,
+                signing.unix,
+                signing.nonce,
+                signing.signature,
+            )
+        })),
+        Err(reason) => Err(format!("{reason:?}")),
+    }
+}
+
 impl Refused {
     fn failure(self) -> Failure {
         match self {
