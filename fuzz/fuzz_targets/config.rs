@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         .map(|(key, value)| (format!("RAMPART_{key}"), value.to_owned()))
         .collect();
     let sources = Sources {
+        file_path: None,
         file: Some(file.to_owned()),
         env,
         data_dir: Some("/nonexistent/rampart-fuzz".into()),

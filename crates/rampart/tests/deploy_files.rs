@@ -191,6 +191,7 @@ fn the_production_config_runs_in_production_with_the_compose_environment() {
 
     let secrets = temp_dir("secrets");
     let config = Config::load(&Sources {
+        file_path: None,
         file: Some(production_toml_with_secrets_in(&secrets)),
         env: env.clone(),
         data_dir: None,
@@ -223,6 +224,7 @@ fn the_production_config_runs_in_production_with_the_compose_environment() {
         let text = production_toml_with_secrets_in(&secrets);
         assert!(text.contains(from), "{from}");
         let error = Config::load(&Sources {
+            file_path: None,
             file: Some(text.replacen(from, to, 1)),
             env: env.clone(),
             data_dir: None,
@@ -272,6 +274,7 @@ fn the_systemd_unit_runs_the_production_config_with_its_credentials() {
     assert_eq!(files, 4, "three secrets and the pgpass file as credentials");
     assert_eq!(env["RAMPART_ENV"], "production");
     let config = Config::load(&Sources {
+        file_path: None,
         file: Some(text),
         env,
         data_dir: None,
@@ -311,6 +314,7 @@ fn compose_runs_three_instances_on_one_database_one_redis_and_one_set_of_secrets
     let text = production_toml_with_secrets_in(&secrets);
     let stores = |service: &Value| {
         let config = Config::load(&Sources {
+            file_path: None,
             file: Some(text.clone()),
             env: environment(service),
             data_dir: None,
@@ -390,6 +394,7 @@ fn compose_runs_three_instances_on_one_database_one_redis_and_one_set_of_secrets
             .parse()
             .unwrap();
     let config = Config::load(&Sources {
+        file_path: None,
         file: Some(text),
         env: environment(&services[0].1),
         data_dir: None,
@@ -475,6 +480,7 @@ async fn the_dashboard_queries_only_series_a_running_instance_exports() {
     .map(|(key, value)| (key.to_owned(), value))
     .collect();
     let config = Config::load(&Sources {
+        file_path: None,
         file: Some(text),
         env,
         data_dir: Some(dir.clone()),
