@@ -306,14 +306,14 @@ pub fn retry_after_seconds(duration: Duration) -> u64 {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let Self::Internal(source) = &self {
-            if let Some(held_back) = INTERNAL_ERRORS.admit(LOG_EVERY) {
-                tracing::error!(
-                    error = %chain_text(source.as_ref()),
-                    held_back,
-                    "internal error"
-                );
-            }
+        if let Self::Internal(source) = &self
+            && let Some(held_back) = INTERNAL_ERRORS.admit(LOG_EVERY)
+        {
+            tracing::error!(
+                error = %chain_text(source.as_ref()),
+                held_back,
+                "internal error"
+            );
         }
         let body = ErrorBody {
             error: self.code(),
