@@ -68,7 +68,7 @@ impl IpText {
             IpAddr::V6(v6) => {
                 use std::io::Write as _;
                 let mut cursor = std::io::Cursor::new(&mut text.bytes[..]);
-                // At most 45 bytes ("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255").
+                // std writes at most 39 bytes; 45 is the longest form any writer uses.
                 let _ = write!(cursor, "{v6}");
                 text.len = u8::try_from(cursor.position()).unwrap_or(0);
             }
