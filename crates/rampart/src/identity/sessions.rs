@@ -26,10 +26,10 @@ pub(crate) use attempts::{Counted, account_key, record_failure, release, reserve
 pub(crate) use cookies::access_cookie;
 use cookies::cookie_header;
 pub use login::{__path_login, ClientIpText, login};
-pub(crate) use logout::active_api_keys;
 pub use logout::{
     __path_logout, __path_logout_all, LogoutAllBody, RevokedReport, logout, logout_all, revoke_user,
 };
+pub(crate) use logout::{active_api_keys, end_login};
 pub use refresh::{__path_refresh, refresh};
 
 /// `POST /auth/register`.

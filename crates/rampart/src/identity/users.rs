@@ -135,27 +135,13 @@ async fn burn_session(
     context: &RequestContext,
     during: &'static str,
 ) -> Result<(), ApiError> {
-    let now = state.now();
-    state
-        .stores
-        .sessions
-        .revoke_family(&principal.family_id, now)
-        .await?;
-    state
-        .revocations
-        .insert([(principal.family_id.to_string(), now)]);
-    state
-        .stores
-        .data
-        .append_audit(NewAuditEntry::new(
-            now,
-            "logout",
-            Some(principal.user_id),
-            json!({ "all": false, "reason": "confirmation_locked_out", "during": during }),
-            context,
-        ))
-        .await?;
-    Ok(())
+    sessions::end_login(
+        state,
+        principal,
+        context,
+        json!({ "all": false, "reason": "confirmation_locked_out", "during": during }),
+    )
+    .await
 }
 
 /// The caller's login as the store has it: refused (401) when revoked or ended, whatever

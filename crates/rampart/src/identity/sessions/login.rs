@@ -44,38 +44,11 @@ pub async fn login(
     reserve(&state, &counters).await?;
     if too_long {
         // Refused without hashing it, in the time a real check takes.
-        state
-            .hasher
-            .verify_dummy(String::new())
-            .await
-            .map_err(ApiError::internal)?;
-        record_failure(
-            &state,
-            &context,
-            &counters,
-            None,
-            json!({ "reason": "too_long" }),
-        )
-        .await?;
-        return Err(ApiError::InvalidCredentials);
+        return refuse_unchecked(&state, &context, &counters, String::new(), "too_long").await;
     }
     let user = state.stores.data.user_by_username(&body.username).await?;
     let Some(user) = user else {
-        // Spend the time a real check takes, so unknown users cannot be told apart.
-        state
-            .hasher
-            .verify_dummy(body.password)
-            .await
-            .map_err(ApiError::internal)?;
-        record_failure(
-            &state,
-            &context,
-            &counters,
-            None,
-            json!({ "reason": "unknown_user" }),
-        )
-        .await?;
-        return Err(ApiError::InvalidCredentials);
+        return refuse_unchecked(&state, &context, &counters, body.password, "unknown_user").await;
     };
     let verified = state
         .hasher
@@ -155,6 +128,25 @@ pub async fn login(
         ))
         .await?;
     issue(&state, &user, &family, refresh_token, lifetime, csrf_token)
+}
+
+/// A login refused with no account's hash to check (`reason`): `password` is hashed against
+/// a dummy all the same, so that the answer takes the time a real check takes and unknown
+/// users cannot be told apart; counted as a failure.
+async fn refuse_unchecked<T>(
+    state: &AppState,
+    context: &RequestContext,
+    counters: &[Counted],
+    password: String,
+    reason: &'static str,
+) -> Result<T, ApiError> {
+    state
+        .hasher
+        .verify_dummy(password)
+        .await
+        .map_err(ApiError::internal)?;
+    record_failure(state, context, counters, None, json!({ "reason": reason })).await?;
+    Err(ApiError::InvalidCredentials)
 }
 
 /// The client IP as text.

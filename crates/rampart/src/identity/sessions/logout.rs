@@ -28,6 +28,18 @@ pub async fn logout(
 ) -> Result<Response, ApiError> {
     // An API key has no login to end; it is revoked by deleting it.
     principal.require_session()?;
+    end_login(&state, &principal, &context, json!({ "all": false })).await?;
+    Ok((StatusCode::NO_CONTENT, clearing_cookies()).into_response())
+}
+
+/// Revokes the caller's login on this instance at once (the others within
+/// `tokens.revocation_lag`), audited as `logout` with `details`.
+pub(crate) async fn end_login(
+    state: &AppState,
+    principal: &Principal,
+    context: &RequestContext,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
     let now = state.now();
     state
         .stores
@@ -44,11 +56,11 @@ pub async fn logout(
             now,
             "logout",
             Some(principal.user_id),
-            json!({ "all": false }),
-            &context,
+            details,
+            context,
         ))
         .await?;
-    Ok((StatusCode::NO_CONTENT, clearing_cookies()).into_response())
+    Ok(())
 }
 
 /// `POST /auth/logout-all`; the body is optional.
